@@ -1,0 +1,224 @@
+//! Every `EGRESS_WARDEN_*` variable, parsed and validated once at start.
+//!
+//! Parsing never fails as a whole: each bad variable becomes a [`Problem`] that names the
+//! variable, the value, the accepted form and what the extension does instead (the broken
+//! feature is switched off or the default kept), so every problem is reported at once and
+//! the function keeps running. `EGRESS_WARDEN_STRICT=true` turns problems into an INIT error.
+
+mod parse;
+
+use ipnet::IpNet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use parse::normalize_host;
+
+pub const PREFIX: &str = "EGRESS_WARDEN_";
+/// The NAT gateway drops idle connections after 350 s and answers later packets with RST.
+pub const NAT_IDLE_TIMEOUT_S: u64 = 350;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub disable: bool,
+    pub strict: bool,
+    pub log_level: LogLevel,
+    pub log_json: bool,
+    /// 0 = the proxy listener is off.
+    pub proxy_port: u16,
+    /// 0 = the DNS listener is off (the proxy still uses the cache).
+    pub dns_port: u16,
+    pub dns: DnsSettings,
+    pub policy: PolicySettings,
+    pub ca_bundle: Option<PathBuf>,
+    pub vpc_cidrs: Vec<IpNet>,
+    pub routes: Vec<Route>,
+    pub warm: Vec<WarmTarget>,
+    pub warm_budget: Duration,
+    pub connect_timeout: Duration,
+    pub pool_idle: Duration,
+    pub retry_max: u32,
+    pub max_connections: usize,
+    pub metrics: MetricsSettings,
+    pub lambda: LambdaEnv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    /// Empty: use the nameservers of `/etc/resolv.conf`.
+    pub upstreams: Vec<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub stale: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    Observe,
+    Enforce,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyRule {
+    /// `pattern` is normalised (lower case, IDNA, no trailing dot) and may start with `*.`.
+    Host {
+        pattern: String,
+        port: Option<u16>,
+    },
+    Cidr(IpNet),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySettings {
+    pub allow: Vec<PolicyRule>,
+    pub deny: Vec<PolicyRule>,
+    pub mode: PolicyMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for the root).
+    pub base_path: String,
+    /// The URI as configured.
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub primary: Upstream,
+    pub fallback: Option<Upstream>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WarmTarget {
+    HostPort { host: String, port: u16, count: u32 },
+    Route { name: String, count: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsSink {
+    Emf,
+    CloudWatch,
+    Both,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    pub sink: MetricsSink,
+    pub namespace: String,
+    pub cloudwatch_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitType {
+    OnDemand,
+    ProvisionedConcurrency,
+    SnapStart,
+}
+
+/// What Lambda tells the extension about the function through the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LambdaEnv {
+    pub function_name: String,
+    pub region: Option<String>,
+    pub initialization_type: InitType,
+}
+
+/// One bad variable: enough to fix it without reading the docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub variable: String,
+    pub value: String,
+    pub expected: String,
+    /// What the extension does instead.
+    pub effect: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}; {}",
+            self.variable, self.value, self.expected, self.effect
+        )
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> (Config, Vec<Problem>) {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+            .collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Parses a set of variables (the environment, or a test's map).
+    pub fn from_vars(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
+        parse::parse(vars)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// A summary safe to show on the status page (no credentials are ever configured here,
+    /// but route URIs may carry user info, which is dropped).
+    pub fn summary(&self) -> serde_json::Value {
+        let routes: Vec<_> = self
+            .routes
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "primary": format!("https://{}:{}{}", r.primary.host, r.primary.port, r.primary.base_path),
+                    "fallback": r.fallback.as_ref().map(|u| format!("https://{}:{}{}", u.host, u.port, u.base_path)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "proxy_port": self.proxy_port,
+            "dns_port": self.dns_port,
+            "dns_upstreams": self.dns.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "policy": match self.policy.mode { PolicyMode::Observe => "observe", PolicyMode::Enforce => "enforce" },
+            "allow_rules": self.policy.allow.len(),
+            "deny_rules": self.policy.deny.len(),
+            "routes": routes,
+            "warm_targets": self.warm.len(),
+            "warm_budget_ms": self.warm_budget.as_millis() as u64,
+            "connect_timeout_ms": self.connect_timeout.as_millis() as u64,
+            "pool_idle_s": self.pool_idle.as_secs(),
+            "retry_max": self.retry_max,
+            "max_connections": self.max_connections,
+            "metrics_sink": format!("{:?}", self.metrics.sink).to_lowercase(),
+            "region": self.lambda.region,
+        })
+    }
+}

@@ -1,0 +1,405 @@
+//! The one metrics recorder every part of the extension writes to.
+//!
+//! Counters are lock-free atomics (the DNS fast path bumps them per query); latency
+//! histograms and per-destination figures sit behind short mutexes. A flush takes the whole
+//! window out atomically per metric (`swap`/`mem::take`), so an observation lands either in
+//! this flush or the next one — never in neither.
+
+mod emf;
+mod histogram;
+
+pub use emf::{
+    EmfWriter, EMF_MAX_EVENT_BYTES, EMF_MAX_METRICS_PER_DIRECTIVE, EMF_MAX_VALUES_PER_METRIC,
+};
+pub use histogram::Histogram;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How many distinct `Destination` dimension values one flush window keeps; the rest are
+/// folded into [`OTHER_DESTINATION`] so a function calling thousands of hosts cannot grow
+/// memory or the EMF document without bound.
+pub const MAX_DESTINATIONS: usize = 32;
+pub const OTHER_DESTINATION: &str = "other";
+
+macro_rules! metric_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $metric:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The metric name as it appears in EMF and CloudWatch.
+            pub const fn metric_name(self) -> &'static str {
+                match self { $($name::$variant => $metric),+ }
+            }
+        }
+    };
+}
+
+metric_enum!(
+    /// Monotonic counts (unit `Count`, or `Bytes` for the byte counters).
+    Counter {
+        Invocations => "invocations",
+        Requests => "requests",
+        Errors => "errors",
+        ErrorsTimeout => "errors_timeout",
+        ErrorsRefused => "errors_refused",
+        ErrorsReset => "errors_reset",
+        ErrorsDns => "errors_dns",
+        ErrorsTls => "errors_tls",
+        ConnectTimeouts => "connect_timeouts",
+        RetryCount => "retry_count",
+        PolicyDenied => "policy_denied",
+        ConnectionsOpened => "connections_opened",
+        ConnectionsReused => "connections_reused",
+        CrossRegionRequests => "cross_region_requests",
+        CircuitOpen => "circuit_open",
+        FallbackHits => "fallback_hits",
+        BytesIn => "bytes_in",
+        BytesOut => "bytes_out",
+        DnsCacheHits => "dns_cache_hits",
+        DnsCacheMisses => "dns_cache_misses",
+        DnsStaleServed => "dns_stale_served",
+        DnsPrefetches => "dns_prefetches",
+        DnsUpstreamErrors => "dns_upstream_errors",
+        DnsUpstreamTimeouts => "dns_upstream_timeouts",
+        DnsMalformed => "dns_malformed",
+        WarmConnections => "warm_connections",
+        ConfigErrors => "config_errors",
+        TaskPanics => "task_panics",
+    }
+);
+
+metric_enum!(
+    /// Latency distributions, in milliseconds.
+    Timing {
+        DnsMs => "dns_ms",
+        DnsUpstreamMs => "dns_upstream_ms",
+        TcpConnectMs => "tcp_connect_ms",
+        TlsMs => "tls_ms",
+        TtfbMs => "ttfb_ms",
+        RequestMs => "request_ms",
+        WarmMs => "warm_ms",
+        ExtensionInitMs => "extension_init_ms",
+    }
+);
+
+metric_enum!(
+    /// Levels; a flush reports the highest level seen during the window.
+    Gauge {
+        ActiveConnections => "active_connections",
+    }
+);
+
+impl Counter {
+    pub const fn unit(self) -> &'static str {
+        match self {
+            Counter::BytesIn | Counter::BytesOut => "Bytes",
+            _ => "Count",
+        }
+    }
+}
+
+/// Figures kept per destination (`host:port`) for the `[FunctionName, Destination]` set.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DestinationWindow {
+    pub counters: BTreeMap<Counter, u64>,
+    pub timings: BTreeMap<Timing, Histogram>,
+}
+
+/// Everything recorded between two flushes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    pub counters: BTreeMap<Counter, u64>,
+    pub timings: BTreeMap<Timing, Histogram>,
+    pub gauges: BTreeMap<Gauge, i64>,
+    /// Metrics named at run time, e.g. `symptom_<finding>` (unit `Count`).
+    pub named_counts: BTreeMap<String, u64>,
+    pub destinations: BTreeMap<String, DestinationWindow>,
+}
+
+impl Snapshot {
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
+            && self.timings.is_empty()
+            && self.gauges.is_empty()
+            && self.named_counts.is_empty()
+            && self.destinations.is_empty()
+    }
+
+    /// Adds another window into this one (used to put back a window that could not be sent).
+    pub fn merge(&mut self, other: Snapshot) {
+        for (c, n) in other.counters {
+            *self.counters.entry(c).or_default() += n;
+        }
+        for (t, h) in other.timings {
+            self.timings.entry(t).or_default().merge(&h);
+        }
+        for (g, v) in other.gauges {
+            let level = self.gauges.entry(g).or_insert(v);
+            *level = (*level).max(v);
+        }
+        for (name, n) in other.named_counts {
+            *self.named_counts.entry(name).or_default() += n;
+        }
+        for (dest, window) in other.destinations {
+            let mine = self.destinations.entry(dest).or_default();
+            for (c, n) in window.counters {
+                *mine.counters.entry(c).or_default() += n;
+            }
+            for (t, h) in window.timings {
+                mine.timings.entry(t).or_default().merge(&h);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slow {
+    timings: BTreeMap<Timing, Histogram>,
+    named_counts: BTreeMap<String, u64>,
+    destinations: BTreeMap<String, DestinationWindow>,
+}
+
+struct GaugeCell {
+    current: AtomicI64,
+    window_max: AtomicI64,
+}
+
+struct Inner {
+    counters: Vec<AtomicU64>,
+    gauges: Vec<GaugeCell>,
+    slow: Mutex<Slow>,
+}
+
+/// Cheap to clone; every clone writes to the same window.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        let counters = Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect();
+        let gauges = Gauge::ALL
+            .iter()
+            .map(|_| GaugeCell {
+                current: AtomicI64::new(0),
+                window_max: AtomicI64::new(0),
+            })
+            .collect();
+        Recorder {
+            inner: Arc::new(Inner {
+                counters,
+                gauges,
+                slow: Mutex::new(Slow::default()),
+            }),
+        }
+    }
+
+    /// A poisoned lock only means another thread panicked mid-update of plain maps; the data
+    /// is still usable and losing metrics would be worse.
+    fn slow(&self) -> MutexGuard<'_, Slow> {
+        self.inner.slow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn count(&self, counter: Counter, n: u64) {
+        if n > 0 {
+            self.inner.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn incr(&self, counter: Counter) {
+        self.count(counter, 1);
+    }
+
+    /// Counts for the function and for one destination.
+    pub fn count_for(&self, destination: &str, counter: Counter, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.count(counter, n);
+        let mut slow = self.slow();
+        let window = destination_window(&mut slow.destinations, destination);
+        *window.counters.entry(counter).or_default() += n;
+    }
+
+    /// A metric whose name is only known at run time (unit `Count`).
+    pub fn count_named(&self, name: &str, n: u64) {
+        let mut slow = self.slow();
+        match slow.named_counts.get_mut(name) {
+            Some(total) => *total += n,
+            None => {
+                slow.named_counts.insert(name.to_owned(), n);
+            }
+        }
+    }
+
+    pub fn observe_ms(&self, timing: Timing, ms: f64) {
+        self.slow().timings.entry(timing).or_default().record(ms);
+    }
+
+    /// Records a latency for the function and for one destination.
+    pub fn observe_ms_for(&self, destination: &str, timing: Timing, ms: f64) {
+        let mut slow = self.slow();
+        slow.timings.entry(timing).or_default().record(ms);
+        let window = destination_window(&mut slow.destinations, destination);
+        window.timings.entry(timing).or_default().record(ms);
+    }
+
+    pub fn gauge_add(&self, gauge: Gauge, delta: i64) {
+        let cell = &self.inner.gauges[gauge as usize];
+        let now = cell.current.fetch_add(delta, Ordering::Relaxed) + delta;
+        cell.window_max.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn gauge_value(&self, gauge: Gauge) -> i64 {
+        self.inner.gauges[gauge as usize]
+            .current
+            .load(Ordering::Relaxed)
+    }
+
+    /// The running total of a counter in the current window (for status pages and diagnosis).
+    pub fn peek(&self, counter: Counter) -> u64 {
+        self.inner.counters[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// Takes everything recorded since the previous call.
+    pub fn take(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            let n = self.inner.counters[i].swap(0, Ordering::Relaxed);
+            if n > 0 {
+                snapshot.counters.insert(*counter, n);
+            }
+        }
+        for (i, gauge) in Gauge::ALL.iter().enumerate() {
+            let cell = &self.inner.gauges[i];
+            let current = cell.current.load(Ordering::Relaxed);
+            let max = cell
+                .window_max
+                .swap(current, Ordering::Relaxed)
+                .max(current);
+            if max != 0 {
+                snapshot.gauges.insert(*gauge, max);
+            }
+        }
+        let slow = std::mem::take(&mut *self.slow());
+        snapshot.timings = slow.timings;
+        snapshot.named_counts = slow.named_counts;
+        snapshot.destinations = slow.destinations;
+        snapshot
+    }
+
+    /// Puts back a window that could not be delivered, so the next flush carries it.
+    pub fn restore(&self, snapshot: Snapshot) {
+        for (counter, n) in snapshot.counters {
+            self.count(counter, n);
+        }
+        let mut slow = self.slow();
+        for (timing, h) in snapshot.timings {
+            slow.timings.entry(timing).or_default().merge(&h);
+        }
+        for (name, n) in snapshot.named_counts {
+            *slow.named_counts.entry(name).or_default() += n;
+        }
+        for (dest, window) in snapshot.destinations {
+            let mine = destination_window(&mut slow.destinations, &dest);
+            for (c, n) in window.counters {
+                *mine.counters.entry(c).or_default() += n;
+            }
+            for (t, h) in window.timings {
+                mine.timings.entry(t).or_default().merge(&h);
+            }
+        }
+    }
+}
+
+fn destination_window<'a>(
+    destinations: &'a mut BTreeMap<String, DestinationWindow>,
+    destination: &str,
+) -> &'a mut DestinationWindow {
+    let key = if destinations.contains_key(destination) || destinations.len() < MAX_DESTINATIONS - 1
+    {
+        destination
+    } else {
+        OTHER_DESTINATION
+    };
+    destinations.entry(key.to_owned()).or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_empties_the_window_and_nothing_is_lost() {
+        let r = Recorder::new();
+        r.count(Counter::Requests, 3);
+        r.observe_ms(Timing::DnsMs, 1.5);
+        r.count_named("symptom_idle_reset", 1);
+        let first = r.take();
+        assert_eq!(first.counters.get(&Counter::Requests), Some(&3));
+        assert_eq!(first.timings[&Timing::DnsMs].count(), 1);
+        assert_eq!(first.named_counts["symptom_idle_reset"], 1);
+        r.incr(Counter::Requests);
+        let second = r.take();
+        assert_eq!(second.counters.get(&Counter::Requests), Some(&1));
+        assert!(second.timings.is_empty());
+        assert!(r.take().is_empty());
+    }
+
+    #[test]
+    fn destinations_are_bounded() {
+        let r = Recorder::new();
+        for i in 0..(MAX_DESTINATIONS * 3) {
+            r.count_for(&format!("host{i}:443"), Counter::Requests, 1);
+        }
+        let snap = r.take();
+        assert_eq!(snap.destinations.len(), MAX_DESTINATIONS);
+        let total: u64 = snap
+            .destinations
+            .values()
+            .map(|d| d.counters[&Counter::Requests])
+            .sum();
+        assert_eq!(total, (MAX_DESTINATIONS * 3) as u64);
+        assert_eq!(
+            snap.counters[&Counter::Requests],
+            (MAX_DESTINATIONS * 3) as u64
+        );
+    }
+
+    #[test]
+    fn gauge_reports_window_peak() {
+        let r = Recorder::new();
+        r.gauge_add(Gauge::ActiveConnections, 5);
+        r.gauge_add(Gauge::ActiveConnections, -4);
+        assert_eq!(r.take().gauges[&Gauge::ActiveConnections], 5);
+        assert_eq!(r.take().gauges[&Gauge::ActiveConnections], 1);
+        r.gauge_add(Gauge::ActiveConnections, -1);
+        assert_eq!(r.take().gauges.get(&Gauge::ActiveConnections), Some(&1));
+        assert!(!r.take().gauges.contains_key(&Gauge::ActiveConnections));
+    }
+
+    #[test]
+    fn restore_puts_a_window_back() {
+        let r = Recorder::new();
+        r.count_for("a:443", Counter::Errors, 2);
+        let snap = r.take();
+        r.restore(snap.clone());
+        r.incr(Counter::Errors);
+        let again = r.take();
+        assert_eq!(again.counters[&Counter::Errors], 3);
+        assert_eq!(again.destinations["a:443"].counters[&Counter::Errors], 2);
+    }
+}

@@ -1,0 +1,200 @@
+//! Resolve once, check every address, connect to a checked address (the next one on
+//! failure), each attempt bounded by `EGRESS_WARDEN_CONNECT_TIMEOUT_MS`. The socket address
+//! handed to `connect` is the one the policy saw: nothing resolves the name again.
+
+use super::host::Target;
+use super::policy::{Policy, Verdict};
+use crate::dns::DnsCache;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Addresses tried per connect before giving up (bounds the worst case to this many timeouts).
+const MAX_ADDRESSES: usize = 4;
+
+/// What it takes to open an upstream connection.
+pub(crate) struct Dialer {
+    pub dns: Arc<DnsCache>,
+    pub policy: Policy,
+    pub connect_timeout: Duration,
+}
+
+/// An open, policy-checked TCP connection.
+#[derive(Debug)]
+pub(crate) struct Dialed {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub dns_ms: Option<f64>,
+    pub connect_ms: f64,
+    /// `observe` mode: the rule this connection would have been denied by.
+    pub observed: Option<&'static str>,
+}
+
+/// Why no connection could be opened (or, for TLS, used).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Denied {
+        reason: &'static str,
+        addr: Option<SocketAddr>,
+    },
+    Dns {
+        message: String,
+        dns_ms: Option<f64>,
+    },
+    Timeout {
+        addr: SocketAddr,
+        dns_ms: Option<f64>,
+    },
+    Refused {
+        addr: SocketAddr,
+        dns_ms: Option<f64>,
+    },
+    Io {
+        addr: SocketAddr,
+        kind: io::ErrorKind,
+        message: String,
+        dns_ms: Option<f64>,
+    },
+    Tls {
+        addr: SocketAddr,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Denied { reason, .. } => write!(f, "denied by policy: {reason}"),
+            Failure::Dns { message, .. } => write!(f, "DNS look-up failed: {message}"),
+            Failure::Timeout { addr, .. } => write!(f, "connect to {addr} timed out"),
+            Failure::Refused { addr, .. } => write!(f, "connect to {addr} refused"),
+            Failure::Io { addr, message, .. } => write!(f, "connect to {addr} failed: {message}"),
+            Failure::Tls { addr, message } => write!(f, "TLS with {addr} failed: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    pub(crate) fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Failure::Denied { addr, .. } => *addr,
+            Failure::Dns { .. } => None,
+            Failure::Timeout { addr, .. }
+            | Failure::Refused { addr, .. }
+            | Failure::Io { addr, .. }
+            | Failure::Tls { addr, .. } => Some(*addr),
+        }
+    }
+
+    pub(crate) fn dns_ms(&self) -> Option<f64> {
+        match self {
+            Failure::Dns { dns_ms, .. }
+            | Failure::Timeout { dns_ms, .. }
+            | Failure::Refused { dns_ms, .. }
+            | Failure::Io { dns_ms, .. } => *dns_ms,
+            Failure::Denied { .. } | Failure::Tls { .. } => None,
+        }
+    }
+
+    /// A failure before anything was sent upstream: safe to retry whatever the method.
+    pub(crate) fn is_connect_phase(&self) -> bool {
+        !matches!(self, Failure::Denied { .. } | Failure::Tls { .. })
+    }
+}
+
+pub(crate) fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Dialer {
+    pub(crate) async fn dial(&self, target: &Target) -> Result<Dialed, Failure> {
+        let mut observed = None;
+        match self.policy.check_host(target) {
+            Verdict::Allow => {}
+            Verdict::Observe(reason) => observed = Some(reason),
+            Verdict::Deny(reason) => return Err(Failure::Denied { reason, addr: None }),
+        }
+        let (ips, dns_ms) = match target.ip {
+            Some(ip) => (vec![ip], None),
+            None => {
+                let started = Instant::now();
+                let looked_up = self.dns.lookup_ip(&target.host).await;
+                let dns_ms = Some(ms_since(started));
+                match looked_up {
+                    Ok(ips) if !ips.is_empty() => (ips, dns_ms),
+                    Ok(_) => {
+                        return Err(Failure::Dns {
+                            message: "no addresses".into(),
+                            dns_ms,
+                        })
+                    }
+                    Err(err) => {
+                        return Err(Failure::Dns {
+                            message: err.to_string(),
+                            dns_ms,
+                        })
+                    }
+                }
+            }
+        };
+
+        let mut denial = None;
+        let mut last_failure = None;
+        let mut tried = 0;
+        for ip in ips {
+            if tried >= MAX_ADDRESSES {
+                break;
+            }
+            let addr = SocketAddr::new(ip, target.port);
+            let verdict = self.policy.check_addr(target, addr);
+            let observed_here = match verdict {
+                Verdict::Deny(reason) => {
+                    denial.get_or_insert(Failure::Denied {
+                        reason,
+                        addr: Some(addr),
+                    });
+                    continue;
+                }
+                Verdict::Observe(reason) => Some(reason),
+                Verdict::Allow => None,
+            };
+            tried += 1;
+            let started = Instant::now();
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let connect_ms = ms_since(started);
+                    // Small request/response exchanges must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Dialed {
+                        stream,
+                        addr,
+                        dns_ms,
+                        connect_ms,
+                        observed: observed.or(observed_here),
+                    });
+                }
+                Ok(Err(err)) => {
+                    last_failure = Some(if err.kind() == io::ErrorKind::ConnectionRefused {
+                        Failure::Refused { addr, dns_ms }
+                    } else {
+                        Failure::Io {
+                            addr,
+                            kind: err.kind(),
+                            message: err.to_string(),
+                            dns_ms,
+                        }
+                    });
+                }
+                Err(_) => last_failure = Some(Failure::Timeout { addr, dns_ms }),
+            }
+        }
+        Err(last_failure.or(denial).unwrap_or(Failure::Dns {
+            message: "no addresses".into(),
+            dns_ms,
+        }))
+    }
+}

@@ -1,0 +1,165 @@
+//! How a failure is answered and counted: one table from failure kind to status code,
+//! `X-Egress-Warden-Error` token and error counters, so every path reports alike.
+
+use super::body::ProxyBody;
+use super::connect::Failure;
+use crate::metrics::Counter;
+use http::{HeaderValue, Response, StatusCode};
+use std::error::Error as StdError;
+use std::io;
+
+pub(crate) const ERROR_HEADER: &str = "x-egress-warden-error";
+
+/// A request the proxy answers itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub status: StatusCode,
+    /// Short machine-readable reason (the `X-Egress-Warden-Error` value).
+    pub token: &'static str,
+    pub counters: &'static [Counter],
+    pub message: String,
+}
+
+const NONE: &[Counter] = &[];
+const DENIED: &[Counter] = &[Counter::PolicyDenied];
+const DNS: &[Counter] = &[Counter::Errors, Counter::ErrorsDns];
+const TIMEOUT: &[Counter] = &[Counter::Errors, Counter::ErrorsTimeout, Counter::ConnectTimeouts];
+const REFUSED: &[Counter] = &[Counter::Errors, Counter::ErrorsRefused];
+const RESET: &[Counter] = &[Counter::Errors, Counter::ErrorsReset];
+const TLS: &[Counter] = &[Counter::Errors, Counter::ErrorsTls];
+const UPSTREAM_TIMEOUT: &[Counter] = &[Counter::Errors, Counter::ErrorsTimeout];
+const OTHER: &[Counter] = &[Counter::Errors];
+
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, token: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            token,
+            counters: NONE,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn from_failure(failure: &Failure) -> Refusal {
+        let (status, token, counters) = match failure {
+            Failure::Denied { reason, .. } => (StatusCode::FORBIDDEN, *reason, DENIED),
+            Failure::Dns { .. } => (StatusCode::BAD_GATEWAY, "dns_failure", DNS),
+            Failure::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "connect_timeout", TIMEOUT),
+            Failure::Refused { .. } => (StatusCode::BAD_GATEWAY, "connect_refused", REFUSED),
+            Failure::Io { kind, .. } if is_reset(*kind) => (StatusCode::BAD_GATEWAY, "connection_reset", RESET),
+            Failure::Io { .. } => (StatusCode::BAD_GATEWAY, "connect_failed", OTHER),
+            Failure::Tls { .. } => (StatusCode::BAD_GATEWAY, "tls_error", TLS),
+        };
+        Refusal {
+            status,
+            token,
+            counters,
+            message: failure.to_string(),
+        }
+    }
+
+    /// The upstream did not answer within the time left for the request.
+    pub(crate) fn upstream_timeout() -> Refusal {
+        Refusal {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            token: "upstream_timeout",
+            counters: UPSTREAM_TIMEOUT,
+            message: "the upstream did not answer in time".into(),
+        }
+    }
+
+    /// A request that failed inside hyper's client: a connect failure carries our own
+    /// [`Failure`]; otherwise the connection broke after the request went out.
+    pub(crate) fn from_client_error(err: &hyper_util::client::legacy::Error) -> Refusal {
+        if let Some(failure) = find_source::<Failure>(err) {
+            return Refusal::from_failure(failure);
+        }
+        let reset = || Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            token: "upstream_reset",
+            counters: RESET,
+            message: format!("the upstream connection broke: {}", chain(err)),
+        };
+        if let Some(io) = find_source::<io::Error>(err) {
+            if is_reset(io.kind()) {
+                return reset();
+            }
+            if io.kind() == io::ErrorKind::TimedOut {
+                return Refusal::upstream_timeout();
+            }
+        }
+        if let Some(h) = find_source::<hyper::Error>(err) {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return reset();
+            }
+            if h.is_timeout() {
+                return Refusal::upstream_timeout();
+            }
+        }
+        Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            token: "upstream_error",
+            counters: OTHER,
+            message: format!("the upstream request failed: {}", chain(err)),
+        }
+    }
+
+    pub(crate) fn is_denial(&self) -> bool {
+        self.counters == DENIED
+    }
+
+    pub(crate) fn response(&self) -> Response<ProxyBody> {
+        text_response(self.status, Some(self.token), format!("egress-warden: {}\n", self.message))
+    }
+}
+
+pub(crate) fn text_response(status: StatusCode, token: Option<&'static str>, body: String) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(body.into()));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Some(token) = token {
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(token));
+    }
+    res
+}
+
+fn is_reset(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+pub(crate) fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current = Some(err);
+    // Error chains are short; the bound only guards against a cyclic `source()`.
+    for _ in 0..16 {
+        let e = current?;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// "outer: inner: innermost", for logs.
+pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut current = err.source();
+    for _ in 0..8 {
+        let Some(e) = current else { break };
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        current = e.source();
+    }
+    out
+}
