@@ -1,0 +1,537 @@
+//! `proxy-bench`: the egress proxy side by side with direct connections and other proxies, on
+//! loopback, in one run (driven by `scripts/bench.d/proxy`).
+//!
+//! ```text
+//! proxy-bench --extension BIN [--proxy NAME=ADDR:PID]... [--samples N] [--seconds S]
+//!             [--concurrency C] [--log-dir DIR] [--only keepalive,connect-new,tunnel]
+//! ```
+//!
+//! Starts egress-warden (BIN) as a real process behind a minimal Extensions API stub, an
+//! HTTP/1.1 upstream on 127.0.0.2, then for each scenario and target measures:
+//! sequential latency (p50/p99 over N requests on one client), throughput (C concurrent
+//! clients for S seconds) and the proxy process's CPU time per request (from /proc).
+//!
+//! Scenarios: `keepalive` (absolute-form GET on a kept-alive client connection; pooled
+//! upstream), `connect-new` (a new client connection, CONNECT, one request, close: what a new
+//! HTTPS connection costs the proxy; the TLS handshake inside the tunnel is end to end and
+//! identical with or without a proxy, so it is left out to isolate the proxy's share),
+//! `tunnel` (requests inside one long CONNECT tunnel).
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone)]
+struct Target {
+    name: String,
+    /// None: straight to the upstream.
+    proxy: Option<SocketAddr>,
+    pid: Option<u32>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    KeepAlive,
+    ConnectNew,
+    Tunnel,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive => "keepalive",
+            Scenario::ConnectNew => "connect-new",
+            Scenario::Tunnel => "tunnel",
+        }
+    }
+}
+
+struct Args {
+    extension: String,
+    proxies: Vec<Target>,
+    samples: usize,
+    seconds: u64,
+    concurrency: usize,
+    log_dir: String,
+    only: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        extension: String::new(),
+        proxies: Vec::new(),
+        samples: 5000,
+        seconds: 3,
+        concurrency: 8,
+        log_dir: std::env::temp_dir().display().to_string(),
+        only: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--extension" => a.extension = val()?,
+            "--samples" => a.samples = val()?.parse().map_err(|_| "bad --samples")?,
+            "--seconds" => a.seconds = val()?.parse().map_err(|_| "bad --seconds")?,
+            "--concurrency" => a.concurrency = val()?.parse().map_err(|_| "bad --concurrency")?,
+            "--log-dir" => a.log_dir = val()?,
+            "--only" => a.only = val()?.split(',').map(str::to_string).collect(),
+            "--proxy" => {
+                let v = val()?;
+                let (name, rest) = v.split_once('=').ok_or("--proxy NAME=ADDR:PID")?;
+                let (addr, pid) = rest.rsplit_once(':').ok_or("--proxy NAME=ADDR:PID")?;
+                a.proxies.push(Target {
+                    name: name.to_string(),
+                    proxy: Some(addr.parse().map_err(|_| format!("bad address {addr}"))?),
+                    pid: Some(pid.parse().map_err(|_| format!("bad pid {pid}"))?),
+                });
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.extension.is_empty() {
+        return Err("--extension BIN is required".into());
+    }
+    Ok(a)
+}
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+
+/// A minimal keep-alive HTTP/1.1 server: one fixed answer per request head.
+async fn upstream() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.2:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut filled = 0;
+                loop {
+                    match s.read(&mut buf[filled..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => filled += n,
+                    }
+                    while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                        if s.write_all(RESPONSE).await.is_err() {
+                            return;
+                        }
+                        buf.copy_within(end + 4..filled, 0);
+                        filled -= end + 4;
+                    }
+                    if filled == buf.len() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Stands in for Lambda's Extensions API: registers anyone, never sends an event.
+async fn extensions_api() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut filled = 0;
+                loop {
+                    match s.read(&mut buf[filled..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => filled += n,
+                    }
+                    let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while filled < end + 4 + len {
+                        match s.read(&mut buf[filled..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => filled += n,
+                        }
+                    }
+                    if head.contains("/extension/register") {
+                        let body = r#"{"functionName":"bench","functionVersion":"$LATEST","handler":"bench"}"#;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nLambda-Extension-Identifier: bench-id\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(reply.as_bytes()).await;
+                        buf.copy_within(end + 4 + len..filled, 0);
+                        filled -= end + 4 + len;
+                    } else {
+                        // /event/next: the bench never ends the "invocation".
+                        tokio::time::sleep(Duration::from_secs(86_400)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+struct Warden(Child);
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> {
+    let api = extensions_api().await?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let log = std::fs::File::create(format!("{log_dir}/egress-warden.log"))?;
+    let child = Command::new(bin)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
+        .env("AWS_REGION", "us-east-1")
+        .env("EGRESS_WARDEN_PROXY_PORT", port.to_string())
+        .env("EGRESS_WARDEN_DNS_PORT", "0")
+        .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
+        .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
+        // Lets a run measure without the per-request decision line (EGRESS_WARDEN_LOG_LEVEL=warn).
+        .env(
+            "EGRESS_WARDEN_LOG_LEVEL",
+            std::env::var("EGRESS_WARDEN_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let warden = Warden(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(io::Error::other("egress-warden did not start listening"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((
+        warden,
+        Target {
+            name: "egress-warden".into(),
+            proxy: Some(addr),
+            pid: Some(pid),
+        },
+    ))
+}
+
+/// Reads one response (head + Content-Length body); CONNECT answers have no body.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..end]).map_err(|_| io::Error::other("bad head"))?;
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let len = head
+            .split("\r\n")
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        return Ok(status);
+    }
+}
+
+struct Client {
+    target: Target,
+    upstream: SocketAddr,
+    scenario: Scenario,
+    conn: Option<TcpStream>,
+    buf: Vec<u8>,
+    absolute: Vec<u8>,
+    origin: Vec<u8>,
+}
+
+impl Client {
+    fn new(target: &Target, upstream: SocketAddr, scenario: Scenario) -> Client {
+        Client {
+            target: target.clone(),
+            upstream,
+            scenario,
+            conn: None,
+            buf: Vec::with_capacity(4096),
+            absolute: format!("GET http://{upstream}/ HTTP/1.1\r\nHost: {upstream}\r\n\r\n")
+                .into_bytes(),
+            origin: format!("GET / HTTP/1.1\r\nHost: {upstream}\r\n\r\n").into_bytes(),
+        }
+    }
+
+    async fn open(&mut self) -> io::Result<TcpStream> {
+        let tunnel = matches!(self.scenario, Scenario::ConnectNew | Scenario::Tunnel);
+        match self.target.proxy {
+            None => {
+                let s = TcpStream::connect(self.upstream).await?;
+                s.set_nodelay(true)?;
+                Ok(s)
+            }
+            Some(proxy) => {
+                let mut s = TcpStream::connect(proxy).await?;
+                s.set_nodelay(true)?;
+                if tunnel {
+                    let up = self.upstream;
+                    s.write_all(format!("CONNECT {up} HTTP/1.1\r\nHost: {up}\r\n\r\n").as_bytes())
+                        .await?;
+                    let status = read_response(&mut s, &mut self.buf).await?;
+                    if status != 200 {
+                        return Err(io::Error::other(format!("CONNECT answered {status}")));
+                    }
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// One request; reconnects as the scenario demands, or when a proxy closed a kept-alive
+    /// connection (tinyproxy answers HTTP/1.0-style, one request per client connection).
+    async fn request(&mut self) -> io::Result<()> {
+        let reused = self.conn.is_some() && self.scenario != Scenario::ConnectNew;
+        match self.try_request().await {
+            Err(_) if reused => {
+                self.conn = None;
+                self.try_request().await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_request(&mut self) -> io::Result<()> {
+        let mut s = match self.conn.take() {
+            Some(s) if self.scenario != Scenario::ConnectNew => s,
+            _ => self.open().await?,
+        };
+        let absolute = self.target.proxy.is_some() && self.scenario == Scenario::KeepAlive;
+        let req = if absolute {
+            &self.absolute
+        } else {
+            &self.origin
+        };
+        s.write_all(req).await?;
+        let status = read_response(&mut s, &mut self.buf).await?;
+        if status != 200 {
+            return Err(io::Error::other(format!("answered {status}")));
+        }
+        if self.scenario == Scenario::ConnectNew {
+            // Close with RST: thousands of short connections must not pile up in TIME_WAIT.
+            let _ = s.set_linger(Some(Duration::ZERO));
+        } else {
+            self.conn = Some(s);
+        }
+        Ok(())
+    }
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the ")": state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+struct Row {
+    scenario: &'static str,
+    target: String,
+    p50_us: f64,
+    p99_us: f64,
+    rps: f64,
+    cpu_us_per_req: Option<f64>,
+}
+
+async fn latency(
+    target: &Target,
+    upstream: SocketAddr,
+    scenario: Scenario,
+    samples: usize,
+) -> io::Result<(f64, f64)> {
+    let mut c = Client::new(target, upstream, scenario);
+    for _ in 0..200 {
+        c.request().await?;
+    }
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        c.request().await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let pick = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
+    Ok((pick(0.50), pick(0.99)))
+}
+
+async fn throughput(
+    target: &Target,
+    upstream: SocketAddr,
+    scenario: Scenario,
+    seconds: u64,
+    concurrency: usize,
+) -> io::Result<(f64, Option<f64>)> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = target.pid.and_then(cpu_ticks);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (done, stop) = (done.clone(), stop.clone());
+        let mut c = Client::new(target, upstream, scenario);
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                c.request().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, io::Error>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.map_err(io::Error::other)??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed) as f64;
+    let cpu = match (cpu_before, target.pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) if n > 0.0 => Some((b - a) as f64 / clock_ticks_per_s() * 1e6 / n),
+        _ => None,
+    };
+    Ok((n / elapsed, cpu))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("proxy-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> io::Result<()> {
+    let upstream = upstream().await?;
+    let (_warden, warden) = start_warden(&args.extension, &args.log_dir).await?;
+    let mut targets = vec![
+        Target {
+            name: "direct".into(),
+            proxy: None,
+            pid: None,
+        },
+        warden,
+    ];
+    targets.extend(args.proxies.iter().cloned());
+    let mut rows = Vec::new();
+    for scenario in [Scenario::KeepAlive, Scenario::ConnectNew, Scenario::Tunnel] {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == scenario.name()) {
+            continue;
+        }
+        for t in &targets {
+            let (p50, p99) = latency(t, upstream, scenario, args.samples).await?;
+            let (rps, cpu) =
+                throughput(t, upstream, scenario, args.seconds, args.concurrency).await?;
+            eprintln!(
+                "{:<12} {:<14} p50 {p50:>8.1} us  p99 {p99:>8.1} us  {rps:>9.0} req/s",
+                scenario.name(),
+                t.name
+            );
+            rows.push(Row {
+                scenario: scenario.name(),
+                target: t.name.clone(),
+                p50_us: p50,
+                p99_us: p99,
+                rps,
+                cpu_us_per_req: cpu,
+            });
+        }
+    }
+    println!("| scenario | target | p50 µs | p99 µs | added p50 µs | added p99 µs | req/s ({} clients) | proxy CPU µs/req |", args.concurrency);
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let direct = rows
+            .iter()
+            .find(|d| d.scenario == r.scenario && d.target == "direct");
+        let (added50, added99) = match (direct, r.target.as_str()) {
+            (_, "direct") | (None, _) => ("–".to_string(), "–".to_string()),
+            (Some(d), _) => (
+                format!("{:.1}", r.p50_us - d.p50_us),
+                format!("{:.1}", r.p99_us - d.p99_us),
+            ),
+        };
+        let cpu = r
+            .cpu_us_per_req
+            .map_or("–".to_string(), |c| format!("{c:.1}"));
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {added50} | {added99} | {:.0} | {cpu} |",
+            r.scenario, r.target, r.p50_us, r.p99_us, r.rps
+        );
+    }
+    Ok(())
+}

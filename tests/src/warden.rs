@@ -1,0 +1,108 @@
+//! Finding the egress-warden binary and staging it as `/opt/extensions/egress-warden` would be.
+
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+/// The name the extension registers under (its file name in the layer).
+pub const EXTENSION_NAME: &str = "egress-warden";
+
+/// Where the binary under test is: `EGRESS_WARDEN_BIN`, else `$CARGO_TARGET_DIR/debug/…` when
+/// that is set, else `<workspace>/target/debug/egress-warden`.
+pub fn warden_binary_candidate() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_WARDEN_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(t).join("debug").join(EXTENSION_NAME);
+    }
+    workspace_root()
+        .join("target")
+        .join("debug")
+        .join(EXTENSION_NAME)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The binary, or a message saying how to get it.
+pub fn find_warden_binary() -> Result<PathBuf, String> {
+    let p = warden_binary_candidate();
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "egress-warden binary not found at {}: build it first: cargo build -p egress-warden \
+             (or point EGRESS_WARDEN_BIN at it)",
+            p.display()
+        ))
+    }
+}
+
+/// [`find_warden_binary`], panicking with its message (for tests).
+pub fn warden_binary() -> PathBuf {
+    match find_warden_binary() {
+        Ok(p) => p,
+        Err(m) => panic!("{m}"),
+    }
+}
+
+/// A temporary `extensions/` directory; removed on drop.
+pub struct ExtensionsDir {
+    tmp: TempDir,
+}
+
+impl ExtensionsDir {
+    pub fn new() -> std::io::Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("warden-ext-").tempdir()?;
+        std::fs::create_dir(tmp.path().join("extensions"))?;
+        Ok(ExtensionsDir { tmp })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.tmp.path().join("extensions")
+    }
+
+    /// A scratch directory beside `extensions/` (task root, wrapper scripts…).
+    pub fn scratch(&self) -> PathBuf {
+        self.tmp.path().to_path_buf()
+    }
+
+    /// Places `binary` in the directory as `name` (a symlink, or a copy where links fail).
+    pub fn add(&self, name: &str, binary: &Path) -> std::io::Result<PathBuf> {
+        let dest = self.path().join(name);
+        let target = std::fs::canonicalize(binary)?;
+        if std::os::unix::fs::symlink(&target, &dest).is_err() {
+            std::fs::copy(&target, &dest)?;
+        }
+        Ok(dest)
+    }
+
+    /// An `extensions/` directory holding egress-warden (panics with a build hint if absent).
+    pub fn with_warden() -> Self {
+        let d = Self::new().expect("temp dir");
+        d.add(EXTENSION_NAME, &warden_binary())
+            .expect("stage egress-warden");
+        d
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (TCP and UDP).
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = tcp.local_addr() else {
+            continue;
+        };
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    0
+}

@@ -1,0 +1,568 @@
+//! An outside check of the Extensions API protocol: the real `egress-warden` binary against
+//! `cargo lambda watch` (the cargo-lambda pip package), a Lambda emulator we did not write.
+//!
+//! What `cargo lambda watch` offers, and so what this test relies on (cargo-lambda 1.9):
+//! * `--invoke-address 127.0.0.1 --invoke-port P` serves the invoke API
+//!   (`POST /2015-03-31/functions/<name>/invocations`) and, under the base path `/.rt`, the
+//!   Runtime and Extensions APIs. Extensions are started by hand with
+//!   `AWS_LAMBDA_RUNTIME_API=http://127.0.0.1:P/.rt` (its documented form: a scheme and a base
+//!   path, unlike Lambda's bare `127.0.0.1:9001`); `127.0.0.1:P` without `/.rt` answers 404.
+//! * It starts the function itself (`cargo run --bin bootstrap` in the workspace, on the first
+//!   invoke) and sends INVOKE to every registered extension on each invoke.
+//! * On SIGINT it stops the function and sends SHUTDOWN to the extensions, then exits. With
+//!   `--only-lambda-apis` it does not send SHUTDOWN, so the function is left to watch here.
+//! * It has no Telemetry/Logs API data and no INIT phase ordering: extensions may register at
+//!   any time, and an extension that registers after an invoke simply misses that INVOKE.
+//!   So the test invokes until the extension's first EMF line shows up.
+//!
+//! Checked: the extension registers for INVOKE and SHUTDOWN (it receives both; watch does not
+//! show the registered name, which the emulator tests check), flushes EMF with `invocations`
+//! on INVOKE, proxies the function's request to a local origin and counts it in `requests`,
+//! writes only EMF on stdout, and exits cleanly after SHUTDOWN. Network: 127.0.0.1 only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The whole test must finish within this (it includes watch compiling the demo function).
+const OVERALL: Duration = Duration::from_secs(420);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn extension_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_WARDEN_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => {
+            let t = PathBuf::from(t);
+            if t.is_absolute() {
+                t
+            } else {
+                root().join(t)
+            }
+        }
+        None => root().join("target"),
+    };
+    let p = target.join("debug/egress-warden");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build --workspace --bins, or scripts/test), \
+         or point EGRESS_WARDEN_BIN at it",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Lines a child writes, collected by a thread, readable while it runs.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(&self, r: impl Read + Send + 'static) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                match line {
+                    Ok(l) => lines.lock().unwrap().push(l),
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn text(&self) -> String {
+        self.snapshot().join("\n")
+    }
+}
+
+/// A child process (and, for watch, its process group) ended when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    group: bool,
+    out: Lines,
+    err: Lines,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, group: bool) -> Proc {
+        use std::os::unix::process::CommandExt;
+        if group {
+            cmd.process_group(0);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (out, err) = (Lines::default(), Lines::default());
+        out.follow(child.stdout.take().unwrap());
+        err.follow(child.stderr.take().unwrap());
+        Proc {
+            name,
+            child,
+            group,
+            out,
+            err,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let target = if self.group {
+            format!("-{}", self.child.id())
+        } else {
+            self.child.id().to_string()
+        };
+        let _ = Command::new("kill")
+            .args(["-s", sig, "--", &target])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}\n",
+            self.name,
+            self.out.text(),
+            self.name,
+            self.err.text()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal("KILL");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        } else if self.group {
+            // watch's own children (cargo run, the function) share its group.
+            self.signal("KILL");
+        }
+    }
+}
+
+/// A local origin server answering `200 pong`; counts requests and keeps their request lines.
+struct Origin {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+    request_lines: Arc<Mutex<Vec<String>>>,
+}
+
+fn start_origin() -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let request_lines = Arc::new(Mutex::new(Vec::new()));
+    let (h, rl) = (hits.clone(), request_lines.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" || line == "\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            rl.lock().unwrap().push(first.trim_end().to_string());
+            h.fetch_add(1, Ordering::SeqCst);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\npong",
+            );
+        }
+    });
+    Origin {
+        port,
+        hits,
+        request_lines,
+    }
+}
+
+/// POSTs an invoke to watch; returns (status, body).
+fn invoke(
+    port: u16,
+    function: &str,
+    payload: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let req = format!(
+        "POST /2015-03-31/functions/{function}/invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// EMF documents among the extension's stdout lines.
+fn emf_docs(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect()
+}
+
+/// Sum of a counter metric over EMF documents (only documents that declare it).
+fn metric_sum(docs: &[serde_json::Value], name: &str) -> f64 {
+    docs.iter()
+        .filter(|d| {
+            d["_aws"]["CloudWatchMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|dir| {
+                    dir["Metrics"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|m| m["Name"] == name)
+                })
+        })
+        .filter_map(|d| d.get(name).and_then(|v| v.as_f64()))
+        .sum()
+}
+
+fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn extension_works_under_cargo_lambda_watch() {
+    let started = Instant::now();
+    let overall = started + OVERALL;
+    let root = root();
+    let ext_bin = extension_bin();
+    let version = Command::new("cargo").args(["lambda", "--version"]).output();
+    assert!(
+        matches!(&version, Ok(o) if o.status.success()),
+        "cargo-lambda is not installed (pip install cargo-lambda): {version:?}"
+    );
+
+    let port = free_port();
+    let proxy_port = free_port();
+    let dns_port = free_port();
+    let dead_dns = free_port(); // nothing listens here: DNS stays on loopback
+    let origin = start_origin();
+
+    // --- cargo lambda watch, serving sam/demo-function's `bootstrap` ---------------------
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("sam/demo-function"))
+        .args(["lambda", "watch", "--ignore-changes"])
+        .args([
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+        ])
+        .args([
+            "--env-var",
+            &format!("HTTP_PROXY=http://127.0.0.1:{proxy_port}"),
+        ]);
+    for k in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "AWS_LAMBDA_RUNTIME_API",
+        "AWS_LAMBDA_EXEC_WRAPPER",
+    ] {
+        cmd.env_remove(k);
+    }
+    // What cargo sets for this test process would change build-script fingerprints (ring
+    // tracks CARGO_MANIFEST_DIR) and make watch's `cargo run` rebuild needlessly.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k == "CARGO_MANIFEST_DIR"
+            || k == "CARGO_MANIFEST_PATH"
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    let mut watch = Proc::spawn("cargo lambda watch", cmd, true);
+    let up = wait_until(Instant::now() + Duration::from_secs(60), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(
+        up,
+        "cargo lambda watch did not listen on 127.0.0.1:{port}\n{}",
+        watch.logs()
+    );
+
+    // --- the extension, as Lambda would start it, pointed at watch's APIs -------------------
+    let mut cmd = Command::new(&ext_bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", "bootstrap")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+        .env("EGRESS_WARDEN_PROXY_PORT", proxy_port.to_string())
+        .env("EGRESS_WARDEN_DNS_PORT", dns_port.to_string())
+        .env(
+            "EGRESS_WARDEN_DNS_UPSTREAMS",
+            format!("127.0.0.1:{dead_dns}"),
+        )
+        // lift the built-in loopback denial for the origin server
+        .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
+        .env("EGRESS_WARDEN_METRICS_SINK", "emf")
+        .env("EGRESS_WARDEN_LOG_LEVEL", "debug");
+    let mut ext = Proc::spawn("egress-warden", cmd, false);
+    let report = |what: &str, watch: &Proc, ext: &Proc| -> String {
+        format!("{what}\n{}{}", watch.logs(), ext.logs())
+    };
+
+    // --- INVOKE until the extension's first EMF flush with `invocations` shows up ----------
+    // (the first invoke also waits for watch to compile and start the function)
+    let mut sent = 0u32;
+    let mut seen = false;
+    while !seen && Instant::now() < overall {
+        let left = overall.saturating_duration_since(Instant::now());
+        let (status, body) = invoke(port, "bootstrap", "{}", left.min(Duration::from_secs(300)))
+            .unwrap_or_else(|e| panic!("{}", report(&format!("invoke failed: {e}"), &watch, &ext)));
+        sent += 1;
+        assert_eq!(
+            status,
+            200,
+            "{}",
+            report(&format!("invoke answered {status}: {body}"), &watch, &ext)
+        );
+        assert!(
+            body.contains("hello from the egress-warden demo"),
+            "unexpected response {body}"
+        );
+        seen = wait_until(Instant::now() + Duration::from_secs(5), || {
+            metric_sum(&emf_docs(&ext.out.snapshot()), "invocations") >= 1.0
+        });
+        if let Ok(Some(st)) = ext.child.try_wait() {
+            panic!(
+                "{}",
+                report(&format!("egress-warden exited early: {st}"), &watch, &ext)
+            );
+        }
+        assert!(
+            sent < 20,
+            "{}",
+            report("no EMF `invocations` after 20 invokes", &watch, &ext)
+        );
+    }
+    assert!(
+        seen,
+        "{}",
+        report("timed out waiting for EMF `invocations`", &watch, &ext)
+    );
+
+    // --- the function's request goes through the proxy to the origin -----------------------
+    let url = format!("http://127.0.0.1:{}/ping", origin.port);
+    let (status, body) = invoke(
+        port,
+        "bootstrap",
+        &format!(r#"{{"urls":["{url}"]}}"#),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{}", report(&format!("invoke failed: {e}"), &watch, &ext)));
+    sent += 1;
+    assert_eq!(status, 200, "{body}");
+    let resp: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let r = &resp["results"][0];
+    assert_eq!(
+        r["via"], "proxy",
+        "the function did not use HTTP_PROXY: {body}"
+    );
+    assert_eq!(
+        r["status"],
+        200,
+        "{}",
+        report(
+            &format!("request through egress-warden failed: {body}"),
+            &watch,
+            &ext
+        )
+    );
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        1,
+        "origin saw {:?}",
+        origin.request_lines
+    );
+    assert_eq!(
+        origin.request_lines.lock().unwrap()[0],
+        "GET /ping HTTP/1.1",
+        "the proxy must forward in origin-form"
+    );
+
+    // One more INVOKE: its flush carries what was measured during the previous invocation.
+    let (status, _) = invoke(port, "bootstrap", "{}", Duration::from_secs(60)).unwrap();
+    sent += 1;
+    assert_eq!(status, 200);
+    let flushed = wait_until(Instant::now() + Duration::from_secs(5), || {
+        metric_sum(&emf_docs(&ext.out.snapshot()), "requests") >= 1.0
+    });
+    assert!(
+        flushed,
+        "{}",
+        report(
+            "EMF `requests` did not count the proxied request",
+            &watch,
+            &ext
+        )
+    );
+
+    // --- SHUTDOWN: SIGINT makes watch stop the function and send SHUTDOWN -----------------
+    watch.signal("INT");
+    let status = ext.wait_exit(Duration::from_secs(15));
+    let watch_status = watch.wait_exit(Duration::from_secs(15));
+    let Some(status) = status else {
+        panic!(
+            "{}",
+            report(
+                "egress-warden did not exit within 15 s of SHUTDOWN",
+                &watch,
+                &ext
+            )
+        );
+    };
+    assert!(
+        status.success(),
+        "{}",
+        report(&format!("egress-warden exited with {status}"), &watch, &ext)
+    );
+    assert!(
+        watch_status.is_some(),
+        "cargo lambda watch did not exit on SIGINT"
+    );
+
+    let docs = emf_docs(&ext.out.snapshot());
+    let invocations = metric_sum(&docs, "invocations");
+    // Every INVOKE the extension got was counted; it got at least the last three.
+    assert!(
+        invocations >= 3.0 && invocations <= f64::from(sent),
+        "{}",
+        report(
+            &format!("EMF invocations = {invocations}, invokes sent = {sent}"),
+            &watch,
+            &ext
+        )
+    );
+    for d in &docs {
+        assert_eq!(
+            d["_aws"]["CloudWatchMetrics"][0]["Namespace"], "EgressWarden",
+            "{d}"
+        );
+        assert!(d["_aws"]["Timestamp"].as_u64().is_some(), "{d}");
+    }
+    // stdout carries only EMF: logs go to stderr.
+    for line in ext.out.snapshot() {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("non-JSON line on the extension's stdout: {line:?}"));
+        assert!(v.get("_aws").is_some(), "non-EMF line on stdout: {line}");
+    }
+    assert!(
+        started.elapsed() < OVERALL,
+        "took {:?} (limit {OVERALL:?})",
+        started.elapsed()
+    );
+    drop(ext);
+    drop(watch);
+}

@@ -1,0 +1,412 @@
+//! The CloudWatch PutMetricData sink, end to end: the REAL egress-warden binary under the local
+//! Lambda emulator, sending to a real CloudWatch-compatible API (moto's server) on loopback.
+//!
+//! - `cloudwatch`: every window lands in CloudWatch, nothing on stdout, and the SDK ignores
+//!   `HTTP(S)_PROXY` (pointed at a black hole here).
+//! - `both`: EMF on stdout and CloudWatch carry the same figures, metric by metric.
+//! - endpoint stopped mid-run: the failure is counted and reported as a finding, and the windows
+//!   CloudWatch did not get are on stdout as EMF; nothing lost, nothing doubled.
+//! - endpoint that never answers (a VPC without a route): `/event/next` is not delayed, the
+//!   SHUTDOWN send is bounded, and EMF carries everything.
+//!
+//! Needs `python3` with `moto[server]` and `boto3` (.ci/run installs them) and the binary
+//! (`cargo build -p egress-warden`, default features). Network: 127.0.0.1 only.
+
+#[path = "../cloudwatch/moto.rs"]
+mod moto;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use moto::{BlackHole, MotoServer, Stored, FAKE_CREDENTIALS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warden_tests::emf::{EmfDocument, EmfValidator};
+use warden_tests::emulator::{Emulator, EmulatorConfig, InvokeOutcome, ShutdownReason};
+use warden_tests::warden::{free_port, ExtensionsDir, EXTENSION_NAME};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const FUNCTION: &str = "warden-cloudwatch-fn";
+const NAMESPACE: &str = "WardenSinkTest";
+/// `/event/next` must follow an INVOKE this fast whatever CloudWatch does; a send that blocked
+/// it would take at least the 2.5 s attempt timeout against the black hole.
+const MAX_ACK: Duration = Duration::from_millis(400);
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took too long")
+}
+
+/// The extension with the sink on, listeners on free loopback ports, fake credentials.
+fn config(d: &ExtensionsDir, sink: &str, endpoint: &str) -> (EmulatorConfig, u16) {
+    let proxy = free_port();
+    let mut cfg = EmulatorConfig::with_extensions_dir(d.path())
+        .env("EGRESS_WARDEN_PROXY_PORT", proxy.to_string())
+        .env("EGRESS_WARDEN_DNS_PORT", free_port().to_string())
+        .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
+        .env("EGRESS_WARDEN_METRICS_SINK", sink)
+        .env("EGRESS_WARDEN_METRICS_NAMESPACE", NAMESPACE)
+        .env("EGRESS_WARDEN_CLOUDWATCH_ENDPOINT", endpoint)
+        .env("EGRESS_WARDEN_LOG_LEVEL", "debug");
+    for (k, v) in FAKE_CREDENTIALS {
+        cfg = cfg.env(k, v);
+    }
+    cfg.function_name = FUNCTION.to_string();
+    (cfg, proxy)
+}
+
+/// Some traffic through the proxy so the window holds more than invocations; whatever the
+/// proxy records about it, the assertions compare recorded against delivered.
+async fn proxy_request(port: u16) {
+    let talk = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(
+            b"GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map(|_| ())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), talk).await;
+}
+
+async fn invoke(emu: &mut Emulator, k: usize) -> InvokeOutcome {
+    let out = emu.invoke_json(&json!({ "k": k })).await.unwrap();
+    assert!(out.is_success(), "invoke {k}: {:?}", out.result);
+    let ack = out.ack(EXTENSION_NAME).expect("INVOKE delivered");
+    let latency = ack.latency.expect("next called again");
+    assert!(
+        latency < MAX_ACK,
+        "invoke {k}: /event/next came {latency:?} after the INVOKE (limit {MAX_ACK:?})\n{}",
+        stderr(emu)
+    );
+    out
+}
+
+fn stderr(emu: &Emulator) -> String {
+    emu.stderr_lines(EXTENSION_NAME).join("\n")
+}
+
+fn emf_documents(emu: &Emulator) -> Vec<EmfDocument> {
+    let v = EmfValidator::new();
+    emu.stdout_lines(EXTENSION_NAME)
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            v.validate_line(l)
+                .unwrap_or_else(|e| panic!("stdout line is not valid EMF: {l}\n{e:?}"))
+        })
+        .collect()
+}
+
+/// Levels, not counts: a window reports the highest level it saw, and windows merged while a
+/// send is in flight keep the highest, so they compare by maximum.
+const GAUGES: &[&str] = &["active_connections"];
+
+/// (metric, destination or "") → (Σ value×count, Σ count (NaN for single values), max) over
+/// every EMF document.
+fn emf_totals(docs: &[EmfDocument]) -> BTreeMap<(String, String), (f64, f64, f64)> {
+    let mut totals: BTreeMap<(String, String), (f64, f64, f64)> = BTreeMap::new();
+    for d in docs {
+        let destination = d
+            .get("Destination")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        for (name, _) in d.metrics() {
+            let value = d.get(&name).cloned().unwrap_or(Value::Null);
+            // Sample counts are the data of distributions; for single values they only
+            // tell how many windows there were, which merging changes.
+            let samples = match value.get("Counts").and_then(Value::as_array) {
+                Some(c) => c.iter().filter_map(Value::as_f64).sum(),
+                None => f64::NAN,
+            };
+            let total = d.metric_total(&name).unwrap_or(0.0);
+            let e = totals
+                .entry((name.clone(), destination.clone()))
+                .or_default();
+            e.0 += total;
+            e.1 += samples;
+            e.2 = e.2.max(total);
+        }
+    }
+    totals
+}
+
+fn emf_total(docs: &[EmfDocument], metric: &str) -> f64 {
+    docs.iter().filter_map(|d| d.metric_total(metric)).sum()
+}
+
+fn findings(emu: &Emulator) -> Vec<Value> {
+    emu.stderr_lines(EXTENSION_NAME)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("finding").is_some())
+        .collect()
+}
+
+async fn shutdown_cleanly(emu: &mut Emulator) {
+    let report = emu.shutdown(ShutdownReason::Spindown).await;
+    let exit = report.extension(EXTENSION_NAME).expect("extension exit");
+    assert_eq!(
+        exit.exit.and_then(|x| x.code),
+        Some(0),
+        "{exit:?}\n{}",
+        stderr(emu)
+    );
+    assert!(exit.before_deadline && !exit.killed, "{exit:?}");
+    let elapsed = exit.elapsed.expect("exited after SHUTDOWN");
+    assert!(
+        elapsed < Duration::from_millis(1200),
+        "SHUTDOWN handling took {elapsed:?}; the final send is bounded at 500 ms"
+    );
+}
+
+/// Polls the server until `invocations` reaches `n` (sends run in the background).
+async fn wait_for_invocations(moto: &MotoServer, n: f64) -> Stored {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = tokio::task::block_in_place(|| moto.query(NAMESPACE));
+        let got = stored
+            .function_stat("invocations", FUNCTION)
+            .map_or(0.0, |s| s.sum);
+        if got >= n || tokio::time::Instant::now() > deadline {
+            return stored;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_sink_delivers_every_window_and_bypasses_any_proxy() {
+    bounded(async {
+        const N: usize = 5;
+        let moto = MotoServer::start();
+        let hole = BlackHole::bind();
+        let d = ExtensionsDir::with_warden();
+        let (cfg, proxy) = config(&d, "cloudwatch", &moto.endpoint());
+        // If the SDK honoured these, every send would hang in the black hole and fail.
+        let cfg = cfg
+            .env("HTTPS_PROXY", hole.endpoint())
+            .env("HTTP_PROXY", hole.endpoint())
+            .env("https_proxy", hole.endpoint())
+            .env("http_proxy", hole.endpoint());
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+        for k in 1..=N {
+            proxy_request(proxy).await;
+            invoke(&mut emu, k).await;
+        }
+        shutdown_cleanly(&mut emu).await;
+
+        let stored = tokio::task::block_in_place(|| moto.query(NAMESPACE));
+        let log = stderr(&emu);
+        let inv = stored
+            .function_stat("invocations", FUNCTION)
+            .unwrap_or_else(|| panic!("no invocations in CloudWatch: {stored:?}\n{log}"));
+        assert_eq!(inv.sum, N as f64, "GetMetricStatistics Sum\n{log}");
+        assert_eq!(stored.invocations_get_metric_data, Some(N as f64));
+        let init = stored
+            .function_stat("extension_init_ms", FUNCTION)
+            .expect("extension_init_ms listed");
+        assert_eq!(init.samples, 1.0, "one INIT, one sample (values/counts)");
+        assert!(init.sum > 0.0);
+        let fn_dims = vec![("FunctionName".to_string(), FUNCTION.to_string())];
+        assert!(stored
+            .listed
+            .contains(&("invocations".to_string(), fn_dims.clone())));
+
+        assert!(
+            emf_documents(&emu).is_empty(),
+            "nothing falls back to EMF when CloudWatch works:\n{log}"
+        );
+        assert!(findings(&emu).is_empty(), "no finding: {log}");
+        assert!(
+            moto.log_text().contains("POST"),
+            "the SDK talked to moto directly"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sinks_carry_the_same_figures() {
+    bounded(async {
+        const N: usize = 4;
+        let moto = MotoServer::start();
+        let d = ExtensionsDir::with_warden();
+        let (cfg, proxy) = config(&d, "both", &moto.endpoint());
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+        for k in 1..=N {
+            proxy_request(proxy).await;
+            proxy_request(proxy).await;
+            invoke(&mut emu, k).await;
+        }
+        shutdown_cleanly(&mut emu).await;
+
+        let docs = emf_documents(&emu);
+        let emf = emf_totals(&docs);
+        assert_eq!(emf[&("invocations".to_string(), String::new())].0, N as f64);
+        let stored = tokio::task::block_in_place(|| moto.query(NAMESPACE));
+        for ((metric, destination), (sum, samples, max)) in &emf {
+            let mut dims = vec![("FunctionName".to_string(), FUNCTION.to_string())];
+            if !destination.is_empty() {
+                dims.insert(0, ("Destination".to_string(), destination.clone()));
+            }
+            let key = (metric.clone(), dims);
+            let got = stored
+                .stats
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key:?} is in EMF but not in CloudWatch: {stored:?}"));
+            if GAUGES.contains(&metric.as_str()) {
+                assert_eq!(got.max, Some(*max), "{key:?}: highest level");
+                continue;
+            }
+            // Counts are exact. A distribution's values are its 2 %-wide bucket values, and
+            // windows merged while a send was in flight share buckets, so its sum is exact
+            // only to the bucket width.
+            let tolerance = if samples.is_nan() { 1e-9 } else { 0.02 };
+            assert!(
+                (got.sum - sum).abs() <= tolerance * sum.abs().max(1e-3),
+                "{key:?}: CloudWatch Sum {} vs EMF {sum}",
+                got.sum
+            );
+            if !samples.is_nan() {
+                assert_eq!(got.samples, *samples, "{key:?}: sample count");
+            }
+        }
+        assert_eq!(
+            stored.stats.len(),
+            emf.len(),
+            "CloudWatch holds exactly the metrics EMF carries"
+        );
+        assert!(findings(&emu).is_empty(), "{}", stderr(&emu));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_endpoint_is_counted_reported_and_falls_back_to_emf() {
+    bounded(async {
+        const DELIVERED: usize = 2;
+        const N: usize = 6;
+        let mut moto = MotoServer::start();
+        let d = ExtensionsDir::with_warden();
+        let (cfg, _) = config(&d, "cloudwatch", &moto.endpoint());
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+        for k in 1..=DELIVERED {
+            invoke(&mut emu, k).await;
+        }
+        let stored = wait_for_invocations(&moto, DELIVERED as f64).await;
+        let delivered = stored
+            .function_stat("invocations", FUNCTION)
+            .map_or(0.0, |s| s.sum);
+        assert_eq!(delivered, DELIVERED as f64, "{}", stderr(&emu));
+        moto.stop();
+
+        for k in DELIVERED + 1..=N {
+            invoke(&mut emu, k).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown_cleanly(&mut emu).await;
+
+        let docs = emf_documents(&emu);
+        let log = stderr(&emu);
+        assert_eq!(
+            emf_total(&docs, "invocations"),
+            (N - DELIVERED) as f64,
+            "EMF carries exactly what CloudWatch did not get\n{log}"
+        );
+        assert!(
+            emf_total(&docs, "cloudwatch_put_errors") >= 1.0,
+            "the failure is counted\n{log}"
+        );
+        assert_eq!(
+            emf_total(&docs, "symptom_aws_endpoint_unreachable"),
+            1.0,
+            "one finding per outage\n{log}"
+        );
+        let found = findings(&emu);
+        assert_eq!(found.len(), 1, "{log}");
+        assert_eq!(found[0]["finding"], "aws_endpoint_unreachable");
+        let fix = found[0]["fix"].as_str().unwrap_or_default();
+        assert!(fix.contains("com.amazonaws.us-east-1.monitoring"), "{fix}");
+        assert!(found[0]["evidence"]["error"].is_string());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_delays_nothing_and_loses_nothing() {
+    bounded(async {
+        const N: usize = 5;
+        let hole = BlackHole::bind();
+        let d = ExtensionsDir::with_warden();
+        let (cfg, proxy) = config(&d, "cloudwatch", &hole.endpoint());
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+
+        // The first window's send hangs; the invoke is not held up by it.
+        invoke(&mut emu, 1).await;
+        // Past the 2.5 s attempt timeout with no INVOKE in between: a real failure.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let docs = emf_documents(&emu);
+        assert_eq!(
+            emf_total(&docs, "invocations"),
+            1.0,
+            "the failed window is on stdout\n{}",
+            stderr(&emu)
+        );
+        assert_eq!(findings(&emu).len(), 1, "{}", stderr(&emu));
+
+        // Cooling down: windows go straight to EMF, nothing is attempted or delayed.
+        for k in 2..=N {
+            proxy_request(proxy).await;
+            invoke(&mut emu, k).await;
+        }
+        shutdown_cleanly(&mut emu).await;
+
+        let docs = emf_documents(&emu);
+        let log = stderr(&emu);
+        assert_eq!(emf_total(&docs, "invocations"), N as f64, "{log}");
+        assert!(emf_total(&docs, "cloudwatch_put_errors") >= 1.0, "{log}");
+        assert_eq!(findings(&emu).len(), 1, "reported once per change\n{log}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_send_to_a_silent_endpoint_is_bounded_and_falls_back() {
+    bounded(async {
+        const N: usize = 3;
+        let hole = BlackHole::bind();
+        let d = ExtensionsDir::with_warden();
+        let (cfg, _) = config(&d, "cloudwatch", &hole.endpoint());
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+        // Back-to-back invokes: each send is still hanging when SHUTDOWN comes.
+        for k in 1..=N {
+            invoke(&mut emu, k).await;
+        }
+        shutdown_cleanly(&mut emu).await;
+        let docs = emf_documents(&emu);
+        let log = stderr(&emu);
+        assert_eq!(emf_total(&docs, "invocations"), N as f64, "{log}");
+        assert_eq!(emf_total(&docs, "cloudwatch_put_errors"), 1.0, "{log}");
+        assert_eq!(findings(&emu).len(), 1, "{log}");
+    })
+    .await
+}

@@ -1,0 +1,344 @@
+//! The egress proxy end to end: the REAL egress-warden binary under the local Lambda
+//! emulator, a Python function runtime started through the real exec wrapper (so `requests`
+//! and `boto3` find the proxy through HTTP_PROXY / HTTPS_PROXY / NO_PROXY as in Lambda), real
+//! TLS upstreams and moto's CloudWatch server on loopback, curl and raw sockets.
+//!
+//! Loopback is denied by default, so the extension runs with `EGRESS_WARDEN_ALLOW=127.0.0.0/8`;
+//! upstreams listen on 127.0.0.2 because the wrapper's NO_PROXY keeps 127.0.0.1 direct.
+//! Needs: python3 with requests, boto3 and moto[server]; curl; openssl.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use warden_tests::emf::EmfValidator;
+use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
+use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f).await.expect("test took too long")
+}
+
+/// A helper process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proxy_dir() -> PathBuf {
+    workspace_root().join("tests").join("proxy")
+}
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn make_certs(dir: &Path) {
+    let ok = Command::new("sh")
+        .arg(proxy_dir().join("make-certs.sh"))
+        .arg(dir)
+        .status()
+        .expect("make-certs.sh")
+        .success();
+    assert!(ok, "make-certs.sh failed");
+}
+
+/// `upstream.py` on 127.0.0.2 (TLS with the test certificate when `certs` is given).
+fn upstream(name: &str, certs: Option<&Path>) -> (Proc, u16) {
+    let mut cmd = Command::new(python());
+    cmd.arg(proxy_dir().join("upstream.py")).args(["--host", "127.0.0.2", "--name", name]);
+    if let Some(dir) = certs {
+        cmd.arg("--tls").arg(dir.join("server.pem")).arg(dir.join("server.key"));
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start upstream.py");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("upstream port line");
+    let port = serde_json::from_str::<Value>(&line).expect("port json")["port"]
+        .as_u64()
+        .expect("port") as u16;
+    (Proc(child), port)
+}
+
+/// moto's server (CloudWatch and the rest) on 127.0.0.2.
+fn moto() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(python())
+        .args(["-m", "moto.server", "-H", "127.0.0.2", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto.server (pip install 'moto[server]')");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.2", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto.server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (proc, port)
+}
+
+/// Sends raw bytes to the proxy and returns (status, X-Egress-Warden-Error, body).
+fn raw(port: u16, request: &[u8]) -> (u16, Option<String>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect proxy");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request).expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Read the head, then the Content-Length body.
+    loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let error = head
+        .lines()
+        .find_map(|l| l.to_lowercase().strip_prefix("x-egress-warden-error:").map(|v| v.trim().to_string()));
+    (status, error, body.to_string())
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl").args(args).output().expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Sum of one metric over the function-level EMF lines written so far (per-destination
+/// documents repeat the same figures split by `Destination`).
+fn emf_total(emu: &Emulator, metric: &str) -> f64 {
+    let v = EmfValidator::new();
+    emu.stdout_lines(EXTENSION_NAME)
+        .iter()
+        .filter_map(|l| v.validate_line(l).ok())
+        .filter(|d| d.get("Destination").is_none())
+        .filter_map(|d| d.metric_total(metric))
+        .sum()
+}
+
+fn base_config(d: &ExtensionsDir, proxy: u16) -> EmulatorConfig {
+    EmulatorConfig::with_extensions_dir(d.path())
+        .env("EGRESS_WARDEN_PROXY_PORT", proxy.to_string())
+        .env("EGRESS_WARDEN_DNS_PORT", free_port().to_string())
+        .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
+        .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
+        .timeout(Duration::from_secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_request_counted() {
+    bounded(async {
+        let certs = tempfile::tempdir().expect("tmp");
+        make_certs(certs.path());
+        let ca = certs.path().join("ca.pem").display().to_string();
+        let (_tls, tls_port) = upstream("tls", Some(certs.path()));
+        let (_plain, plain_port) = upstream("plain", None);
+        let (_fallback, fallback_port) = upstream("fallback", Some(certs.path()));
+        let (_moto, moto_port) = moto();
+        let dead_port = free_port();
+
+        let d = ExtensionsDir::with_warden();
+        let proxy = free_port();
+        let routes = format!(
+            "api=https://127.0.0.2:{tls_port}/v1,svc=https://127.0.0.2:{dead_port}|https://127.0.0.2:{fallback_port}/fb"
+        );
+        let cfg = base_config(&d, proxy)
+            .env("EGRESS_WARDEN_ROUTES", routes)
+            .env("EGRESS_WARDEN_CA_BUNDLE", &ca)
+            .env("EGRESS_WARDEN_POLICY", "enforce")
+            .env("EGRESS_WARDEN_DENY", "127.0.0.3/32")
+            .env(
+                "AWS_LAMBDA_EXEC_WRAPPER",
+                workspace_root().join("layer/egress-warden-wrapper").display().to_string(),
+            )
+            .runtime(Runtime::Command {
+                program: PathBuf::from(python()),
+                args: vec![proxy_dir().join("runtime.py").display().to_string()],
+            });
+        let mut emu = Emulator::start(cfg).await.expect("emulator");
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+
+        let route = |path: &str| format!("http://127.0.0.1:{proxy}/{path}");
+        let https = format!("https://127.0.0.2:{tls_port}");
+        let invokes: Vec<Value> = vec![
+            // CONNECT tunnels (requests + HTTPS_PROXY), forward (HTTP_PROXY), boto3 to moto.
+            json!({"calls": [
+                {"kind": "requests", "url": format!("{https}/a"), "verify": ca},
+                {"kind": "requests", "url": format!("{https}/b"), "verify": ca},
+                {"kind": "requests", "url": format!("http://127.0.0.2:{plain_port}/c")},
+                {"kind": "boto3", "op": "put_metric_data", "endpoint": format!("http://127.0.0.2:{moto_port}")},
+                {"kind": "boto3", "op": "list_metrics", "endpoint": format!("http://127.0.0.2:{moto_port}")},
+            ]}),
+            // Route mode against an upstream failing its first attempts.
+            json!({"calls": [
+                {"kind": "requests", "url": route("api/fail/2/get")},
+                {"kind": "requests", "method": "POST", "url": route("api/fail/2/post"), "data": "x"},
+                {"kind": "requests", "method": "POST", "url": route("api/fail/2/keyed"), "data": "x",
+                 "headers": {"Idempotency-Key": "k-1"}},
+            ]}),
+            // Breaker and fallback; a destination the DENY list refuses (enforce mode).
+            json!({"calls": [
+                {"kind": "requests", "url": route("svc/one")},
+                {"kind": "requests", "url": route("svc/two")},
+                {"kind": "requests", "url": route("svc/three")},
+                {"kind": "requests", "url": format!("http://127.0.0.3:{plain_port}/denied")},
+            ]}),
+        ];
+        let mut answers = Vec::new();
+        let mut made = 0.0;
+        for (k, event) in invokes.iter().enumerate() {
+            let out = emu.invoke_json(event).await.expect("invoke");
+            assert!(out.is_success(), "invoke {k}: {:?}", out.result);
+            answers.push(out.response_json().expect("json answer"));
+            // The requests of invoke k are flushed when invoke k+1 arrives.
+            if k > 0 {
+                let expected = made;
+                let seen = emu
+                    .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
+                        emf_total(&emu, "requests") >= expected
+                    })
+                    .await;
+                assert!(seen.is_some(), "EMF after invoke {k} counts {expected} requests");
+                assert_eq!(emf_total(&emu, "requests"), expected, "EMF counts exactly the requests made");
+            }
+            made += event["calls"].as_array().map_or(0, |c| c.len()) as f64;
+        }
+
+        let results = |k: usize| answers[k]["results"].as_array().cloned().unwrap_or_default();
+        let proxies = &answers[0]["proxies"];
+        assert_eq!(proxies["HTTPS_PROXY"], json!(format!("http://127.0.0.1:{proxy}")));
+        for (i, r) in results(0).iter().enumerate() {
+            assert_eq!(r["status"], 200, "invoke 0 call {i}: {r}");
+        }
+        let first = results(0);
+        assert!(first[2]["body"].as_str().unwrap_or("").contains("egress-warden"), "Via added: {}", first[2]);
+        let routed = results(1);
+        assert_eq!(routed[0]["status"], 200, "GET retried: {}", routed[0]);
+        assert_eq!(routed[1]["status"], 503, "POST without Idempotency-Key not retried: {}\n{}", routed[1], emu.stderr_lines(EXTENSION_NAME).join("\n"));
+        assert_eq!(routed[2]["status"], 200, "POST with Idempotency-Key retried: {}", routed[2]);
+        let breaker = results(2);
+        assert_eq!(breaker[0]["status"], 502, "{}", breaker[0]);
+        assert_eq!(breaker[1]["status"], 200, "fallback after the breaker opened: {}", breaker[1]);
+        assert!(breaker[1]["body"].as_str().unwrap_or("").contains("fallback"));
+        assert_eq!(breaker[2]["status"], 200);
+        assert_eq!(breaker[3]["status"], 403);
+        assert_eq!(breaker[3]["error_header"], "deny_rule");
+
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(report.extension(EXTENSION_NAME).expect("exit").before_deadline);
+        assert_eq!(emf_total(&emu, "requests"), made, "every request is in the EMF by SHUTDOWN");
+        assert_eq!(emf_total(&emu, "policy_denied"), 1.0);
+        // GET and keyed POST: 2 each; svc/one: 2 refused connects; svc/two: 2 before the fallback.
+        assert_eq!(emf_total(&emu, "retry_count"), 8.0);
+        assert!(emf_total(&emu, "fallback_hits") >= 2.0);
+        assert_eq!(emf_total(&emu, "circuit_open"), 1.0);
+        let log = emu.stderr_lines(EXTENSION_NAME).join("\n");
+        assert!(log.contains("forward denied 127.0.0.3"), "decision lines:\n{log}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
+    bounded(async {
+        let certs = tempfile::tempdir().expect("tmp");
+        make_certs(certs.path());
+        let ca = certs.path().join("ca.pem").display().to_string();
+        let (_tls, tls_port) = upstream("tls", Some(certs.path()));
+        let (_plain, plain_port) = upstream("plain", None);
+        let d = ExtensionsDir::with_warden();
+        let proxy = free_port();
+        let dns = free_port();
+        let cfg = base_config(&d, proxy)
+            .env("EGRESS_WARDEN_DNS_PORT", dns.to_string())
+            .env("EGRESS_WARDEN_POLICY", "enforce")
+            .env("EGRESS_WARDEN_DENY", "blocked.example,127.0.0.3/32");
+        let mut emu = Emulator::start(cfg).await.expect("emulator");
+        emu.wait_init().await.expect("init");
+        let proxy_url = format!("http://127.0.0.1:{proxy}");
+        let mut made = 0.0;
+
+        // curl -x through a CONNECT tunnel, and absolute-form forwarding.
+        let (out, err) = curl(&["-sS", "--max-time", "10", "-x", &proxy_url, "--cacert", &ca,
+            &format!("https://127.0.0.2:{tls_port}/curl-tls")]);
+        assert!(out.contains("\"path\": \"/curl-tls\""), "{out} {err}");
+        let (out, err) = curl(&["-sS", "--max-time", "10", "-x", &proxy_url, &format!("http://127.0.0.2:{plain_port}/curl-plain")]);
+        assert!(out.contains("/curl-plain") && out.contains("egress-warden"), "{out} {err}");
+        made += 2.0;
+
+        // Denials: user rules in enforce mode (case and trailing-dot spellings), the proxy's
+        // own listeners (loop), metadata.
+        let cases: Vec<(String, &str)> = vec![
+            ("BLOCKED.example.:443".into(), "deny_rule"),
+            ("blocked.example:443".into(), "deny_rule"),
+            (format!("127.0.0.3:{plain_port}"), "deny_rule"),
+            (format!("127.0.0.1:{proxy}"), "loop"),
+            (format!("localhost:{proxy}"), "loop"),
+            (format!("[::ffff:127.0.0.1]:{proxy}"), "loop"),
+            (format!("127.0.0.1:{dns}"), "loop"),
+            ("169.254.169.254:80".into(), "link_local"),
+            ("[fd00:ec2::254]:80".into(), "metadata"),
+        ];
+        for (target, reason) in &cases {
+            let (status, error, _) = raw(proxy, format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes());
+            assert_eq!((status, error.as_deref()), (403, Some(*reason)), "{target}");
+        }
+        made += cases.len() as f64;
+
+        // Malformed and oversized requests get 400 / 431; the proxy keeps serving.
+        assert_eq!(raw(proxy, b"NOT HTTP AT ALL\r\n\r\n").0, 400);
+        let big = format!("GET http://127.0.0.2:{plain_port}/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+        assert_eq!(raw(proxy, big.as_bytes()).0, 431);
+        made += 2.0;
+        let (status, _, body) = raw(proxy, b"GET /_warden/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(status, 200);
+        let doc: Value = serde_json::from_str(&body).expect("status JSON");
+        assert_eq!(doc["findings"], json!([]));
+        assert_eq!(doc["proxy"]["policy"]["mode"], "enforce");
+        assert!(doc["pools"].is_array() && doc["dns"].is_object() && doc["breakers"].is_array());
+
+        // The next INVOKE flushes everything above: counts equal.
+        assert!(emu.invoke("{}").await.expect("invoke").is_success());
+        let seen = emu
+            .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| emf_total(&emu, "requests") >= made)
+            .await;
+        assert!(seen.is_some(), "EMF counts {made} requests");
+        assert_eq!(emf_total(&emu, "requests"), made);
+        assert_eq!(emf_total(&emu, "policy_denied"), cases.len() as f64);
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(report.extension(EXTENSION_NAME).expect("exit").before_deadline);
+    })
+    .await
+}
