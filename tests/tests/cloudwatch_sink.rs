@@ -76,6 +76,10 @@ async fn invoke(emu: &mut Emulator, k: usize) -> InvokeOutcome {
     assert!(out.is_success(), "invoke {k}: {:?}", out.result);
     let ack = out.ack(EXTENSION_NAME).expect("INVOKE delivered");
     let latency = ack.latency.expect("next called again");
+    println!(
+        "invoke {k}: /event/next {:.2} ms after the INVOKE",
+        latency.as_secs_f64() * 1e3
+    );
     assert!(
         latency < MAX_ACK,
         "invoke {k}: /event/next came {latency:?} after the INVOKE (limit {MAX_ACK:?})\n{}",

@@ -85,9 +85,11 @@ impl<'a> Reader<'a> {
         let Some((name, value)) = self.get(suffix) else {
             return default;
         };
+        // Exactly `true`/`false` (any case): the exec wrapper reads EGRESS_WARDEN_DISABLE the
+        // same way, so the two can never disagree on whether the proxy is there.
         match value.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" | "" => false,
+            "true" => true,
+            "false" | "" => false,
             _ => {
                 let effect = format!("using the default ({default})");
                 self.problem(&name, value, "true or false", &effect);

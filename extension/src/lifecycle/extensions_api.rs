@@ -35,7 +35,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ExtensionsApi {
     pub fn new(runtime_api: &str, extension_id: String) -> Result<Self, BoxError> {
-        let base: http::Uri = format!("http://{runtime_api}").parse()?;
+        // Lambda gives `host:port`; other hosts of the API (cargo lambda watch) give a full
+        // URL with a base path, which the client keeps.
+        let base: http::Uri = if runtime_api.contains("://") {
+            runtime_api.parse()?
+        } else {
+            format!("http://{runtime_api}").parse()?
+        };
         Ok(ExtensionsApi {
             client: PooledClient::builder().with_endpoint(base).build(),
             extension_id,

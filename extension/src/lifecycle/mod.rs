@@ -11,7 +11,8 @@ mod panics;
 use crate::config::{Config, MetricsSink, Problem};
 use crate::context::{Context, InvocationClock};
 use crate::dns::{self, DnsCache, DnsServerHandle};
-use crate::metrics::{Counter, EmfWriter, Recorder, Timing};
+use crate::metrics::cloudwatch::{self, CloudWatchSink};
+use crate::metrics::{Counter, EmfWriter, Recorder, Snapshot, Timing};
 use crate::proxy::{self, ProxyHandle};
 use extensions_api::{Event, ExtensionsApi};
 use std::process::ExitCode;
@@ -132,26 +133,61 @@ struct Flusher {
     recorder: Recorder,
     emf: EmfWriter,
     sink: MetricsSink,
+    /// Set for `cloudwatch` and `both` (in builds with the `cloudwatch` feature).
+    cloudwatch: Option<CloudWatchSink>,
 }
 
 impl Flusher {
+    /// On INVOKE. The CloudWatch send runs in the background: this returns without waiting
+    /// on the network, so `/event/next` is never delayed.
     fn flush(&self) {
         let snapshot = self.recorder.take();
         if snapshot.is_empty() || self.sink == MetricsSink::Off {
             return;
         }
+        match (&self.cloudwatch, self.sink) {
+            (Some(cw), MetricsSink::CloudWatch) => cw.submit(snapshot),
+            // `both`: a window EMF could not take is put back whole and sent with the next.
+            (Some(cw), _) => {
+                if let Some(snapshot) = self.write_emf(snapshot) {
+                    cw.submit(snapshot);
+                }
+            }
+            (None, _) => {
+                self.write_emf(snapshot);
+            }
+        }
+    }
+
+    /// At SHUTDOWN or SIGTERM: everything left, the final CloudWatch send bounded by the
+    /// deadline (epoch ms, when Lambda gave one).
+    async fn finish(&self, deadline_ms: Option<u64>) {
+        let Some(cw) = &self.cloudwatch else {
+            return self.flush();
+        };
+        let mut snapshot = self.recorder.take();
+        if self.sink == MetricsSink::Both && !snapshot.is_empty() {
+            snapshot = self.write_emf(snapshot).unwrap_or_default();
+        }
+        let budget = cloudwatch::shutdown_budget(deadline_ms, epoch_ms());
+        cw.finish(snapshot, budget).await;
+    }
+
+    /// Returns the window when EMF took it; otherwise it is back in the recorder.
+    fn write_emf(&self, snapshot: Snapshot) -> Option<Snapshot> {
         let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.emf
                 .write(&snapshot, epoch_ms(), &mut std::io::stdout().lock())
         }));
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => return Some(snapshot),
             Ok(Err(err)) => {
                 tracing::warn!("writing EMF failed, keeping the metrics for the next flush: {err}");
-                self.recorder.restore(snapshot);
             }
-            Err(_) => self.recorder.restore(snapshot),
+            Err(_) => {}
         }
+        self.recorder.restore(snapshot);
+        None
     }
 }
 
@@ -218,22 +254,20 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         tracing::info!("EGRESS_WARDEN_DISABLE=true: registered, idling until SHUTDOWN");
         return idle(&api).await;
     }
-    if config.metrics.sink == MetricsSink::CloudWatch || config.metrics.sink == MetricsSink::Both {
-        tracing::warn!("the CloudWatch metrics sink is not available in this build; metrics go to EMF on stdout");
-    }
-
     // INIT work goes here, before the first /event/next: the warm-up fills it.
 
     recorder.observe_ms(
         Timing::ExtensionInitMs,
         started.elapsed().as_secs_f64() * 1000.0,
     );
+    let emf = EmfWriter::new(
+        config.metrics.namespace.clone(),
+        config.lambda.function_name.clone(),
+    );
     let flusher = Flusher {
         recorder: recorder.clone(),
-        emf: EmfWriter::new(
-            config.metrics.namespace.clone(),
-            config.lambda.function_name.clone(),
-        ),
+        cloudwatch: CloudWatchSink::start(&ctx, emf.clone()),
+        emf,
         sink: config.metrics.sink,
     };
     let code = serve_events(&api, &ctx, &flusher).await;
@@ -255,7 +289,7 @@ async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> 
             event = api.next_event() => event,
             Some(()) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => None } } => {
                 tracing::info!("SIGTERM: flushing and exiting");
-                flusher.flush();
+                flusher.finish(None).await;
                 return ExitCode::SUCCESS;
             }
         };
@@ -275,7 +309,7 @@ async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> 
             } => {
                 let left = deadline_ms.saturating_sub(epoch_ms());
                 tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
-                flusher.flush();
+                flusher.finish(Some(deadline_ms)).await;
                 return ExitCode::SUCCESS;
             }
         }

@@ -5,6 +5,7 @@
 //! window out atomically per metric (`swap`/`mem::take`), so an observation lands either in
 //! this flush or the next one — never in neither.
 
+pub mod cloudwatch;
 mod emf;
 mod histogram;
 
@@ -102,6 +103,16 @@ impl Counter {
             _ => "Count",
         }
     }
+}
+
+/// Every metric name the extension can emit except the run-time `symptom_<finding>` names:
+/// the source of truth for dashboards, alarms and their tests.
+pub fn known_metric_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Counter::ALL.iter().map(|c| c.metric_name()).collect();
+    names.extend(Timing::ALL.iter().map(|t| t.metric_name()));
+    names.extend(Gauge::ALL.iter().map(|g| g.metric_name()));
+    names.push(cloudwatch::PUT_ERRORS_METRIC);
+    names
 }
 
 /// Figures kept per destination (`host:port`) for the `[FunctionName, Destination]` set.
