@@ -21,7 +21,9 @@ use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_N
 const LIMIT: Duration = Duration::from_secs(120);
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("test took too long")
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took too long")
 }
 
 /// A helper process, killed when dropped.
@@ -59,14 +61,22 @@ fn make_certs(dir: &Path) {
 /// `upstream.py` on 127.0.0.2 (TLS with the test certificate when `certs` is given).
 fn upstream(name: &str, certs: Option<&Path>) -> (Proc, u16) {
     let mut cmd = Command::new(python());
-    cmd.arg(proxy_dir().join("upstream.py")).args(["--host", "127.0.0.2", "--name", name]);
+    cmd.arg(proxy_dir().join("upstream.py"))
+        .args(["--host", "127.0.0.2", "--name", name]);
     if let Some(dir) = certs {
-        cmd.arg("--tls").arg(dir.join("server.pem")).arg(dir.join("server.key"));
+        cmd.arg("--tls")
+            .arg(dir.join("server.pem"))
+            .arg(dir.join("server.key"));
     }
-    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start upstream.py");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start upstream.py");
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout).read_line(&mut line).expect("upstream port line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("upstream port line");
     let port = serde_json::from_str::<Value>(&line).expect("port json")["port"]
         .as_u64()
         .expect("port") as u16;
@@ -77,7 +87,14 @@ fn upstream(name: &str, certs: Option<&Path>) -> (Proc, u16) {
 fn moto() -> (Proc, u16) {
     let port = free_port();
     let child = Command::new(python())
-        .args(["-m", "moto.server", "-H", "127.0.0.2", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.2",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -119,10 +136,16 @@ fn raw(port: u16, request: &[u8]) -> (u16, Option<String>, String) {
     }
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let error = head
-        .lines()
-        .find_map(|l| l.to_lowercase().strip_prefix("x-egress-warden-error:").map(|v| v.trim().to_string()));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let error = head.lines().find_map(|l| {
+        l.to_lowercase()
+            .strip_prefix("x-egress-warden-error:")
+            .map(|v| v.trim().to_string())
+    });
     (status, error, body.to_string())
 }
 
@@ -291,11 +314,29 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
         let mut made = 0.0;
 
         // curl -x through a CONNECT tunnel, and absolute-form forwarding.
-        let (out, err) = curl(&["-sS", "--max-time", "10", "-x", &proxy_url, "--cacert", &ca,
-            &format!("https://127.0.0.2:{tls_port}/curl-tls")]);
+        let (out, err) = curl(&[
+            "-sS",
+            "--max-time",
+            "10",
+            "-x",
+            &proxy_url,
+            "--cacert",
+            &ca,
+            &format!("https://127.0.0.2:{tls_port}/curl-tls"),
+        ]);
         assert!(out.contains("\"path\": \"/curl-tls\""), "{out} {err}");
-        let (out, err) = curl(&["-sS", "--max-time", "10", "-x", &proxy_url, &format!("http://127.0.0.2:{plain_port}/curl-plain")]);
-        assert!(out.contains("/curl-plain") && out.contains("egress-warden"), "{out} {err}");
+        let (out, err) = curl(&[
+            "-sS",
+            "--max-time",
+            "10",
+            "-x",
+            &proxy_url,
+            &format!("http://127.0.0.2:{plain_port}/curl-plain"),
+        ]);
+        assert!(
+            out.contains("/curl-plain") && out.contains("egress-warden"),
+            "{out} {err}"
+        );
         made += 2.0;
 
         // Denials: user rules in enforce mode (case and trailing-dot spellings), the proxy's
@@ -312,17 +353,26 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
             ("[fd00:ec2::254]:80".into(), "metadata"),
         ];
         for (target, reason) in &cases {
-            let (status, error, _) = raw(proxy, format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes());
+            let (status, error, _) = raw(
+                proxy,
+                format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+            );
             assert_eq!((status, error.as_deref()), (403, Some(*reason)), "{target}");
         }
         made += cases.len() as f64;
 
         // Malformed and oversized requests get 400 / 431; the proxy keeps serving.
         assert_eq!(raw(proxy, b"NOT HTTP AT ALL\r\n\r\n").0, 400);
-        let big = format!("GET http://127.0.0.2:{plain_port}/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+        let big = format!(
+            "GET http://127.0.0.2:{plain_port}/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70_000)
+        );
         assert_eq!(raw(proxy, big.as_bytes()).0, 431);
         made += 2.0;
-        let (status, _, body) = raw(proxy, b"GET /_warden/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = raw(
+            proxy,
+            b"GET /_warden/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         assert_eq!(status, 200);
         let doc: Value = serde_json::from_str(&body).expect("status JSON");
         assert_eq!(doc["findings"], json!([]));
@@ -332,13 +382,20 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
         // The next INVOKE flushes everything above: counts equal.
         assert!(emu.invoke("{}").await.expect("invoke").is_success());
         let seen = emu
-            .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| emf_total(&emu, "requests") >= made)
+            .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
+                emf_total(&emu, "requests") >= made
+            })
             .await;
         assert!(seen.is_some(), "EMF counts {made} requests");
         assert_eq!(emf_total(&emu, "requests"), made);
         assert_eq!(emf_total(&emu, "policy_denied"), cases.len() as f64);
         let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(report.extension(EXTENSION_NAME).expect("exit").before_deadline);
+        assert!(
+            report
+                .extension(EXTENSION_NAME)
+                .expect("exit")
+                .before_deadline
+        );
     })
     .await
 }

@@ -51,11 +51,18 @@ impl Target {
             // All-numeric but not an address (e.g. 1.2.3.4.5): never a real name.
             return Err(format!("{raw_host:?} is not a valid host"));
         }
-        Ok(Target { host, port, ip: None })
+        Ok(Target {
+            host,
+            port,
+            ip: None,
+        })
     }
 
     /// `host:port` from an authority (`CONNECT` target, absolute URI), with a default port.
-    pub(crate) fn from_authority(authority: &http::uri::Authority, default_port: Option<u16>) -> Result<Target, String> {
+    pub(crate) fn from_authority(
+        authority: &http::uri::Authority,
+        default_port: Option<u16>,
+    ) -> Result<Target, String> {
         if authority.as_str().contains('@') {
             return Err("credentials in the authority".into());
         }
@@ -155,18 +162,37 @@ mod tests {
 
     #[test]
     fn inet_aton_spellings_are_ip_literals() {
-        for s in ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.1", "127.0.1", "017700000001"] {
+        for s in [
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "127.1",
+            "0x7f.1",
+            "127.0.1",
+            "017700000001",
+        ] {
             let t = Target::new(s, 80).unwrap();
             assert_eq!(t.ip, Some("127.0.0.1".parse().unwrap()), "{s}");
         }
-        assert_eq!(Target::new("169.254.43518", 80).unwrap().host, "169.254.169.254");
+        assert_eq!(
+            Target::new("169.254.43518", 80).unwrap().host,
+            "169.254.169.254"
+        );
         assert!(Target::new("256.1.1.1", 80).is_err());
         assert!(Target::new("1.2.3.4.5", 80).is_err());
     }
 
     #[test]
     fn garbage_is_rejected() {
-        for s in ["", ".", "a..b", "exa mple.com", "[::1%25eth0]", "user@host", "ho/st"] {
+        for s in [
+            "",
+            ".",
+            "a..b",
+            "exa mple.com",
+            "[::1%25eth0]",
+            "user@host",
+            "ho/st",
+        ] {
             assert!(Target::new(s, 80).is_err(), "{s:?}");
         }
     }

@@ -23,7 +23,11 @@ pub(crate) struct Refusal {
 const NONE: &[Counter] = &[];
 const DENIED: &[Counter] = &[Counter::PolicyDenied];
 const DNS: &[Counter] = &[Counter::Errors, Counter::ErrorsDns];
-const TIMEOUT: &[Counter] = &[Counter::Errors, Counter::ErrorsTimeout, Counter::ConnectTimeouts];
+const TIMEOUT: &[Counter] = &[
+    Counter::Errors,
+    Counter::ErrorsTimeout,
+    Counter::ConnectTimeouts,
+];
 const REFUSED: &[Counter] = &[Counter::Errors, Counter::ErrorsRefused];
 const RESET: &[Counter] = &[Counter::Errors, Counter::ErrorsReset];
 const TLS: &[Counter] = &[Counter::Errors, Counter::ErrorsTls];
@@ -31,13 +35,23 @@ const UPSTREAM_TIMEOUT: &[Counter] = &[Counter::Errors, Counter::ErrorsTimeout];
 const OTHER: &[Counter] = &[Counter::Errors];
 
 impl Refusal {
-    pub(crate) fn new(status: StatusCode, token: &'static str, message: impl Into<String>) -> Refusal {
+    pub(crate) fn new(
+        status: StatusCode,
+        token: &'static str,
+        message: impl Into<String>,
+    ) -> Refusal {
         Refusal {
             status,
             token,
             counters: NONE,
             message: message.into(),
         }
+    }
+
+    /// Marks this answer as a policy denial (counted in `policy_denied`).
+    pub(crate) fn denial(mut self) -> Refusal {
+        self.counters = DENIED;
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
@@ -50,7 +64,9 @@ impl Refusal {
             Failure::Dns { .. } => (StatusCode::BAD_GATEWAY, "dns_failure", DNS),
             Failure::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "connect_timeout", TIMEOUT),
             Failure::Refused { .. } => (StatusCode::BAD_GATEWAY, "connect_refused", REFUSED),
-            Failure::Io { kind, .. } if is_reset(*kind) => (StatusCode::BAD_GATEWAY, "connection_reset", RESET),
+            Failure::Io { kind, .. } if is_reset(*kind) => {
+                (StatusCode::BAD_GATEWAY, "connection_reset", RESET)
+            }
             Failure::Io { .. } => (StatusCode::BAD_GATEWAY, "connect_failed", OTHER),
             Failure::Tls { .. } => (StatusCode::BAD_GATEWAY, "tls_error", TLS),
         };
@@ -113,15 +129,26 @@ impl Refusal {
     }
 
     pub(crate) fn response(&self) -> Response<ProxyBody> {
-        text_response(self.status, Some(self.token), format!("egress-warden: {}\n", self.message))
+        text_response(
+            self.status,
+            Some(self.token),
+            format!("egress-warden: {}\n", self.message),
+        )
     }
 }
 
-pub(crate) fn text_response(status: StatusCode, token: Option<&'static str>, body: String) -> Response<ProxyBody> {
+pub(crate) fn text_response(
+    status: StatusCode,
+    token: Option<&'static str>,
+    body: String,
+) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(body.into()));
     *res.status_mut() = status;
     let headers = res.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Some(token) = token {
         headers.insert(ERROR_HEADER, HeaderValue::from_static(token));
     }
@@ -138,7 +165,9 @@ fn is_reset(kind: io::ErrorKind) -> bool {
     )
 }
 
-pub(crate) fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+pub(crate) fn find_source<'a, T: StdError + 'static>(
+    err: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
     let mut current = Some(err);
     // Error chains are short; the bound only guards against a cyclic `source()`.
     for _ in 0..16 {

@@ -20,15 +20,6 @@ pub(crate) enum Verdict {
     Deny(&'static str),
 }
 
-impl Verdict {
-    pub(crate) fn reason(self) -> Option<&'static str> {
-        match self {
-            Verdict::Allow => None,
-            Verdict::Observe(r) | Verdict::Deny(r) => Some(r),
-        }
-    }
-}
-
 pub(crate) const REASON_LOOP: &str = "loop";
 pub(crate) const REASON_DENY_RULE: &str = "deny_rule";
 pub(crate) const REASON_NOT_ALLOWED: &str = "not_allowed";
@@ -42,16 +33,20 @@ pub(crate) struct Policy {
 impl Policy {
     pub(crate) fn new(settings: PolicySettings, own_ports: Vec<u16>) -> Policy {
         let own_ports = own_ports.into_iter().filter(|p| *p != 0).collect();
-        Policy { settings, own_ports }
-    }
-
-    pub(crate) fn mode(&self) -> PolicyMode {
-        self.settings.mode
+        Policy {
+            settings,
+            own_ports,
+        }
     }
 
     /// Before resolving: a DENY host rule settles it (saves the look-up in `enforce` mode).
     pub(crate) fn check_host(&self, target: &Target) -> Verdict {
-        if self.settings.deny.iter().any(|r| host_rule_matches(r, target)) {
+        if self
+            .settings
+            .deny
+            .iter()
+            .any(|r| host_rule_matches(r, target))
+        {
             return self.user_verdict(REASON_DENY_RULE);
         }
         Verdict::Allow
@@ -68,12 +63,20 @@ impl Policy {
                 return Verdict::Deny(class.reason());
             }
         }
-        let deny = self.settings.deny.iter().any(|r| rule_matches(r, target, ip));
+        let deny = self
+            .settings
+            .deny
+            .iter()
+            .any(|r| rule_matches(r, target, ip));
         if deny {
             return self.user_verdict(REASON_DENY_RULE);
         }
-        let allowed =
-            self.settings.allow.is_empty() || self.settings.allow.iter().any(|r| rule_matches(r, target, ip));
+        let allowed = self.settings.allow.is_empty()
+            || self
+                .settings
+                .allow
+                .iter()
+                .any(|r| rule_matches(r, target, ip));
         if !allowed {
             return self.user_verdict(REASON_NOT_ALLOWED);
         }
@@ -100,8 +103,14 @@ impl Policy {
             rules
                 .iter()
                 .map(|r| match r {
-                    PolicyRule::Host { pattern, port: Some(p) } => format!("{pattern}:{p}"),
-                    PolicyRule::Host { pattern, port: None } => pattern.clone(),
+                    PolicyRule::Host {
+                        pattern,
+                        port: Some(p),
+                    } => format!("{pattern}:{p}"),
+                    PolicyRule::Host {
+                        pattern,
+                        port: None,
+                    } => pattern.clone(),
                     PolicyRule::Cidr(net) => net.to_string(),
                 })
                 .collect()
@@ -121,7 +130,9 @@ fn net_contains(net: &ipnet::IpNet, ip: IpAddr) -> bool {
         return true;
     }
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| net.contains(&IpAddr::V4(v4))),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .is_some_and(|v4| net.contains(&IpAddr::V4(v4))),
         IpAddr::V4(_) => false,
     }
 }
@@ -150,10 +161,12 @@ fn glob_matches(pattern: &str, host: &str) -> bool {
         return true;
     }
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && {
-            let cut = host.len() - suffix.len() - 1;
-            host.as_bytes()[cut] == b'.'
-        },
+        Some(suffix) => {
+            host.len() > suffix.len() + 1 && host.ends_with(suffix) && {
+                let cut = host.len() - suffix.len() - 1;
+                host.as_bytes()[cut] == b'.'
+            }
+        }
         None => pattern == host,
     }
 }
@@ -203,13 +216,31 @@ mod tests {
     fn builtins_deny_in_every_mode() {
         for mode in [PolicyMode::Observe, PolicyMode::Enforce] {
             let p = policy(&[], &[], mode);
-            assert_eq!(check(&p, "localhost", "127.0.0.1:80"), Verdict::Deny("loopback"));
-            assert_eq!(check(&p, "x", "169.254.169.254:80"), Verdict::Deny("link_local"));
-            assert_eq!(check(&p, "x", "[fd00:ec2::254]:80"), Verdict::Deny("metadata"));
-            assert_eq!(check(&p, "x", "[::ffff:169.254.169.254]:80"), Verdict::Deny("link_local"));
-            assert_eq!(check(&p, "x", "[64:ff9b::a9fe:a9fe]:80"), Verdict::Deny("link_local"));
+            assert_eq!(
+                check(&p, "localhost", "127.0.0.1:80"),
+                Verdict::Deny("loopback")
+            );
+            assert_eq!(
+                check(&p, "x", "169.254.169.254:80"),
+                Verdict::Deny("link_local")
+            );
+            assert_eq!(
+                check(&p, "x", "[fd00:ec2::254]:80"),
+                Verdict::Deny("metadata")
+            );
+            assert_eq!(
+                check(&p, "x", "[::ffff:169.254.169.254]:80"),
+                Verdict::Deny("link_local")
+            );
+            assert_eq!(
+                check(&p, "x", "[64:ff9b::a9fe:a9fe]:80"),
+                Verdict::Deny("link_local")
+            );
             assert_eq!(check(&p, "x", "0.0.0.0:80"), Verdict::Deny("loopback"));
-            assert_eq!(check(&p, "example.com", "93.184.216.34:443"), Verdict::Allow);
+            assert_eq!(
+                check(&p, "example.com", "93.184.216.34:443"),
+                Verdict::Allow
+            );
         }
     }
 
@@ -218,28 +249,65 @@ mod tests {
         let p = policy(&["127.0.0.0/8"], &[], PolicyMode::Enforce);
         assert_eq!(check(&p, "127.0.0.1", "127.0.0.1:8080"), Verdict::Allow);
         assert_eq!(check(&p, "x", "[::ffff:127.0.0.1]:8080"), Verdict::Allow);
-        assert_eq!(check(&p, "127.0.0.1", "127.0.0.1:3128"), Verdict::Deny("loop"));
-        assert_eq!(check(&p, "localhost", "127.0.0.1:1053"), Verdict::Deny("loop"));
+        assert_eq!(
+            check(&p, "127.0.0.1", "127.0.0.1:3128"),
+            Verdict::Deny("loop")
+        );
+        assert_eq!(
+            check(&p, "localhost", "127.0.0.1:1053"),
+            Verdict::Deny("loop")
+        );
         assert_eq!(check(&p, "x", "0.0.0.0:3128"), Verdict::Deny("loop"));
-        assert_eq!(check(&p, "x", "[::ffff:127.0.0.1]:3128"), Verdict::Deny("loop"));
+        assert_eq!(
+            check(&p, "x", "[::ffff:127.0.0.1]:3128"),
+            Verdict::Deny("loop")
+        );
         // Lifting loopback does not lift metadata.
-        assert_eq!(check(&p, "x", "169.254.169.254:80"), Verdict::Deny("link_local"));
+        assert_eq!(
+            check(&p, "x", "169.254.169.254:80"),
+            Verdict::Deny("link_local")
+        );
         let all = policy(&["0.0.0.0/0", "::/0"], &[], PolicyMode::Enforce);
         assert_eq!(check(&all, "x", "[::1]:3128"), Verdict::Deny("loop"));
     }
 
     #[test]
     fn user_lists_enforce_and_observe() {
-        let p = policy(&["*.amazonaws.com", "api.vendor.com:443"], &["bad.amazonaws.com"], PolicyMode::Enforce);
-        assert_eq!(check(&p, "s3.eu-west-1.amazonaws.com", "52.1.1.1:443"), Verdict::Allow);
-        assert_eq!(check(&p, "BAD.amazonaws.com.", "52.1.1.1:443"), Verdict::Deny("deny_rule"));
+        let p = policy(
+            &["*.amazonaws.com", "api.vendor.com:443"],
+            &["bad.amazonaws.com"],
+            PolicyMode::Enforce,
+        );
+        assert_eq!(
+            check(&p, "s3.eu-west-1.amazonaws.com", "52.1.1.1:443"),
+            Verdict::Allow
+        );
+        assert_eq!(
+            check(&p, "BAD.amazonaws.com.", "52.1.1.1:443"),
+            Verdict::Deny("deny_rule")
+        );
         assert_eq!(check(&p, "api.vendor.com", "1.2.3.4:443"), Verdict::Allow);
-        assert_eq!(check(&p, "api.vendor.com", "1.2.3.4:80"), Verdict::Deny("not_allowed"));
-        assert_eq!(check(&p, "amazonaws.com", "52.1.1.1:443"), Verdict::Deny("not_allowed"));
-        assert_eq!(check(&p, "evilamazonaws.com", "52.1.1.1:443"), Verdict::Deny("not_allowed"));
+        assert_eq!(
+            check(&p, "api.vendor.com", "1.2.3.4:80"),
+            Verdict::Deny("not_allowed")
+        );
+        assert_eq!(
+            check(&p, "amazonaws.com", "52.1.1.1:443"),
+            Verdict::Deny("not_allowed")
+        );
+        assert_eq!(
+            check(&p, "evilamazonaws.com", "52.1.1.1:443"),
+            Verdict::Deny("not_allowed")
+        );
         let o = policy(&["*.amazonaws.com"], &["10.0.0.0/8"], PolicyMode::Observe);
-        assert_eq!(check(&o, "example.com", "1.2.3.4:443"), Verdict::Observe("not_allowed"));
-        assert_eq!(check(&o, "x.amazonaws.com", "10.1.2.3:443"), Verdict::Observe("deny_rule"));
+        assert_eq!(
+            check(&o, "example.com", "1.2.3.4:443"),
+            Verdict::Observe("not_allowed")
+        );
+        assert_eq!(
+            check(&o, "x.amazonaws.com", "10.1.2.3:443"),
+            Verdict::Observe("deny_rule")
+        );
     }
 
     #[test]

@@ -138,16 +138,28 @@ mod tests {
     fn embeddings_of_denied_ranges_are_denied() {
         // IPv4-mapped and IPv4-compatible
         assert_eq!(class_of("::ffff:127.0.0.1"), Some(BuiltinClass::Loopback));
-        assert_eq!(class_of("::ffff:169.254.169.254"), Some(BuiltinClass::LinkLocal));
+        assert_eq!(
+            class_of("::ffff:169.254.169.254"),
+            Some(BuiltinClass::LinkLocal)
+        );
         assert_eq!(class_of("::169.254.169.254"), Some(BuiltinClass::LinkLocal));
         // NAT64
-        assert_eq!(class_of("64:ff9b::a9fe:a9fe"), Some(BuiltinClass::LinkLocal));
+        assert_eq!(
+            class_of("64:ff9b::a9fe:a9fe"),
+            Some(BuiltinClass::LinkLocal)
+        );
         assert_eq!(class_of("64:ff9b::7f00:1"), Some(BuiltinClass::Loopback));
-        assert_eq!(class_of("64:ff9b:1::a9fe:a9fe"), Some(BuiltinClass::LinkLocal));
+        assert_eq!(
+            class_of("64:ff9b:1::a9fe:a9fe"),
+            Some(BuiltinClass::LinkLocal)
+        );
         // 6to4: 2002:a9fe:a9fe:: carries 169.254.169.254
         assert_eq!(class_of("2002:a9fe:a9fe::1"), Some(BuiltinClass::LinkLocal));
         // Teredo: client 169.254.169.254 inverted is 5601:5601
-        assert_eq!(class_of("2001:0:4136:e378:8000:63bf:5601:5601"), Some(BuiltinClass::LinkLocal));
+        assert_eq!(
+            class_of("2001:0:4136:e378:8000:63bf:5601:5601"),
+            Some(BuiltinClass::LinkLocal)
+        );
         // Ordinary NAT64 / 6to4 addresses of public IPv4 stay allowed.
         assert_eq!(class_of("64:ff9b::808:808"), None);
         assert_eq!(class_of("2002:808:808::1"), None);
@@ -155,7 +167,15 @@ mod tests {
 
     #[test]
     fn local_host_detection() {
-        for s in ["127.0.0.1", "127.0.0.2", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0"] {
+        for s in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
             assert!(reaches_local_host(s.parse().unwrap()), "{s}");
         }
         assert!(!reaches_local_host("169.254.169.254".parse().unwrap()));

@@ -206,8 +206,13 @@ async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> 
         l.local_addr()?.port()
     };
     let log = std::fs::File::create(format!("{log_dir}/egress-warden.log"))?;
-    let child = Command::new(bin)
-        .env_clear()
+    let mut cmd = Command::new(bin);
+    cmd.env_clear();
+    // Runtime tuning experiments (e.g. TOKIO_WORKER_THREADS=1) pass through.
+    if let Ok(n) = std::env::var("TOKIO_WORKER_THREADS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
+    let child = cmd
         .env("PATH", "/usr/bin:/bin")
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
@@ -363,6 +368,8 @@ impl Client {
         }
         if self.scenario == Scenario::ConnectNew {
             // Close with RST: thousands of short connections must not pile up in TIME_WAIT.
+            // (Deprecated because a non-zero linger blocks on drop; zero never does.)
+            #[allow(deprecated)]
             let _ = s.set_linger(Some(Duration::ZERO));
         } else {
             self.conn = Some(s);
@@ -400,25 +407,42 @@ struct Row {
     cpu_us_per_req: Option<f64>,
 }
 
-async fn latency(
-    target: &Target,
+/// Sequential request latency for every target, interleaved in rounds so that a noisy
+/// neighbour (other work on the machine) weighs on all targets alike.
+async fn latencies(
+    targets: &[Target],
     upstream: SocketAddr,
     scenario: Scenario,
     samples: usize,
-) -> io::Result<(f64, f64)> {
-    let mut c = Client::new(target, upstream, scenario);
-    for _ in 0..200 {
-        c.request().await?;
+) -> io::Result<Vec<(f64, f64)>> {
+    const ROUNDS: usize = 10;
+    let mut clients: Vec<Client> = targets
+        .iter()
+        .map(|t| Client::new(t, upstream, scenario))
+        .collect();
+    for c in &mut clients {
+        for _ in 0..200 {
+            c.request().await?;
+        }
     }
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        c.request().await?;
-        times.push(t.elapsed());
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(samples); targets.len()];
+    for _ in 0..ROUNDS {
+        for (c, t) in clients.iter_mut().zip(times.iter_mut()) {
+            for _ in 0..samples.div_ceil(ROUNDS) {
+                let started = Instant::now();
+                c.request().await?;
+                t.push(started.elapsed());
+            }
+        }
     }
-    times.sort();
-    let pick = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
-    Ok((pick(0.50), pick(0.99)))
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            let pick = |q: f64| t[((t.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
+            (pick(0.50), pick(0.99))
+        })
+        .collect())
 }
 
 async fn throughput(
@@ -493,8 +517,8 @@ async fn run(args: Args) -> io::Result<()> {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == scenario.name()) {
             continue;
         }
-        for t in &targets {
-            let (p50, p99) = latency(t, upstream, scenario, args.samples).await?;
+        let lat = latencies(&targets, upstream, scenario, args.samples).await?;
+        for (t, (p50, p99)) in targets.iter().zip(lat) {
             let (rps, cpu) =
                 throughput(t, upstream, scenario, args.seconds, args.concurrency).await?;
             eprintln!(

@@ -1,0 +1,245 @@
+//! The connector behind hyper's pooled client: resolve-check-connect ([`Dialer`]), then TLS
+//! for `https` (ALPN decides HTTP/2). Each connection carries a [`ConnInfo`] that hyper
+//! copies into every response it serves, which is how a request learns whether its
+//! connection was new (and what opening it cost) or reused.
+
+use super::connect::{ms_since, Dialer, Failure};
+use super::host::Target;
+use super::pool_stats::{OpenGuard, PoolStats};
+use super::tls::{server_name, TlsSetup};
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Facts about one upstream connection, attached to every response it carries.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    pub addr: SocketAddr,
+    pub dns_ms: Option<f64>,
+    pub connect_ms: f64,
+    pub tls_ms: Option<f64>,
+    pub observed: Option<&'static str>,
+    pub http2: bool,
+    pub pool_key: Arc<str>,
+    first_use: Arc<AtomicBool>,
+}
+
+impl ConnInfo {
+    /// True exactly once: for the first response on this connection.
+    pub(crate) fn take_first_use(&self) -> bool {
+        self.first_use.swap(false, Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct WardenConnector {
+    pub dialer: Arc<Dialer>,
+    pub tls: Arc<TlsSetup>,
+    pub pools: Arc<PoolStats>,
+}
+
+impl WardenConnector {
+    async fn open(self, uri: Uri) -> Result<Conn, Failure> {
+        let https = uri.scheme_str() == Some("https");
+        let default_port = if https { 443 } else { 80 };
+        let invalid = |message: String| {
+            tracing::debug!("upstream URI rejected: {message}");
+            Failure::Denied {
+                reason: "invalid_host",
+                addr: None,
+            }
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| invalid(format!("{uri} has no host")))?;
+        let target = Target::from_authority(authority, Some(default_port)).map_err(invalid)?;
+        let dialed = self.dialer.dial(&target).await?;
+        let pool_key: Arc<str> = Arc::from(format!(
+            "{}://{}",
+            if https { "https" } else { "http" },
+            target
+        ));
+        let mut info = ConnInfo {
+            addr: dialed.addr,
+            dns_ms: dialed.dns_ms,
+            connect_ms: dialed.connect_ms,
+            tls_ms: None,
+            observed: dialed.observed,
+            http2: false,
+            pool_key: pool_key.clone(),
+            first_use: Arc::new(AtomicBool::new(true)),
+        };
+        let stream = if https {
+            let tls_err = |message: String| Failure::Tls {
+                addr: dialed.addr,
+                message,
+            };
+            let connector = self.tls.connector().map_err(tls_err)?;
+            let name = server_name(&target.host).map_err(tls_err)?;
+            let started = Instant::now();
+            let handshake = connector.connect(name, dialed.stream);
+            let tls = match tokio::time::timeout(self.dialer.connect_timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return Err(tls_err(err.to_string())),
+                Err(_) => return Err(tls_err("handshake timed out".into())),
+            };
+            info.tls_ms = Some(ms_since(started));
+            info.http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Plain(dialed.stream)
+        };
+        let guard = self.pools.opened(pool_key.to_string(), info.http2);
+        Ok(Conn {
+            io: TokioIo::new(stream),
+            info,
+            _open: guard,
+        })
+    }
+}
+
+impl tower_service::Service<Uri> for WardenConnector {
+    type Response = Conn;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, Failure>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().open(uri))
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One upstream connection as hyper's pool holds it.
+pub(crate) struct Conn {
+    io: TokioIo<Stream>,
+    info: ConnInfo,
+    _open: OpenGuard,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new().extra(self.info.clone());
+        if self.info.http2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,89 @@
+//! Absolute-form requests (`GET http://host/path`): forwarded on pooled keep-alive upstream
+//! connections, hop-by-hop headers dropped, `Host` set from the normalised target.
+
+use super::body::{ProxyBody, UpstreamBody};
+use super::headers::{append_via, strip_hop_by_hop};
+use super::host::Target;
+use super::outcome::Refusal;
+use super::record::{record_bytes_out, Kind, RequestRecord};
+use super::service::Proxy;
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let mut record = RequestRecord::new(Kind::Forward, req.method());
+    let (mut parts, body) = req.into_parts();
+    let https = match parts.uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return proxy.refuse(
+                &mut record,
+                Refusal::bad_request("only http:// and https:// URLs are proxied"),
+            )
+        }
+    };
+    let target = match parts
+        .uri
+        .authority()
+        .map(|a| Target::from_authority(a, Some(if https { 443 } else { 80 })))
+    {
+        Some(Ok(t)) => t,
+        Some(Err(message)) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
+        None => return proxy.refuse(&mut record, Refusal::bad_request("the URL has no host")),
+    };
+    record.set_target(&target.host, target.destination());
+
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let scheme = if https { "https" } else { "http" };
+    let uri: Uri = match format!("{scheme}://{target}{path}").parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return proxy.refuse(
+                &mut record,
+                Refusal::bad_request("the URL cannot be forwarded"),
+            )
+        }
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let default_port = if https { 443 } else { 80 };
+    let host_value = if target.port == default_port {
+        target.uri_host()
+    } else {
+        target.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        parts.headers.insert(HOST, v);
+    }
+    append_via(&mut parts.headers);
+
+    let recorder = proxy.ctx.recorder.clone();
+    let dest = record.destination.clone();
+    let body = UpstreamBody::stream(
+        body,
+        Box::new(move |n| record_bytes_out(&recorder, &dest, n)),
+    );
+    let upstream_req = Request::from_parts(parts, body);
+    let client = proxy.upstreams.client();
+    let sent_at = std::time::Instant::now();
+    match client.request(upstream_req).await {
+        Ok(res) => proxy.relay(&mut record, res, sent_at),
+        Err(err) => {
+            let refusal = Refusal::from_client_error(&err);
+            if let Some(failure) = super::outcome::find_source::<super::connect::Failure>(&err) {
+                record.addr = failure.addr();
+                record.dns_ms = failure.dns_ms();
+            }
+            tracing::debug!(destination = %record.destination, "forward failed: {}", super::outcome::chain(&err));
+            proxy.refuse(&mut record, refusal)
+        }
+    }
+}

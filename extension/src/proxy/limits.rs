@@ -1,0 +1,212 @@
+//! Per-connection limits on the client side.
+//!
+//! hyper's own header-read timer also runs while a keep-alive connection waits for its next
+//! request, so it cannot give a short header deadline and a long idle allowance at once.
+//! [`GuardedIo`] does both from the connection's phase: waiting (idle allowance), reading a
+//! request head (header deadline), busy with a request or tunnelling (no limit).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Request heads (request line + headers) above this get 431.
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// More header fields than this get 431 too.
+pub(crate) const MAX_HEADERS: usize = 128;
+/// A client must send a whole request head within this once it has started one.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive client connection is closed after this. Long, because a frozen
+/// function's pooled connections should still work after a thaw, and short enough that
+/// abandoned connections do not hold `EGRESS_WARDEN_MAX_CONNECTIONS` slots for ever.
+pub(crate) const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+const TUNNEL: u8 = 3;
+
+/// Where a client connection is in its request cycle, shared by the IO wrapper and the
+/// request handler. The reader parks its waker while busy: a response usually completes
+/// after hyper last polled the socket, and the idle deadline must start then, not at the
+/// next byte.
+#[derive(Default)]
+pub(crate) struct ConnPhase {
+    state: AtomicU8,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl ConnPhase {
+    /// A request head was parsed: the handler runs.
+    pub(crate) fn busy(&self) {
+        self.state.store(BUSY, Ordering::Relaxed);
+    }
+
+    /// The response was written: waiting for the next request.
+    pub(crate) fn idle(&self) {
+        // A tunnel never goes back to waiting for requests.
+        let became_idle = self
+            .state
+            .compare_exchange(BUSY, IDLE, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if became_idle {
+            let parked = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(waker) = parked {
+                waker.wake();
+            }
+        }
+    }
+
+    fn park_reader(&self, waker: &Waker) {
+        let mut slot = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// The connection became a tunnel: no more HTTP on it.
+    pub(crate) fn tunnel(&self) {
+        self.state.store(TUNNEL, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    fn head_started(&self) {
+        let _ = self
+            .state
+            .compare_exchange(IDLE, HEAD, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Client-side deadlines: a started request head must arrive within `header_read`; an idle
+/// keep-alive connection is closed after `idle`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: HEADER_READ_TIMEOUT,
+            idle: CLIENT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The client socket with the phase-dependent deadline.
+pub(crate) struct GuardedIo<T> {
+    inner: T,
+    phase: Arc<ConnPhase>,
+    timeouts: Timeouts,
+    /// The phase the deadline was set for.
+    armed_for: u8,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T> GuardedIo<T> {
+    pub(crate) fn new(inner: T, phase: Arc<ConnPhase>, timeouts: Timeouts) -> GuardedIo<T> {
+        GuardedIo {
+            inner,
+            phase,
+            timeouts,
+            armed_for: IDLE,
+            deadline: Box::pin(tokio::time::sleep(timeouts.idle)),
+        }
+    }
+
+    /// Re-arms the deadline when the phase changed since the last read.
+    fn track_phase(&mut self) {
+        let phase = self.phase.get();
+        if phase == self.armed_for {
+            return;
+        }
+        self.armed_for = phase;
+        let limit = match phase {
+            IDLE => self.timeouts.idle,
+            HEAD => self.timeouts.header_read,
+            _ => return,
+        };
+        self.deadline.as_mut().reset(Instant::now() + limit);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.phase.head_started();
+                }
+                this.track_phase();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                this.track_phase();
+                if matches!(this.armed_for, HEAD | BUSY) {
+                    // hyper may not read again until the next byte: be woken when the
+                    // response is done so the idle deadline starts.
+                    this.phase.park_reader(cx.waker());
+                    // The response may have finished in between: look again.
+                    this.track_phase();
+                }
+                if matches!(this.armed_for, IDLE | HEAD)
+                    && this.deadline.as_mut().poll(cx).is_ready()
+                {
+                    let what = if this.armed_for == HEAD {
+                        "request head not received in time"
+                    } else {
+                        "idle client connection"
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

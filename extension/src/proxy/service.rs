@@ -1,0 +1,244 @@
+//! The proxy's shared state and the per-request dispatch: `CONNECT` → tunnel, absolute-form →
+//! forward, origin-form → status page or route mode. Every answered request goes through
+//! [`Proxy::refuse`] or [`Proxy::relay`] (tunnels: [`Proxy::commit`]), which count it once.
+
+use super::body::ProxyBody;
+use super::breaker::Breakers;
+use super::connect::{ms_since, Dialer};
+use super::connector::ConnInfo;
+use super::headers::{has_looped, strip_hop_by_hop};
+use super::limits::{ConnPhase, Timeouts};
+use super::outcome::Refusal;
+use super::pool_stats::PoolStats;
+use super::record::{record_end, Kind, RequestRecord};
+use super::upstreams::Upstreams;
+use super::{forward, route, status, tunnel};
+use crate::context::Context;
+use crate::metrics::{Counter, Gauge};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(crate) const STATUS_PATH: &str = "/_warden/status";
+
+pub(crate) struct Proxy {
+    pub ctx: Context,
+    pub dialer: Arc<Dialer>,
+    pub upstreams: Upstreams,
+    pub breakers: Breakers,
+    pub pools: Arc<PoolStats>,
+    pub dns: Arc<crate::dns::DnsCache>,
+    /// The port actually bound (the configured one, or the ephemeral one for port 0).
+    pub port: u16,
+    pub started: Instant,
+    pub timeouts: Timeouts,
+    pub retry_max: u32,
+    pub max_connections: usize,
+    active: Arc<AtomicUsize>,
+}
+
+/// A client connection's place under `EGRESS_WARDEN_MAX_CONNECTIONS`; released on drop
+/// (when both the HTTP connection and any tunnel it became are gone).
+pub(crate) struct ConnSlot {
+    active: Arc<AtomicUsize>,
+    recorder: crate::metrics::Recorder,
+    pub phase: Arc<ConnPhase>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.recorder.gauge_add(Gauge::ActiveConnections, -1);
+    }
+}
+
+pub(crate) struct ProxyParts {
+    pub ctx: Context,
+    pub dialer: Arc<Dialer>,
+    pub upstreams: Upstreams,
+    pub breakers: Breakers,
+    pub pools: Arc<PoolStats>,
+    pub dns: Arc<crate::dns::DnsCache>,
+    pub port: u16,
+    pub timeouts: Timeouts,
+}
+
+impl Proxy {
+    pub(crate) fn new(parts: ProxyParts) -> Proxy {
+        let retry_max = parts.ctx.config.retry_max;
+        let max_connections = parts.ctx.config.max_connections.max(1);
+        Proxy {
+            ctx: parts.ctx,
+            dialer: parts.dialer,
+            upstreams: parts.upstreams,
+            breakers: parts.breakers,
+            pools: parts.pools,
+            dns: parts.dns,
+            port: parts.port,
+            started: Instant::now(),
+            timeouts: parts.timeouts,
+            retry_max,
+            max_connections,
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A slot for a new client connection, or None when at capacity.
+    pub(crate) fn try_admit(&self) -> Option<Arc<ConnSlot>> {
+        let previous = self.active.fetch_add(1, Ordering::Relaxed);
+        if previous >= self.max_connections {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.ctx.recorder.gauge_add(Gauge::ActiveConnections, 1);
+        Some(Arc::new(ConnSlot {
+            active: self.active.clone(),
+            recorder: self.ctx.recorder.clone(),
+            phase: Arc::new(ConnPhase::default()),
+        }))
+    }
+
+    pub(crate) fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts the request and writes its decision line.
+    pub(crate) fn commit(&self, record: &RequestRecord) {
+        record.commit(&self.ctx.recorder, self.ctx.config.lambda.region.as_deref());
+    }
+
+    /// Answers with an error of the proxy's own.
+    pub(crate) fn refuse(
+        &self,
+        record: &mut RequestRecord,
+        refusal: Refusal,
+    ) -> Response<ProxyBody> {
+        record.refused(&refusal);
+        self.commit(record);
+        let mut res = refusal.response();
+        let recorder = self.ctx.recorder.clone();
+        let (dest, started) = (record.destination.clone(), record.started);
+        res.body_mut()
+            .on_done(Box::new(move |_| record_end(&recorder, &dest, started, 0)));
+        res
+    }
+
+    /// Passes an upstream response on to the client.
+    pub(crate) fn relay(
+        &self,
+        record: &mut RequestRecord,
+        res: Response<Incoming>,
+        sent_at: Instant,
+    ) -> Response<ProxyBody> {
+        if let Some(info) = res.extensions().get::<ConnInfo>() {
+            record.use_connection(info);
+            if record.reused == Some(true) {
+                self.pools.reused(&info.pool_key);
+            }
+        }
+        record.status = res.status().as_u16();
+        record.ttfb_ms = Some(ms_since(sent_at));
+        self.commit(record);
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = http::Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        let mut body = ProxyBody::upstream(body);
+        let recorder = self.ctx.recorder.clone();
+        let (dest, started) = (record.destination.clone(), record.started);
+        body.on_done(Box::new(move |n| record_end(&recorder, &dest, started, n)));
+        Response::from_parts(parts, body)
+    }
+
+    pub(crate) fn note_breaker_failure(&self, key: &str, probe: bool) {
+        if self.breakers.failure(key) {
+            self.ctx.recorder.count_for(
+                key.trim_start_matches("https://"),
+                Counter::CircuitOpen,
+                1,
+            );
+            tracing::warn!(
+                upstream = key,
+                probe,
+                "circuit opened: connect failures or timeouts in a row; using the fallback while open"
+            );
+        }
+    }
+
+    /// Whether an authority names this proxy itself (a client sending route or status
+    /// requests in absolute form).
+    fn is_self(&self, uri: &http::Uri) -> bool {
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        authority.port_u16() == Some(self.port) && matches!(host, "127.0.0.1" | "localhost" | "::1")
+    }
+}
+
+pub(crate) async fn dispatch(
+    proxy: Arc<Proxy>,
+    slot: Arc<ConnSlot>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    slot.phase.busy();
+    let is_connect = req.method() == Method::CONNECT;
+    let mut res = if is_connect {
+        tunnel::handle(&proxy, req, slot.clone()).await
+    } else if req.uri().scheme().is_some() && !proxy.is_self(req.uri()) {
+        if has_looped(req.headers()) {
+            let mut record = RequestRecord::new(Kind::Forward, req.method());
+            let refusal = Refusal::new(
+                StatusCode::FORBIDDEN,
+                "loop",
+                "this request already went through egress-warden",
+            )
+            .denial();
+            proxy.refuse(&mut record, refusal)
+        } else {
+            forward::handle(&proxy, req).await
+        }
+    } else {
+        origin(&proxy, req).await
+    };
+    if is_connect && res.status() == StatusCode::OK {
+        slot.phase.tunnel();
+    } else {
+        let phase = slot.phase.clone();
+        res.body_mut().on_done(Box::new(move |_| phase.idle()));
+    }
+    Ok(res)
+}
+
+/// Requests addressed to the proxy itself: the status page, or a route.
+async fn origin(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_owned();
+    if path == STATUS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
+        return status::response(proxy);
+    }
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let after_slash = path_and_query.strip_prefix('/').unwrap_or(&path_and_query);
+    let split = after_slash.find(['/', '?']).unwrap_or(after_slash.len());
+    let (name, rest) = after_slash.split_at(split);
+    if name.is_empty() {
+        let mut record = RequestRecord::new(Kind::Rejected, req.method());
+        let refusal = Refusal::new(
+            StatusCode::NOT_FOUND,
+            "unknown_route",
+            "egress-warden: use a proxy request, /<route>/<path> or /_warden/status",
+        );
+        return proxy.refuse(&mut record, refusal);
+    }
+    let (name, rest) = (name.to_owned(), rest.to_owned());
+    route::handle(proxy, req, &name, &rest).await
+}

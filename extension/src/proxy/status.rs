@@ -1,0 +1,44 @@
+//! `GET /_warden/status`: what the proxy is configured to do and how it is doing — config
+//! summary (no secrets), policy rules, pools, DNS cache, breakers, findings.
+
+use super::body::ProxyBody;
+use super::service::Proxy;
+use http::{HeaderValue, Response, StatusCode};
+use std::sync::Arc;
+
+pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
+    serde_json::json!({
+        "service": "egress-warden",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": proxy.started.elapsed().as_secs(),
+        "invocations": proxy.ctx.clock.invocations(),
+        "config": proxy.ctx.config.summary(),
+        "proxy": {
+            "listen": format!("127.0.0.1:{}", proxy.port),
+            "active_connections": proxy.active_connections(),
+            "max_connections": proxy.max_connections,
+            "policy": proxy.dialer.policy.describe(),
+        },
+        "pools": proxy.pools.describe(),
+        "dns": proxy.dns.status(),
+        "breakers": proxy.breakers.describe(),
+        // Filled by the diagnosis once it lands; the list is part of the contract now.
+        "findings": [],
+    })
+}
+
+pub(crate) fn response(proxy: &Arc<Proxy>) -> Response<ProxyBody> {
+    let body = serde_json::to_vec_pretty(&document(proxy)).unwrap_or_else(|_| b"{}".to_vec());
+    let mut res = Response::new(ProxyBody::full(body.into()));
+    *res.status_mut() = StatusCode::OK;
+    let headers = res.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    res
+}

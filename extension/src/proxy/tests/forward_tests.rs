@@ -1,0 +1,107 @@
+//! Absolute-form forwarding: keep-alive on both sides, pooled upstream connections, header
+//! hygiene, loop prevention.
+
+use super::upstream;
+use super::{count, raw, read_reply, start};
+use crate::metrics::Counter;
+use std::sync::atomic::Ordering;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn keep_alive_requests_reuse_one_upstream_connection() {
+    let up = upstream::http("fwd").await;
+    let proxy = start(&[]).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    for i in 0..3 {
+        let req = format!(
+            "GET http://{}/item/{i}?q=1 HTTP/1.1\r\nHost: ignored\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n",
+            up.addr
+        );
+        client.write_all(req.as_bytes()).await.unwrap();
+        let reply = read_reply(&mut client).await.expect("reply");
+        assert_eq!(reply.status, 200);
+        let expected = format!("fwd GET /item/{i} host={} via=1.1 egress-warden", up.addr);
+        assert!(reply.body.starts_with(&expected), "{}", reply.body);
+        assert!(
+            reply.body.contains("auth=-"),
+            "proxy credentials must not leak: {}",
+            reply.body
+        );
+    }
+    assert_eq!(up.connections.load(Ordering::Relaxed), 1);
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::Requests), 3);
+    assert_eq!(count(&snap, Counter::ConnectionsOpened), 1);
+    assert_eq!(count(&snap, Counter::ConnectionsReused), 2);
+}
+
+#[tokio::test]
+async fn bodies_are_forwarded() {
+    let up = upstream::http("fwd").await;
+    let proxy = start(&[]).await;
+    let req = format!(
+        "POST http://{}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world",
+        up.addr
+    );
+    let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body.contains("POST /upload") && reply.body.contains("body=11"),
+        "{}",
+        reply.body
+    );
+    let req = format!(
+        "POST http://{}/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        up.addr
+    );
+    let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+    assert!(reply.body.contains("body=5"), "{}", reply.body);
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::BytesOut), 16);
+}
+
+#[tokio::test]
+async fn a_request_that_already_went_through_egress_warden_is_refused() {
+    let up = upstream::http("fwd").await;
+    let proxy = start(&[]).await;
+    let req = format!(
+        "GET http://{}/ HTTP/1.1\r\nHost: x\r\nVia: 1.1 egress-warden\r\n\r\n",
+        up.addr
+    );
+    let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.error(), Some("loop"));
+    assert_eq!(up.connections.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn forwarding_to_the_proxy_itself_is_a_loop() {
+    let proxy = start(&[("EGRESS_WARDEN_ALLOW", "0.0.0.0/0,::/0")]).await;
+    for host in ["127.0.0.2", "0.0.0.0", "[::ffff:127.0.0.1]", "2130706433"] {
+        let req = format!(
+            "GET http://{host}:{}/x HTTP/1.1\r\nHost: x\r\n\r\n",
+            proxy.port()
+        );
+        let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+        assert_eq!(reply.status, 403, "{host}");
+        assert_eq!(reply.error(), Some("loop"), "{host}");
+    }
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::Requests), 4);
+    assert_eq!(count(&snap, Counter::PolicyDenied), 4);
+}
+
+#[tokio::test]
+async fn upstream_reset_is_502() {
+    let up = upstream::http("fwd").await;
+    let proxy = start(&[]).await;
+    let req = format!(
+        "GET http://{}/reset/1/a HTTP/1.1\r\nHost: x\r\n\r\n",
+        up.addr
+    );
+    let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+    assert_eq!(reply.status, 502);
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::Errors), 1);
+}

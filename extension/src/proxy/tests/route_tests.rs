@@ -1,0 +1,207 @@
+//! Route mode: TLS origination with the extra CA bundle, HTTP/2 by ALPN, pooling, safe
+//! retries, breaker and fallback, and the status page.
+
+use super::upstream;
+use super::{ca_pem, closed_port, count, raw, read_reply, start};
+use crate::metrics::Counter;
+use std::sync::atomic::Ordering;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+}
+
+#[tokio::test]
+async fn route_requests_use_tls_h2_and_one_pooled_connection() {
+    let up = upstream::tls("api", true).await;
+    let routes = format!("api=https://localhost:{}/v1", up.addr.port());
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    for i in 0..3 {
+        client
+            .write_all(get(&format!("/api/users/{i}?x=1")).as_bytes())
+            .await
+            .unwrap();
+        let reply = read_reply(&mut client).await.expect("reply");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let expected = format!("api GET /v1/users/{i} host=localhost:{}", up.addr.port());
+        assert!(reply.body.starts_with(&expected), "{}", reply.body);
+        assert!(reply.body.contains("proto=HTTP/2.0"), "{}", reply.body);
+    }
+    assert_eq!(up.connections.load(Ordering::Relaxed), 1);
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::Requests), 3);
+    assert_eq!(count(&snap, Counter::ConnectionsOpened), 1);
+    assert_eq!(count(&snap, Counter::ConnectionsReused), 2);
+    assert_eq!(snap.timings[&crate::metrics::Timing::TlsMs].count(), 1);
+}
+
+#[tokio::test]
+async fn http1_upstreams_work_too() {
+    let up = upstream::tls("h1", false).await;
+    let routes = format!("h1=https://127.0.0.1:{}", up.addr.port());
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+    let reply = raw(proxy.addr, get("/h1/").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("proto=HTTP/1.1"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn untrusted_certificates_fail_with_a_tls_error() {
+    let up = upstream::tls("api", true).await;
+    let routes = format!("api=https://localhost:{}", up.addr.port());
+    let proxy = start(&[("EGRESS_WARDEN_ROUTES", &routes)]).await;
+    let reply = raw(proxy.addr, get("/api/x").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.error(), Some("tls_error"));
+    assert_eq!(count(&proxy.take(), Counter::ErrorsTls), 1);
+}
+
+#[tokio::test]
+async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
+    let up = upstream::tls("api", true).await;
+    let routes = format!("api=https://localhost:{}", up.addr.port());
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+
+    let reply = raw(proxy.addr, get("/api/fail/2/get").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok after 3"));
+
+    let post = |key: &str, extra: &str| {
+        format!("POST /api/fail/2/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n{extra}\r\nbody")
+    };
+    let reply = raw(proxy.addr, post("post", "").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(
+        reply.status, 503,
+        "POST without Idempotency-Key must not be retried"
+    );
+    let reply = raw(
+        proxy.addr,
+        post("keyed", "Idempotency-Key: k-1\r\n").as_bytes(),
+    )
+    .await
+    .expect("reply");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok after 3"));
+
+    // Retries stop at EGRESS_WARDEN_RETRY_MAX attempts.
+    let reply = raw(proxy.addr, get("/api/fail/5/many").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 503);
+
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::Requests), 4);
+    assert_eq!(count(&snap, Counter::RetryCount), 2 + 2 + 2);
+}
+
+#[tokio::test]
+async fn connect_failures_open_the_breaker_and_the_fallback_answers() {
+    let fallback = upstream::tls("fallback", true).await;
+    let routes = format!(
+        "svc=https://127.0.0.1:{}|https://localhost:{}/fb",
+        closed_port(),
+        fallback.addr.port()
+    );
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+    let first = raw(proxy.addr, get("/svc/a").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(first.status, 502);
+    assert_eq!(first.error(), Some("connect_refused"));
+    // 3 failed attempts so far; the breaker opens at 5, during the next request.
+    let second = raw(proxy.addr, get("/svc/b").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(second.status, 200, "{second:?}");
+    assert!(
+        second.body.starts_with("fallback GET /fb/b"),
+        "{}",
+        second.body
+    );
+    let third = raw(proxy.addr, get("/svc/c").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(third.status, 200);
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::CircuitOpen), 1);
+    assert_eq!(count(&snap, Counter::FallbackHits), 2);
+    let status = raw(
+        proxy.addr,
+        b"GET /_warden/status HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .expect("status");
+    let doc: serde_json::Value = serde_json::from_str(&status.body).expect("json");
+    let breakers = doc["breakers"].as_array().expect("breakers");
+    assert!(
+        breakers.iter().any(|b| b["state"] == "open"),
+        "{breakers:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404() {
+    let proxy = start(&[]).await;
+    let reply = raw(proxy.addr, get("/nope/x").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error(), Some("unknown_route"));
+    assert_eq!(count(&proxy.take(), Counter::Requests), 1);
+}
+
+#[tokio::test]
+async fn route_requests_end_before_the_invocation_deadline() {
+    let up = upstream::tls("api", true).await;
+    let routes = format!("api=https://localhost:{}", up.addr.port());
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // 1 s left in the invocation; the proxy keeps 200 ms of it for the function.
+    proxy.clock.begin_invocation(now_ms + 1000);
+    let started = std::time::Instant::now();
+    let reply = raw(proxy.addr, get("/api/slow/5000").as_bytes())
+        .await
+        .expect("reply");
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.error(), Some("upstream_timeout"));
+    assert!(
+        took < std::time::Duration::from_millis(1000),
+        "answered after the deadline: {took:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(600),
+        "gave up too early: {took:?}"
+    );
+}

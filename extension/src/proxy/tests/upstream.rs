@@ -1,0 +1,203 @@
+//! Upstream servers for the proxy tests, plain or TLS (HTTP/2 by ALPN when offered).
+//!
+//! Paths: `/fail/<n>/<key>` answers 503 to the first n requests for key, then 200;
+//! `/reset/<n>/<key>` drops the connection the first n times; `/slow/<ms>` waits first;
+//! anything else echoes `name method path host=… via=… proto=… body=<len>`.
+
+use super::certs;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub(in crate::proxy) struct TestUpstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct State {
+    name: &'static str,
+    hits: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
+
+async fn respond(state: State, req: Request<Incoming>) -> Reply {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let host = header(&req, "host");
+    let via = header(&req, "via");
+    let auth = header(&req, "proxy-authorization");
+    let key = header(&req, "idempotency-key");
+    let proto = format!("{:?}", req.version());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let hit = |k: &str| {
+        let mut hits = state.hits.lock().unwrap_or_else(|p| p.into_inner());
+        let n = hits.entry(k.to_owned()).or_default();
+        *n += 1;
+        *n
+    };
+    let text = |status: StatusCode, body: String| {
+        let mut res = Response::new(Full::new(Bytes::from(body)));
+        *res.status_mut() = status;
+        res.headers_mut()
+            .insert("x-upstream", http::HeaderValue::from_static(state.name));
+        Ok(res)
+    };
+    match parts.as_slice() {
+        ["fail", n, k, ..] => {
+            let n: u32 = n.parse().unwrap_or(0);
+            let seen = hit(k);
+            if seen <= n {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("failing {seen}/{n}"))
+            } else {
+                text(StatusCode::OK, format!("ok after {seen}"))
+            }
+        }
+        ["reset", n, k, ..] => {
+            let n: u32 = n.parse().unwrap_or(0);
+            if hit(k) <= n {
+                Err(std::io::Error::other("reset on purpose"))
+            } else {
+                text(StatusCode::OK, "ok after reset".into())
+            }
+        }
+        ["slow", ms, ..] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            text(StatusCode::OK, "slow ok".into())
+        }
+        _ => text(
+            StatusCode::OK,
+            format!(
+                "{} {method} {path} host={host} via={via} proto={proto} body={} auth={auth} key={key}",
+                state.name,
+                body.len()
+            ),
+        ),
+    }
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+fn state(name: &'static str) -> State {
+    State {
+        name,
+        hits: Arc::new(Mutex::new(HashMap::new())),
+    }
+}
+
+/// Plain HTTP/1.1 upstream.
+pub(in crate::proxy) async fn http(name: &'static str) -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let st = state(name);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| respond(st.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TestUpstream {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// TLS upstream with the test certificate; offers h2 when `h2`.
+pub(in crate::proxy) async fn tls(name: &'static str, h2: bool) -> TestUpstream {
+    let dir = certs();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("server.pem")
+        .map(|c| c.expect("cert"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let st = state(name);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let st = st.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let svc = service_fn(move |req| respond(st.clone(), req));
+                if is_h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                }
+            });
+        }
+    });
+    TestUpstream {
+        addr,
+        connections,
+        task,
+    }
+}

@@ -1,0 +1,170 @@
+//! `CONNECT host:port`: resolve-check-connect first (so a failure still gets a proper status
+//! code), answer 200, then copy bytes both ways until either side closes.
+//!
+//! What a tunnel can honestly measure without terminating TLS: DNS and TCP connect time,
+//! time from the client's first byte to the upstream's first byte (for TLS: the handshake's
+//! first flight, reported as `ttfb_ms`), total lifetime (`request_ms`) and bytes.
+
+use super::body::ProxyBody;
+use super::host::Target;
+use super::outcome::Refusal;
+use super::record::{record_bytes_out, record_end, Kind, RequestRecord};
+use super::service::{ConnSlot, Proxy};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Copy buffer per direction: large enough for TLS records in one go.
+const TUNNEL_BUF: usize = 16 * 1024;
+
+pub(crate) async fn handle(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    slot: Arc<ConnSlot>,
+) -> Response<ProxyBody> {
+    let mut record = RequestRecord::new(Kind::Tunnel, req.method());
+    let target = match req
+        .uri()
+        .authority()
+        .ok_or_else(|| "CONNECT needs host:port".to_owned())
+        .and_then(|a| Target::from_authority(a, None))
+    {
+        Ok(t) => t,
+        Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
+    };
+    record.set_target(&target.host, target.destination());
+    let dialed = match proxy.dialer.dial(&target).await {
+        Ok(d) => d,
+        Err(failure) => {
+            record.addr = failure.addr();
+            record.dns_ms = failure.dns_ms();
+            return proxy.refuse(&mut record, Refusal::from_failure(&failure));
+        }
+    };
+    record.addr = Some(dialed.addr);
+    record.dns_ms = dialed.dns_ms;
+    record.connect_ms = Some(dialed.connect_ms);
+    record.reused = Some(false);
+    if let Some(reason) = dialed.observed {
+        record.verdict = super::policy::Verdict::Observe(reason);
+    }
+    record.status = 200;
+    proxy.commit(&record);
+
+    let proxy = proxy.clone();
+    let destination = record.destination;
+    let upstream = dialed.stream;
+    tokio::spawn(async move {
+        // Keeps the client connection counted (max connections, active gauge) while tunnelling.
+        let _slot = slot;
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::debug!(destination, "CONNECT upgrade failed: {err}");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let mut client = FirstByte::new(TokioIo::new(upgraded));
+        let mut upstream = FirstByte::new(upstream);
+        let copied = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            TUNNEL_BUF,
+            TUNNEL_BUF,
+        )
+        .await;
+        let (out, back) = match copied {
+            Ok(counts) => counts,
+            Err(err) => {
+                tracing::debug!(destination, "tunnel ended: {err}");
+                (client.bytes, upstream.bytes)
+            }
+        };
+        let recorder = &proxy.ctx.recorder;
+        if let Some(ttfb) = tunnel_ttfb(started, client.first, upstream.first) {
+            recorder.observe_ms_for(&destination, crate::metrics::Timing::TtfbMs, ttfb);
+        }
+        record_bytes_out(recorder, &destination, out);
+        record_end(recorder, &destination, record.started, back);
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(ProxyBody::empty())
+        .unwrap_or_else(|_| Response::new(ProxyBody::empty()))
+}
+
+/// From the client's first byte to the upstream's first byte; for protocols where the
+/// server speaks first, from the tunnel's start.
+fn tunnel_ttfb(
+    started: Instant,
+    client_first: Option<Instant>,
+    upstream_first: Option<Instant>,
+) -> Option<f64> {
+    let up = upstream_first?;
+    let from = match client_first {
+        Some(c) if c <= up => c,
+        _ => started,
+    };
+    Some(up.saturating_duration_since(from).as_secs_f64() * 1000.0)
+}
+
+/// Notes when the first byte was read, and how many bytes were.
+struct FirstByte<T> {
+    inner: T,
+    first: Option<Instant>,
+    bytes: u64,
+}
+
+impl<T> FirstByte<T> {
+    fn new(inner: T) -> Self {
+        FirstByte {
+            inner,
+            first: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstByte<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            if self.first.is_none() {
+                self.first = Some(Instant::now());
+            }
+            self.bytes += n as u64;
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstByte<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
