@@ -1,8 +1,35 @@
-//! Placeholder: the DNS cache and its localhost server (being written).
+//! The DNS cache and its localhost listener.
+//!
+//! One [`DnsCache`] serves both the proxy's own lookups ([`DnsCache::lookup_ip`]) and any
+//! client of the listener on 127.0.0.1:`EGRESS_WARDEN_DNS_PORT` ([`bind`]). Answers are kept
+//! ready in wire form, so a cache hit is a copy and a few patches; misses go to the
+//! upstreams once per question; stale answers cover upstream failures (RFC 8767).
+//!
+//! Layout: [`wire`] (packet parsing), [`answer`] (prepared answers, TTL rules), [`store`]
+//! (bounded map, CLOCK eviction), [`upstream`] (hickory client, rotation), `core` (hit,
+//! miss, stale, prefetch, de-duplication), `udp` / `tcp` (listeners).
 
+mod answer;
+mod core;
+mod mmsg;
+mod store;
+mod tcp;
+mod udp;
+mod upstream;
+mod wire;
+
+use self::core::Core;
 use crate::context::Context;
-use std::net::IpAddr;
+use crate::metrics::Timing;
+use answer::{Kind, TtlPolicy};
+use hickory_proto::op::Query as Question;
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
 
 #[derive(Debug)]
 pub struct DnsError(pub String);
@@ -15,30 +42,209 @@ impl std::fmt::Display for DnsError {
 
 impl std::error::Error for DnsError {}
 
-/// The one DNS cache, shared by the DNS listener and the proxy.
-pub struct DnsCache {}
+/// Internal knobs that are not user settings; tests and benches shorten the timers.
+#[derive(Debug, Clone)]
+pub struct DnsTuning {
+    /// How long one upstream gets before the next is tried.
+    pub upstream_timeout: Duration,
+    /// RFC 8767's client response timer: with a stale answer in hand, how long to wait for a
+    /// fresh one before sending the stale one.
+    pub stale_answer_after: Duration,
+    /// RFC 8767's failure recheck timer: after a failed refresh, stale answers go out at
+    /// once for this long instead of waiting on the upstreams again.
+    pub failure_recheck: Duration,
+    /// Most questions kept.
+    pub capacity: usize,
+    /// Threads answering UDP; one answers well over 100,000 cached queries a second.
+    pub udp_workers: usize,
+    pub tcp_max_connections: usize,
+    pub tcp_idle: Duration,
+    /// Most listener queries waiting on upstreams at once; beyond it UDP queries are dropped.
+    pub max_pending_misses: usize,
+}
 
-impl DnsCache {
-    pub fn new(_ctx: &Context) -> Result<Arc<DnsCache>, DnsError> {
-        Ok(Arc::new(DnsCache {}))
-    }
-
-    pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        tokio::net::lookup_host((host, 0))
-            .await
-            .map(|addrs| addrs.map(|a| a.ip()).collect())
-            .map_err(|e| DnsError(e.to_string()))
-    }
-
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({})
+impl Default for DnsTuning {
+    fn default() -> Self {
+        DnsTuning {
+            upstream_timeout: Duration::from_secs(2),
+            stale_answer_after: Duration::from_millis(1800),
+            failure_recheck: Duration::from_secs(30),
+            capacity: 10_000,
+            udp_workers: 1,
+            tcp_max_connections: 128,
+            tcp_idle: Duration::from_secs(10),
+            max_pending_misses: 512,
+        }
     }
 }
 
-/// The running DNS listener.
-pub struct DnsServerHandle {}
+/// The one DNS cache, shared by the DNS listener and the proxy.
+pub struct DnsCache {
+    core: Arc<Core>,
+}
 
-/// Binds UDP and TCP on 127.0.0.1:`dns_port` and serves from `cache` until shutdown.
-pub async fn bind(_ctx: &Context, _cache: Arc<DnsCache>) -> std::io::Result<DnsServerHandle> {
-    Ok(DnsServerHandle {})
+impl DnsCache {
+    pub fn new(ctx: &Context) -> Result<Arc<DnsCache>, DnsError> {
+        Self::with_tuning(ctx, DnsTuning::default())
+    }
+
+    pub fn with_tuning(ctx: &Context, tuning: DnsTuning) -> Result<Arc<DnsCache>, DnsError> {
+        let settings = &ctx.config.dns;
+        let upstreams = if settings.upstreams.is_empty() {
+            let own = (ctx.config.dns_port != 0)
+                .then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.config.dns_port)));
+            upstream::from_resolv_conf(own)
+        } else {
+            settings.upstreams.clone()
+        };
+        if upstreams.is_empty() {
+            tracing::warn!("no DNS upstream configured or found in /etc/resolv.conf; uncached lookups will fail");
+        }
+        let policy = TtlPolicy::new(
+            settings.min_ttl,
+            settings.max_ttl,
+            settings.negative_ttl,
+            settings.stale,
+        );
+        let upstreams =
+            upstream::Upstreams::new(upstreams, tuning.upstream_timeout, ctx.recorder.clone());
+        Ok(Arc::new(DnsCache {
+            core: Arc::new(Core::new(upstreams, policy, tuning, ctx.recorder.clone())),
+        }))
+    }
+
+    /// The addresses of `host` (IPv4 first), through the cache. Literal IPs return at once.
+    /// Records `dns_ms`.
+    pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        if host.eq_ignore_ascii_case("localhost") {
+            return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        }
+        let started = Instant::now();
+        let mut name = Name::from_utf8(host)
+            .map_err(|e| DnsError(format!("invalid host name {host:?}: {e}")))?;
+        // The proxy is handed names to reach, not relative ones to search.
+        name.set_fqdn(true);
+        let name = name.to_lowercase();
+        let key_a = question_key(&name, RecordType::A)?;
+        let key_aaaa = question_key(&name, RecordType::AAAA)?;
+        let (a, aaaa) = tokio::join!(self.core.resolve(&key_a), self.core.resolve(&key_aaaa));
+        self.core
+            .recorder()
+            .observe_ms(Timing::DnsMs, started.elapsed().as_secs_f64() * 1000.0);
+        let mut ips = a.answer.addresses();
+        ips.extend(aaaa.answer.addresses());
+        if !ips.is_empty() {
+            return Ok(ips);
+        }
+        let reason = match (a.answer.kind, a.answer.rcode()) {
+            (Kind::Negative, wire::RCODE_NXDOMAIN) => "does not exist (NXDOMAIN)",
+            (Kind::Negative, _) | (Kind::Positive, _) => "has no address records",
+            (Kind::Failure, wire::RCODE_REFUSED) => "was refused by the DNS upstreams",
+            (Kind::Failure, _) => "could not be resolved: DNS upstreams failed",
+        };
+        Err(DnsError(format!("{host} {reason}")))
+    }
+
+    /// Cache and upstream figures for `/_warden/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let core = &self.core;
+        let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        serde_json::json!({
+            "entries": core.store.len(),
+            "capacity": core.store.capacity(),
+            "evictions": core.store.evictions(),
+            "hits": stat(&core.stats.hits),
+            "misses": stat(&core.stats.misses),
+            "stale_served": stat(&core.stats.stale_served),
+            "prefetches": stat(&core.stats.prefetches),
+            "malformed": stat(&core.stats.malformed),
+            "overload_dropped": stat(&core.stats.overload_dropped),
+            "in_flight": core.in_flight(),
+            "ttl_s": {
+                "min": core.policy.min,
+                "max": core.policy.max,
+                "negative": core.policy.negative,
+                "stale": core.policy.stale.as_secs(),
+            },
+            "upstreams": core.upstreams.status(),
+        })
+    }
+}
+
+fn question_key(name: &Name, rtype: RecordType) -> Result<Vec<u8>, DnsError> {
+    Question::query(name.clone(), rtype)
+        .to_bytes()
+        .map_err(|e| DnsError(format!("cannot encode a question for {name}: {e}")))
+}
+
+/// The running DNS listener. Dropping it leaves the listener running; it stops at shutdown
+/// (or on [`DnsServerHandle::stop`]).
+pub struct DnsServerHandle {
+    addr: Option<SocketAddr>,
+    tasks: Vec<AbortHandle>,
+    /// Tells the UDP threads to stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl DnsServerHandle {
+    /// Where the listener answers (UDP and TCP); `None` when `EGRESS_WARDEN_DNS_PORT=0`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Binds UDP and TCP on 127.0.0.1:`dns_port` (before returning, so the lifecycle can register
+/// with Lambda knowing the port is ours) and serves from `cache` until shutdown.
+pub async fn bind(ctx: &Context, cache: Arc<DnsCache>) -> std::io::Result<DnsServerHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = ctx.config.dns_port;
+    if port == 0 {
+        return Ok(DnsServerHandle {
+            addr: None,
+            tasks: Vec::new(),
+            stop,
+        });
+    }
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let udp_socket = udp::bind(addr)?;
+    let tcp_listener = tokio::net::TcpListener::bind(addr).await?;
+    let core = cache.core.clone();
+    let workers = core.tuning.udp_workers.max(1);
+    udp::spawn(
+        core.clone(),
+        udp_socket,
+        workers,
+        tokio::runtime::Handle::current(),
+        stop.clone(),
+    )?;
+    let handle = DnsServerHandle {
+        addr: Some(addr),
+        tasks: vec![tcp::spawn(core, tcp_listener).abort_handle()],
+        stop,
+    };
+    let (tasks, stop) = (handle.tasks.clone(), handle.stop.clone());
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        ctx.shutting_down().await;
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.abort();
+        }
+    });
+    tracing::debug!(%addr, workers, "DNS listener bound");
+    Ok(handle)
 }

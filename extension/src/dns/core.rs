@@ -1,0 +1,396 @@
+//! The cache's brain, shared by the DNS listener and the proxy: answer from the store when
+//! fresh (prefetching names still asked near expiry), otherwise ask the upstreams once per
+//! question however many clients are waiting, and fall back to a stale answer when they
+//! fail or are slow (RFC 8767).
+
+use super::answer::{Answer, Freshness, Kind, TtlPolicy};
+use super::store::Store;
+use super::upstream::{UpstreamFailure, Upstreams};
+use super::wire::{self, Edns, Parsed, Query};
+use super::DnsTuning;
+use crate::metrics::{Counter, Recorder};
+use hickory_proto::op::{Query as Question, ResponseCode};
+use hickory_proto::serialize::binary::BinDecodable;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{watch, Semaphore};
+
+/// Cumulative counts for the status page (the recorder's counters reset at every flush).
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub prefetches: AtomicU64,
+    pub malformed: AtomicU64,
+    pub overload_dropped: AtomicU64,
+}
+
+type Pending = watch::Receiver<Option<Arc<Answer>>>;
+
+pub(crate) struct Core {
+    pub store: Store,
+    pub upstreams: Upstreams,
+    inflight: Mutex<HashMap<Box<[u8]>, Pending>>,
+    pub policy: TtlPolicy,
+    pub tuning: DnsTuning,
+    recorder: Recorder,
+    pub stats: Stats,
+    /// Bounds the client queries waiting on upstreams (each holds sockets while it waits).
+    pub miss_slots: Arc<Semaphore>,
+}
+
+/// How a query reached us: UDP answers must fit the client's buffer, TCP ones 64 KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Udp,
+    Tcp,
+}
+
+pub(crate) enum Handled {
+    /// `out` holds the answer.
+    Reply,
+    /// Nothing to send.
+    Ignore,
+    /// Not answerable from memory: finish with [`Core::answer_miss`].
+    Miss(MissedQuery),
+}
+
+/// A query that outlives its packet buffer while upstreams are asked.
+pub(crate) struct MissedQuery {
+    id: u16,
+    flags: u16,
+    question: Box<[u8]>,
+    qtype: u16,
+    qclass: u16,
+    edns: Option<Edns>,
+    key: Box<[u8]>,
+    limit: usize,
+}
+
+impl MissedQuery {
+    fn query(&self) -> Query<'_> {
+        Query {
+            id: self.id,
+            flags: self.flags,
+            qname: &self.question[..self.question.len().saturating_sub(4)],
+            question: &self.question,
+            qtype: self.qtype,
+            qclass: self.qclass,
+            edns: self.edns,
+        }
+    }
+}
+
+/// An answer picked for a client, and whether it is served stale.
+pub(crate) struct Resolved {
+    pub answer: Arc<Answer>,
+    pub stale: bool,
+}
+
+enum FastHit {
+    Fresh { prefetch: bool },
+    Stale,
+}
+
+impl Core {
+    pub fn new(
+        upstreams: Upstreams,
+        policy: TtlPolicy,
+        tuning: DnsTuning,
+        recorder: Recorder,
+    ) -> Core {
+        Core {
+            store: Store::new(tuning.capacity),
+            upstreams,
+            inflight: Mutex::new(HashMap::new()),
+            policy,
+            miss_slots: Arc::new(Semaphore::new(tuning.max_pending_misses.max(1))),
+            tuning,
+            recorder,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The hot path: parses a packet and, when the answer is in memory, writes it to `out`
+    /// without allocating, awaiting or taking a write lock. `key` is the caller's scratch.
+    pub fn handle(
+        self: &Arc<Self>,
+        packet: &[u8],
+        transport: Transport,
+        key: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let query = match wire::parse_query(packet) {
+            Parsed::Query(query) => query,
+            Parsed::Reject {
+                id,
+                flags,
+                rcode,
+                question,
+                edns,
+            } => {
+                if rcode == wire::RCODE_FORMERR {
+                    self.count_malformed();
+                }
+                wire::write_reject(out, id, flags, rcode, question, edns);
+                return Handled::Reply;
+            }
+            Parsed::Drop => {
+                self.count_malformed();
+                return Handled::Ignore;
+            }
+        };
+        if matches!(query.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR) {
+            // Zone transfers make no sense through a cache.
+            let question = Some(query.question);
+            wire::write_reject(
+                out,
+                query.id,
+                query.flags,
+                wire::RCODE_REFUSED,
+                question,
+                query.edns,
+            );
+            return Handled::Reply;
+        }
+        let limit = match transport {
+            Transport::Udp => query.udp_limit(),
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        query.write_key(key);
+        let now = Instant::now();
+        let recheck = self.tuning.failure_recheck;
+        let hit = self.store.with(key, |answer| match answer.freshness(now) {
+            Freshness::Fresh { prefetch_due } => {
+                answer.render(&query, now, false, limit, out);
+                Some(FastHit::Fresh {
+                    prefetch: prefetch_due && answer.claim_refresh(),
+                })
+            }
+            Freshness::Stale if answer.refresh_failed_within(now, recheck) => {
+                answer.render(&query, now, true, limit, out);
+                Some(FastHit::Stale)
+            }
+            _ => None,
+        });
+        match hit.flatten() {
+            Some(FastHit::Fresh { prefetch }) => {
+                self.count_hit();
+                if prefetch {
+                    self.prefetch(key);
+                }
+                Handled::Reply
+            }
+            Some(FastHit::Stale) => {
+                self.count_miss();
+                self.count_stale();
+                Handled::Reply
+            }
+            None => Handled::Miss(MissedQuery {
+                id: query.id,
+                flags: query.flags,
+                question: query.question.into(),
+                qtype: query.qtype,
+                qclass: query.qclass,
+                edns: query.edns,
+                key: key.as_slice().into(),
+                limit,
+            }),
+        }
+    }
+
+    /// Answers a query the hot path could not, into `out`.
+    pub async fn answer_miss(self: &Arc<Self>, missed: &MissedQuery, out: &mut Vec<u8>) {
+        let resolved = self.resolve(&missed.key).await;
+        resolved.answer.render(
+            &missed.query(),
+            Instant::now(),
+            resolved.stale,
+            missed.limit,
+            out,
+        );
+    }
+
+    /// The answer for a question key: fresh from the store, else from the upstreams, else
+    /// stale, else a failure.
+    pub async fn resolve(self: &Arc<Self>, key: &[u8]) -> Resolved {
+        let now = Instant::now();
+        let mut fallback = None;
+        if let Some(answer) = self.store.get(key) {
+            match answer.freshness(now) {
+                Freshness::Fresh { prefetch_due } => {
+                    self.count_hit();
+                    if prefetch_due && answer.claim_refresh() {
+                        self.prefetch(key);
+                    }
+                    return Resolved {
+                        answer,
+                        stale: false,
+                    };
+                }
+                Freshness::Stale
+                    if answer.refresh_failed_within(now, self.tuning.failure_recheck) =>
+                {
+                    self.count_miss();
+                    self.count_stale();
+                    return Resolved {
+                        answer,
+                        stale: true,
+                    };
+                }
+                Freshness::Stale => fallback = Some(answer),
+                Freshness::Expired => {}
+            }
+        }
+        self.count_miss();
+        let pending = self.fetch(key);
+        let fetched = match fallback {
+            // With a stale answer in hand, wait only the client response timer for a fresh one.
+            Some(_) => tokio::time::timeout(self.tuning.stale_answer_after, wait(pending))
+                .await
+                .ok()
+                .flatten(),
+            // Without one, the fetch itself is bounded by the upstream timeouts.
+            None => wait(pending).await,
+        };
+        match (fetched, fallback) {
+            (Some(answer), Some(stale)) if answer.kind == Kind::Failure => {
+                self.count_stale();
+                Resolved {
+                    answer: stale,
+                    stale: true,
+                }
+            }
+            (Some(answer), _) => Resolved {
+                answer,
+                stale: false,
+            },
+            (None, Some(stale)) => {
+                self.count_stale();
+                Resolved {
+                    answer: stale,
+                    stale: true,
+                }
+            }
+            (None, None) => Resolved {
+                answer: Arc::new(failure_for(key, ResponseCode::ServFail)),
+                stale: false,
+            },
+        }
+    }
+
+    fn prefetch(self: &Arc<Self>, key: &[u8]) {
+        self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
+        self.recorder.incr(Counter::DnsPrefetches);
+        drop(self.fetch(key));
+    }
+
+    /// Joins the upstream query in flight for `key`, or starts one.
+    fn fetch(self: &Arc<Self>, key: &[u8]) -> Pending {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = inflight.get(key) {
+            return pending.clone();
+        }
+        let (done, pending) = watch::channel(None);
+        inflight.insert(key.into(), pending.clone());
+        drop(inflight);
+        let guard = InflightGuard {
+            core: self.clone(),
+            key: key.into(),
+        };
+        tokio::spawn(async move {
+            let answer = guard.core.ask_upstreams(&guard.key).await;
+            done.send_replace(Some(answer));
+            // `guard` drops here (or on a panic), taking the key out of `inflight`.
+        });
+        pending
+    }
+
+    async fn ask_upstreams(&self, key: &[u8]) -> Arc<Answer> {
+        let Some(question) = question_of(key) else {
+            return Arc::new(failure_for(key, ResponseCode::ServFail));
+        };
+        let answer = match self.upstreams.query(&question).await {
+            Ok(response) => {
+                Answer::from_upstream(&question, &response, &self.policy, Instant::now())
+            }
+            Err(UpstreamFailure::Rcode(rcode)) => Answer::failure(&question, rcode, Instant::now()),
+            Err(_) => Answer::failure(&question, ResponseCode::ServFail, Instant::now()),
+        };
+        let answer = Arc::new(answer);
+        if answer.cacheable() {
+            self.store.insert(answer.clone());
+        } else if answer.kind == Kind::Failure {
+            if let Some(old) = self.store.get(key) {
+                old.note_refresh_failure(Instant::now());
+            }
+        }
+        answer
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    pub fn note_overload(&self) {
+        self.stats.overload_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_hit(&self) {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.recorder.incr(Counter::DnsCacheHits);
+    }
+
+    fn count_miss(&self) {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.recorder.incr(Counter::DnsCacheMisses);
+    }
+
+    fn count_stale(&self) {
+        self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        self.recorder.incr(Counter::DnsStaleServed);
+    }
+
+    fn count_malformed(&self) {
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        self.recorder.incr(Counter::DnsMalformed);
+    }
+}
+
+async fn wait(mut pending: Pending) -> Option<Arc<Answer>> {
+    // An error means the fetch task died without an answer.
+    pending
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|a| a.clone())
+}
+
+struct InflightGuard {
+    core: Arc<Core>,
+    key: Box<[u8]>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut inflight = self.core.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        inflight.remove(&self.key);
+    }
+}
+
+/// The question a cache key stands for.
+pub(crate) fn question_of(key: &[u8]) -> Option<Question> {
+    Question::from_bytes(key).ok()
+}
+
+fn failure_for(key: &[u8], rcode: ResponseCode) -> Answer {
+    let question = question_of(key).unwrap_or_default();
+    Answer::failure(&question, rcode, Instant::now())
+}

@@ -1,0 +1,239 @@
+//! The bounded answer store: sharded maps from question to prepared answer, each shard
+//! evicting with CLOCK (second chance): a hit only sets a bit, so the hot path takes a read
+//! lock and writes nothing shared, while eviction still keeps what is being asked for.
+//! Answers past their stale window go first.
+
+use super::answer::{Answer, Freshness};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+const SHARDS: usize = 16;
+
+/// A multiply-rotate hash over 8-byte words (FxHash's), seeded per process: keys are short
+/// DNS questions, and SipHash was a visible share of a cache hit's user time. The listener
+/// only serves loopback clients, so flooding resistance matters less than speed here.
+#[derive(Clone, Copy)]
+struct KeyHashState(u64);
+
+impl Default for KeyHashState {
+    fn default() -> Self {
+        KeyHashState(RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl BuildHasher for KeyHashState {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Box<[u8]>, Arc<Answer>, KeyHashState>,
+    /// Every answer inserted, oldest first; entries replaced since are skipped lazily.
+    clock: VecDeque<Arc<Answer>>,
+}
+
+pub struct Store {
+    shards: Box<[RwLock<Shard>]>,
+    /// Picks the shard (the maps hash with their own seeds).
+    shard_hash: KeyHashState,
+    per_shard: usize,
+    evictions: AtomicU64,
+}
+
+impl Store {
+    pub fn new(capacity: usize) -> Store {
+        Store {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            shard_hash: KeyHashState::default(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `f` on the answer for `key` under the shard's read lock (no refcount traffic on
+    /// the hot path); `f` should only copy bytes out.
+    pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Answer) -> R) -> Option<R> {
+        let shard = self.read(key);
+        let answer = shard.map.get(key)?;
+        answer.touch();
+        Some(f(answer))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Arc<Answer>> {
+        let answer = self.read(key).map.get(key).cloned()?;
+        answer.touch();
+        Some(answer)
+    }
+
+    /// Stores a cacheable answer under its own key, evicting if the shard is full.
+    pub fn insert(&self, answer: Arc<Answer>) {
+        let key: Box<[u8]> = answer.key().into();
+        let mut shard = self.write(&key);
+        if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
+            self.evict_one(&mut shard);
+        }
+        shard.map.insert(key, answer.clone());
+        shard.clock.push_back(answer);
+        // Replaced answers linger in the clock until passed; keep that bounded.
+        if shard.clock.len() > 2 * self.per_shard + 16 {
+            let Shard { map, clock } = &mut *shard;
+            clock.retain(|a| map.get(a.key()).is_some_and(|live| Arc::ptr_eq(live, a)));
+        }
+    }
+
+    fn evict_one(&self, shard: &mut Shard) {
+        let now = Instant::now();
+        // Each answer is passed at most twice (once to clear its bit), so this ends.
+        for _ in 0..(2 * shard.clock.len() + 1) {
+            let Some(candidate) = shard.clock.pop_front() else {
+                return;
+            };
+            let live = shard
+                .map
+                .get(candidate.key())
+                .is_some_and(|a| Arc::ptr_eq(a, &candidate));
+            if !live {
+                continue;
+            }
+            let dead = candidate.freshness(now) == Freshness::Expired;
+            if !dead && candidate.take_reference() {
+                shard.clock.push_back(candidate);
+                continue;
+            }
+            shard.map.remove(candidate.key());
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+
+    /// Questions stored now (takes every shard's lock in turn: for the status page).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock_read(s).map.len()).sum()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn shard_of(&self, key: &[u8]) -> &RwLock<Shard> {
+        // The high bits: the low ones pick the bucket inside the map.
+        let hash = self.shard_hash.hash_one(key);
+        &self.shards[(hash >> 60) as usize % SHARDS]
+    }
+
+    fn read(&self, key: &[u8]) -> RwLockReadGuard<'_, Shard> {
+        lock_read(self.shard_of(key))
+    }
+
+    fn write(&self, key: &[u8]) -> RwLockWriteGuard<'_, Shard> {
+        // A panic while holding the lock leaves plain maps that are still consistent enough
+        // to serve from; refusing all DNS afterwards would be worse.
+        self.shard_of(key)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn lock_read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    shard.read().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::answer::TtlPolicy;
+    use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use std::time::Duration;
+
+    fn answer(host: &str) -> Arc<Answer> {
+        let name = Name::from_ascii(host).expect("name");
+        let q = Query::query(name.clone(), RecordType::A);
+        let mut m = Message::response(1, OpCode::Query);
+        m.metadata.response_code = ResponseCode::NoError;
+        m.add_query(q.clone());
+        m.answers
+            .push(Record::from_rdata(name, 60, RData::A(A::new(1, 1, 1, 1))));
+        let policy = TtlPolicy::new(
+            Duration::ZERO,
+            Duration::from_secs(300),
+            Duration::from_secs(5),
+            Duration::ZERO,
+        );
+        Arc::new(Answer::from_upstream(&q, &m, &policy, Instant::now()))
+    }
+
+    #[test]
+    fn stays_bounded_and_keeps_what_is_used() {
+        let store = Store::new(SHARDS * 4);
+        let hot = answer("hot.test.");
+        let hot_key: Box<[u8]> = hot.key().into();
+        store.insert(hot);
+        for i in 0..2000 {
+            store.insert(answer(&format!("cold{i}.test.")));
+            assert!(
+                store.with(&hot_key, |_| ()).is_some(),
+                "hot name evicted after {i}"
+            );
+        }
+        assert!(store.len() <= store.capacity());
+        assert!(store.evictions() > 1000);
+    }
+
+    #[test]
+    fn replacing_an_answer_keeps_one_entry() {
+        let store = Store::new(64);
+        for _ in 0..500 {
+            store.insert(answer("same.test."));
+        }
+        assert_eq!(store.len(), 1);
+        let shard_clocks: usize = store.shards.iter().map(|s| lock_read(s).clock.len()).sum();
+        assert!(shard_clocks <= 2 * store.per_shard + 17);
+    }
+}
