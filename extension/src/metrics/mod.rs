@@ -268,6 +268,14 @@ impl Recorder {
         window.timings.entry(timing).or_default().record(ms);
     }
 
+    /// Records a latency for one destination only: for figures whose function-level value is
+    /// recorded where they are measured (the DNS cache records `dns_ms` for every lookup).
+    pub fn observe_ms_destination(&self, destination: &str, timing: Timing, ms: f64) {
+        let mut slow = self.slow();
+        let window = destination_window(&mut slow.destinations, destination);
+        window.timings.entry(timing).or_default().record(ms);
+    }
+
     pub fn gauge_add(&self, gauge: Gauge, delta: i64) {
         let cell = &self.inner.gauges[gauge as usize];
         let now = cell.current.fetch_add(delta, Ordering::Relaxed) + delta;

@@ -65,7 +65,11 @@ async fn serve_connection(
         service_fn(move |req| dispatch(proxy.clone(), slot.clone(), req))
     };
     drop(slot);
-    let served = http.serve_connection(io, service).with_upgrades().await;
+    let connection = http.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    // The connection (and its socket) lives until the end of this function: a rejected
+    // request is counted before the client sees the connection close.
+    let served = connection.as_mut().await;
     if let Err(err) = served {
         if err.is_parse() || err.is_parse_too_large() {
             // hyper has answered 400 / 431 already; count and log it like any request.

@@ -150,7 +150,10 @@ impl RequestRecord {
         if !self.host.is_empty() && is_cross_region(&self.host, home_region) {
             count(Counter::CrossRegionRequests, 1);
         }
-        observe(Timing::DnsMs, self.dns_ms);
+        // The DNS cache records the function-level `dns_ms` of every lookup it serves.
+        if let (Some(ms), false) = (self.dns_ms, dest.is_empty()) {
+            recorder.observe_ms_destination(dest, Timing::DnsMs, ms);
+        }
         observe(Timing::TcpConnectMs, self.connect_ms);
         observe(Timing::TlsMs, self.tls_ms);
         observe(Timing::TtfbMs, self.ttfb_ms);
