@@ -1,7 +1,7 @@
 //! What the `cloudwatch` feature costs at INIT: the time from spawning the extension to its
 //! first `/event/next` (what Lambda waits for before INIT can end), under the local emulator,
 //! for release binaries built with and without the feature. A measurement, not a check: it is
-//! `#[ignore]`d and prints a table (docs/PERFORMANCE.cloudwatch.md has the commands and results).
+//! `#[ignore]`d and prints a table (docs/PERFORMANCE.md has the commands and results).
 //!
 //!   WARDEN_BIN_WITH=… WARDEN_BIN_WITHOUT=… [WARDEN_INIT_RUNS=30] \
 //!     cargo test -p warden-tests --test cloudwatch_init_cost -- --ignored --nocapture

@@ -78,7 +78,7 @@ impl Sink {
     ) -> Sink {
         // The SDK client (configuration, root certificates) is built by the first send, in the
         // background of the first INVOKE: building it now would compete for the CPU with INIT
-        // (measured: +2 ms p50 to the extension's INIT, docs/PERFORMANCE.cloudwatch.md).
+        // (measured: +2 ms p50 to the extension's INIT, docs/PERFORMANCE.md).
         Sink {
             inner: Arc::new(Inner {
                 settings,
