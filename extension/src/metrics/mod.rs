@@ -8,11 +8,15 @@
 pub mod cloudwatch;
 mod emf;
 mod histogram;
+pub mod observations;
 
 pub use emf::{
     EmfWriter, EMF_MAX_EVENT_BYTES, EMF_MAX_METRICS_PER_DIRECTIVE, EMF_MAX_VALUES_PER_METRIC,
 };
 pub use histogram::Histogram;
+pub use observations::{
+    ConnectOutcome, ConnectPurpose, DnsOutcome, Event, JournalRead, Observation,
+};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -185,6 +189,8 @@ struct Inner {
     counters: Vec<AtomicU64>,
     gauges: Vec<GaugeCell>,
     slow: Mutex<Slow>,
+    /// Individual events for the diagnosis; a flush does not empty it.
+    journal: Mutex<observations::Journal>,
 }
 
 /// Cheap to clone; every clone writes to the same window.
@@ -214,6 +220,7 @@ impl Recorder {
                 counters,
                 gauges,
                 slow: Mutex::new(Slow::default()),
+                journal: Mutex::new(observations::Journal::default()),
             }),
         }
     }
@@ -286,6 +293,30 @@ impl Recorder {
         self.inner.gauges[gauge as usize]
             .current
             .load(Ordering::Relaxed)
+    }
+
+    /// Adds one event to the journal the diagnosis reads; `invocation` is the number of
+    /// INVOKEs so far (0 during INIT).
+    pub fn note(&self, invocation: u64, event: Event) {
+        let observation = Observation {
+            invocation,
+            at: std::time::Instant::now(),
+            event,
+        };
+        self.inner
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observation);
+    }
+
+    /// The journal's events after `cursor` (0 for everything still held).
+    pub fn observations_since(&self, cursor: u64) -> JournalRead {
+        self.inner
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_since(cursor)
     }
 
     /// The running total of a counter in the current window (for status pages and diagnosis).
