@@ -4,7 +4,9 @@
 
 use super::host::Target;
 use super::policy::{Policy, Verdict};
+use crate::context::InvocationClock;
 use crate::dns::DnsCache;
+use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, Recorder};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,9 @@ pub(crate) struct Dialer {
     pub dns: Arc<DnsCache>,
     pub policy: Policy,
     pub connect_timeout: Duration,
+    /// Every connect attempt goes to the recorder's journal, for the diagnosis.
+    pub recorder: Recorder,
+    pub clock: Arc<InvocationClock>,
 }
 
 /// An open, policy-checked TCP connection.
@@ -111,7 +116,36 @@ pub(crate) fn ms_since(start: Instant) -> f64 {
 }
 
 impl Dialer {
+    /// Opens a connection for a client's request.
     pub(crate) async fn dial(&self, target: &Target) -> Result<Dialed, Failure> {
+        self.dial_for(target, ConnectPurpose::Request).await
+    }
+
+    fn note_connect(
+        &self,
+        target: &Target,
+        addr: SocketAddr,
+        purpose: ConnectPurpose,
+        outcome: ConnectOutcome,
+        started: Instant,
+    ) {
+        self.recorder.note(
+            self.clock.invocations(),
+            Event::Connect {
+                host: target.host.clone(),
+                addr,
+                purpose,
+                outcome,
+                ms: ms_since(started),
+            },
+        );
+    }
+
+    pub(crate) async fn dial_for(
+        &self,
+        target: &Target,
+        purpose: ConnectPurpose,
+    ) -> Result<Dialed, Failure> {
         let mut observed = None;
         match self.policy.check_host(target) {
             Verdict::Allow => {}
@@ -167,6 +201,7 @@ impl Dialer {
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let connect_ms = ms_since(started);
+                    self.note_connect(target, addr, purpose, ConnectOutcome::Connected, started);
                     // Small request/response exchanges must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
                     return Ok(Dialed {
@@ -178,6 +213,7 @@ impl Dialer {
                     });
                 }
                 Ok(Err(err)) => {
+                    self.note_connect(target, addr, purpose, connect_outcome(&err), started);
                     last_failure = Some(if err.kind() == io::ErrorKind::ConnectionRefused {
                         Failure::Refused { addr, dns_ms }
                     } else {
@@ -189,12 +225,27 @@ impl Dialer {
                         }
                     });
                 }
-                Err(_) => last_failure = Some(Failure::Timeout { addr, dns_ms }),
+                Err(_) => {
+                    self.note_connect(target, addr, purpose, ConnectOutcome::Timeout, started);
+                    last_failure = Some(Failure::Timeout { addr, dns_ms });
+                }
             }
         }
         Err(last_failure.or(denial).unwrap_or(Failure::Dns {
             message: "no addresses".into(),
             dns_ms,
         }))
+    }
+}
+
+fn connect_outcome(err: &io::Error) -> ConnectOutcome {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectOutcome::Refused,
+        io::ErrorKind::AddrNotAvailable => ConnectOutcome::AddrNotAvailable,
+        io::ErrorKind::TimedOut => ConnectOutcome::Timeout,
+        _ => match err.raw_os_error() {
+            Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => ConnectOutcome::Unreachable,
+            _ => ConnectOutcome::Other,
+        },
     }
 }

@@ -87,6 +87,8 @@ pub fn bind_with(
             vec![local_addr.port(), config.dns_port],
         ),
         connect_timeout: config.connect_timeout,
+        recorder: ctx.recorder.clone(),
+        clock: ctx.clock.clone(),
     });
     let pools = Arc::new(pool_stats::PoolStats::default());
     let connector = connector::WardenConnector {
