@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: Lambda events drive [`lifecycle`]; traffic flows through [`proxy`] →
 //! [`dns`] / connection pools → upstream; every observation goes to the one
-//! [`metrics::Recorder`], which the EMF writer reads.
+//! [`metrics::Recorder`], which the EMF writer reads. [`warm`] opens connections through the
+//! proxy ahead of need.
 
 pub mod config;
 pub mod context;
@@ -11,3 +12,4 @@ pub mod dns;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod warm;

@@ -13,7 +13,8 @@ use crate::context::{Context, InvocationClock};
 use crate::dns::{self, DnsCache, DnsServerHandle};
 use crate::metrics::cloudwatch::{self, CloudWatchSink};
 use crate::metrics::{Counter, EmfWriter, Recorder, Snapshot, Timing};
-use crate::proxy::{self, ProxyHandle};
+use crate::proxy::{self, ProxyHandle, Warmer};
+use crate::warm;
 use extensions_api::{Event, ExtensionsApi};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ async fn register(name: &str) -> Result<String, lambda_extension::Error> {
 
 struct Services {
     _dns_server: Option<DnsServerHandle>,
-    _proxy: Option<ProxyHandle>,
+    proxy: Option<ProxyHandle>,
 }
 
 /// Starts what the configuration asks for. A listener that cannot bind is switched off with
@@ -116,7 +117,7 @@ async fn start_services(ctx: &Context) -> Services {
     }
     Services {
         _dns_server: dns_server,
-        _proxy: proxy_handle,
+        proxy: proxy_handle,
     }
 }
 
@@ -214,7 +215,7 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     };
 
     // Kept alive until the end of `run`: dropping the handles closes the listeners.
-    let _services = if config.disable || fail_init {
+    let services = if config.disable || fail_init {
         None
     } else {
         Some(start_services(&ctx).await)
@@ -254,7 +255,14 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         tracing::info!("EGRESS_WARDEN_DISABLE=true: registered, idling until SHUTDOWN");
         return idle(&api).await;
     }
-    // INIT work goes here, before the first /event/next: the warm-up fills it.
+    // INIT work, before the first /event/next.
+    let warmer = services
+        .as_ref()
+        .and_then(|s| s.proxy.as_ref())
+        .map(ProxyHandle::warmer);
+    if let Some(warmer) = &warmer {
+        warm::during_init(&ctx, warmer).await;
+    }
 
     recorder.observe_ms(
         Timing::ExtensionInitMs,
@@ -270,13 +278,18 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         emf,
         sink: config.metrics.sink,
     };
-    let code = serve_events(&api, &ctx, &flusher).await;
+    let code = serve_events(&api, &ctx, &flusher, warmer.as_ref()).await;
     let _ = shutdown_tx.send(true);
     code
 }
 
 /// Follows INVOKE and SHUTDOWN events; SIGTERM ends it like a SHUTDOWN.
-async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> ExitCode {
+async fn serve_events(
+    api: &ExtensionsApi,
+    ctx: &Context,
+    flusher: &Flusher,
+    warmer: Option<&Warmer>,
+) -> ExitCode {
     let mut sigterm = match signal(SignalKind::terminate()) {
         Ok(s) => Some(s),
         Err(err) => {
@@ -298,7 +311,10 @@ async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> 
                 deadline_ms,
                 request_id,
             } => {
-                ctx.clock.begin_invocation(deadline_ms);
+                let gap = ctx.clock.begin_invocation(deadline_ms);
+                if let Some(warmer) = warmer {
+                    warm::after_thaw(ctx, warmer, gap);
+                }
                 ctx.recorder.incr(Counter::Invocations);
                 tracing::debug!(%request_id, "INVOKE");
                 flusher.flush();
