@@ -444,6 +444,106 @@ mod tests {
         assert_eq!(rc, 0);
     }
 
+    fn registry() -> (Arc<Registry>, Recorder) {
+        let recorder = Recorder::new();
+        let registry = Registry::new(recorder.clone(), Arc::new(InvocationClock::new()));
+        (registry, recorder)
+    }
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn stale_events(recorder: &Recorder) -> Vec<(bool, bool)> {
+        recorder
+            .observations_since(0)
+            .events
+            .into_iter()
+            .filter_map(|o| match o.event {
+                Event::StaleConnection { reset, caught, .. } => Some((reset, caught)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_connection_closed_while_idle_refuses_the_next_write() {
+        let (registry, recorder) = registry();
+        let (client, server) = pair();
+        let addr = client.peer_addr().unwrap();
+        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        assert!(health.before_write().is_ok(), "fresh: no check");
+        drop(server);
+        std::thread::sleep(Duration::from_millis(20));
+        // Recently active: not checked yet (the write would go out).
+        assert!(health.before_write().is_ok());
+        // A thaw makes every connection due for a check, whatever the clock says.
+        registry.generation.fetch_add(1, Ordering::Relaxed);
+        let err = health.before_write().expect_err("stale");
+        assert_eq!(stale_in(&err), Some(false), "nothing was sent");
+        assert!(health.is_dead());
+        assert_eq!(stale_events(&recorder), vec![(false, true)]);
+        // Dead stays dead, noted once; reads fail too.
+        assert!(health.before_write().is_err());
+        assert_eq!(stale_events(&recorder).len(), 1);
+        assert_eq!(registry.open_for("k"), 0);
+    }
+
+    #[test]
+    fn revalidation_finds_dead_connections_and_skips_closed_ones() {
+        let (registry, recorder) = registry();
+        let (alive, _alive_peer) = pair();
+        let (dead, dead_peer) = pair();
+        let (closed, _closed_peer) = pair();
+        let addr = alive.peer_addr().unwrap();
+        let _a = registry.track(alive.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        let _d = registry.track(dead.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        let c = registry.track(closed.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        c.close();
+        drop(closed);
+        drop(dead_peer);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(registry.open_for("k"), 2);
+        let found = registry.revalidate();
+        assert_eq!(
+            found,
+            Revalidated {
+                checked: 2,
+                dead: 1
+            }
+        );
+        assert_eq!(registry.open_for("k"), 1);
+        assert_eq!(stale_events(&recorder), vec![(false, true)]);
+    }
+
+    #[test]
+    fn a_request_that_breaks_after_an_idle_period_is_reported_as_sent_on_a_stale_connection() {
+        let (registry, recorder) = registry();
+        let (client, _server) = pair();
+        let addr = client.peer_addr().unwrap();
+        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        registry.generation.fetch_add(1, Ordering::Relaxed);
+        assert!(health.before_write().is_ok(), "alive when checked");
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let err = health.after_read(Err(&reset)).expect("reported as stale");
+        assert_eq!(stale_in(&err), Some(true), "the request had gone out");
+        assert_eq!(stale_events(&recorder), vec![(true, false)]);
+
+        // Without an idle period before the write, a reset is just a reset.
+        let (client, _server) = pair();
+        let fresh = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        assert!(fresh.before_write().is_ok());
+        assert!(fresh.after_read(Err(&reset)).is_none());
+        // An answer clears it.
+        registry.generation.fetch_add(1, Ordering::Relaxed);
+        assert!(fresh.before_write().is_ok());
+        assert!(fresh.after_read(Ok(false)).is_none());
+        assert!(fresh.after_read(Ok(true)).is_none());
+    }
+
     #[test]
     fn stale_errors_are_recognised_through_wrapping() {
         for sent in [false, true] {
