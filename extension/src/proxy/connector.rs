@@ -85,6 +85,7 @@ impl WardenConnector {
     async fn connect(self, uri: Uri) -> Result<Conn, Failure> {
         let (key, _, _) = pool_key(&uri)?;
         if let Some(conn) = self.parked.take(&key) {
+            conn.io.inner().health.set_parked(false);
             return Ok(conn);
         }
         self.open(uri, ConnectPurpose::Request).await
@@ -95,6 +96,7 @@ impl WardenConnector {
         let conn = self.clone().open(uri, ConnectPurpose::Warm).await?;
         // Its first request is a reuse: what opening it cost was paid during the warm-up.
         conn.info.first_use.store(false, Ordering::Relaxed);
+        conn.io.inner().health.set_parked(true);
         let info = conn.info.clone();
         self.parked.park(info.pool_key.to_string(), conn);
         Ok(info)
@@ -138,7 +140,7 @@ impl WardenConnector {
         // Listed only once the stream owns the socket: it closes after `Watched::drop`.
         let health = self
             .registry
-            .track(fd, &target.host, info.addr, pool_key.clone());
+            .track(fd, &target.host, info.addr, pool_key.clone(), info.http2);
         let guard = self.pools.opened(pool_key.to_string(), info.http2);
         Ok(Conn {
             io: TokioIo::new(Watched { stream, health }),
@@ -271,7 +273,7 @@ impl AsyncWrite for Watched {
         this.health.before_write()?;
         let written = Pin::new(&mut this.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(_)) = written {
-            this.health.touch();
+            this.health.wrote();
         }
         written
     }
@@ -285,7 +287,7 @@ impl AsyncWrite for Watched {
         this.health.before_write()?;
         let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(_)) = written {
-            this.health.touch();
+            this.health.wrote();
         }
         written
     }

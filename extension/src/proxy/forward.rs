@@ -90,6 +90,9 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     );
     let upstream_req = Request::from_parts(parts, body);
     let client = proxy.upstreams.client();
+    // Connections of this pool that sat idle are checked first; dead ones are dropped.
+    let pool_key = format!("{scheme}://{target}");
+    proxy.upstreams.connector().registry.sweep(&pool_key).await;
     let sent_at = std::time::Instant::now();
     let mut result = client.request(upstream_req).await;
     if let (Err(err), Some(again)) = (&result, again) {

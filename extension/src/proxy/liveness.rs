@@ -9,7 +9,9 @@
 //! Every upstream connection carries a [`Health`] cell, listed in the [`Registry`]. hyper's
 //! pool cannot be enumerated, so after a freeze [`Registry::revalidate`] peeks each listed
 //! connection, marks the dead ones and wakes their readers: hyper's connection task then sees
-//! an error and drops the connection from the pool before a request can be given it.
+//! an error and drops the connection from the pool. Before a request is sent on a pool that
+//! sat idle, [`Registry::sweep`] does the same for that pool and waits until the dead
+//! connections are gone, so hyper cannot hand one out.
 
 use crate::context::InvocationClock;
 use crate::metrics::{Event, Recorder};
@@ -21,11 +23,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// A connection silent this long is peeked before its next write. Peers close idle
 /// connections and NATs drop flows after seconds of silence at the earliest; checking sooner
 /// would cost a syscall per write and find nothing.
 pub(crate) const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a sweep waits for hyper to let go of a dead connection it was woken about.
+const DROP_WAIT: Duration = Duration::from_millis(100);
 
 /// What a peek found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +91,11 @@ pub(crate) fn probe(fd: RawFd) -> Liveness {
     Liveness::Alive
 }
 
-/// The error a dead connection answers with. `sent: false`: found dead before the request
-/// was written, so any request may go again on another connection. `sent: true`: the request
-/// went out on a connection that had been idle and it broke before any answer (a NAT that
-/// forgot the flow answers only the next packet); only an idempotent request may go again.
+/// The error a dead connection answers with. `sent: false`: found dead before a request was
+/// written to it, so any request may go again on another connection. `sent: true`: a request
+/// may have gone out (a write after an idle period broke before any answer, as when a NAT
+/// forgot the flow; or part of a request was already written; or other requests share the
+/// HTTP/2 connection and get the same error): only an idempotent request may go again.
 #[derive(Debug)]
 pub(crate) struct StaleConnection {
     pub reset: bool,
@@ -182,12 +189,14 @@ impl Registry {
     }
 
     /// Lists a new connection; `fd` must stay open until [`Health::close`] is called.
+    /// `multiplexed`: HTTP/2, where one connection carries several requests at once.
     pub(crate) fn track(
         self: &Arc<Self>,
         fd: RawFd,
         host: &str,
         addr: SocketAddr,
         pool_key: Arc<str>,
+        multiplexed: bool,
     ) -> Arc<Health> {
         let health = Arc::new(Health {
             registry: self.clone(),
@@ -200,6 +209,10 @@ impl Registry {
             last_active_ms: AtomicU64::new(self.now_ms()),
             checked_generation: AtomicU64::new(self.generation.load(Ordering::Relaxed)),
             awaiting_reply: AtomicBool::new(false),
+            multiplexed,
+            last_op_write: AtomicBool::new(false),
+            gone: Notify::new(),
+            parked: AtomicBool::new(false),
         });
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         // Forget closed connections now and then so the list stays as long as the pools.
@@ -231,6 +244,33 @@ impl Registry {
             }
         }
         found
+    }
+
+    /// Before a request goes to `pool_key`: peeks that pool's connections that sat idle (or
+    /// were not checked since the last freeze) and waits, briefly, until hyper has dropped
+    /// the dead ones. Returns how many were found dead.
+    pub(crate) async fn sweep(&self, pool_key: &str) -> usize {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let dead: Vec<Arc<Health>> = self
+            .live()
+            .into_iter()
+            .filter(|h| &*h.pool_key == pool_key && !h.is_dead())
+            .filter(|h| {
+                h.checked_generation.load(Ordering::Relaxed) < generation
+                    || h.idle() >= IDLE_CHECK_AFTER
+            })
+            .filter(|h| matches!(h.check(), Some(Liveness::Closed | Liveness::Reset)))
+            .collect();
+        // Parked connections are not hyper's: they are dropped when next taken.
+        for health in dead.iter().filter(|h| !h.parked.load(Ordering::Relaxed)) {
+            health.wait_gone(DROP_WAIT).await;
+        }
+        if !dead.is_empty() {
+            // hyper's dispatch task learns of the closed connection one wake-up later; let it
+            // run before the pool is asked for a connection.
+            tokio::task::yield_now().await;
+        }
+        dead.len()
     }
 
     /// Open, not known dead connections for a pool key (pooled, busy or parked).
@@ -284,6 +324,13 @@ pub(crate) struct Health {
     /// A write went out after an idle period and nothing has come back yet: a reset or EOF
     /// now means the connection was stale and a request failed on it.
     awaiting_reply: AtomicBool,
+    multiplexed: bool,
+    /// The last bytes moved were written (a request is under way), not read.
+    last_op_write: AtomicBool,
+    /// Signalled when the connection closes on our side.
+    gone: Notify,
+    /// Waiting in the warm-up's parking, not (yet) in hyper's pool.
+    parked: AtomicBool,
 }
 
 impl Health {
@@ -297,9 +344,27 @@ impl Health {
 
     /// Called before the socket is closed.
     pub(crate) fn close(&self) {
-        let mut reader = self.closed.lock().unwrap_or_else(|p| p.into_inner());
-        reader.closed = true;
-        reader.waker = None;
+        {
+            let mut reader = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            reader.closed = true;
+            reader.waker = None;
+        }
+        self.gone.notify_waiters();
+    }
+
+    async fn wait_gone(&self, within: Duration) {
+        // Created before the check, so a close in between still wakes it.
+        let gone = self.gone.notified();
+        if self.is_closed() {
+            return;
+        }
+        let _ = tokio::time::timeout(within, gone).await;
+    }
+
+    /// Whether nothing can have been sent yet: a single-request (HTTP/1) connection whose
+    /// last bytes moved were an answer read, so no request is part-way out.
+    fn nothing_sent(&self) -> bool {
+        !self.multiplexed && !self.last_op_write.load(Ordering::Relaxed)
     }
 
     fn idle(&self) -> Duration {
@@ -310,6 +375,16 @@ impl Health {
     pub(crate) fn touch(&self) {
         self.last_active_ms
             .store(self.registry.now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Relaxed);
+    }
+
+    /// After bytes were written.
+    pub(crate) fn wrote(&self) {
+        self.last_op_write.store(true, Ordering::Relaxed);
+        self.touch();
     }
 
     /// Peeks the socket now. None when it is already closed on our side. A connection found
@@ -347,7 +422,7 @@ impl Health {
     /// peeked first; a dead one refuses the write with [`StaleConnection`].
     pub(crate) fn before_write(&self) -> io::Result<()> {
         if self.is_dead() {
-            return Err(StaleConnection::io(false, false));
+            return Err(StaleConnection::io(false, !self.nothing_sent()));
         }
         let generation = self.registry.generation.load(Ordering::Relaxed);
         let unchecked = self.checked_generation.load(Ordering::Relaxed) < generation;
@@ -359,14 +434,18 @@ impl Health {
                 self.awaiting_reply.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            Some(found) => Err(StaleConnection::io(found == Liveness::Reset, false)),
+            Some(found) => Err(StaleConnection::io(
+                found == Liveness::Reset,
+                !self.nothing_sent(),
+            )),
         }
     }
 
     /// Remembers who to wake when a revalidation finds this connection dead.
     pub(crate) fn before_read(&self, waker: &Waker) -> io::Result<()> {
         if self.is_dead() {
-            return Err(StaleConnection::io(false, false));
+            // A request waiting on this connection's answer may have gone out.
+            return Err(StaleConnection::io(false, true));
         }
         let mut reader = self.closed.lock().unwrap_or_else(|p| p.into_inner());
         if !reader.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -381,6 +460,7 @@ impl Health {
         let reset = match outcome {
             Ok(false) => {
                 self.awaiting_reply.store(false, Ordering::Relaxed);
+                self.last_op_write.store(false, Ordering::Relaxed);
                 self.touch();
                 return None;
             }
@@ -474,7 +554,7 @@ mod tests {
         let (registry, recorder) = registry();
         let (client, server) = pair();
         let addr = client.peer_addr().unwrap();
-        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
         assert!(health.before_write().is_ok(), "fresh: no check");
         drop(server);
         std::thread::sleep(Duration::from_millis(20));
@@ -499,9 +579,9 @@ mod tests {
         let (dead, dead_peer) = pair();
         let (closed, _closed_peer) = pair();
         let addr = alive.peer_addr().unwrap();
-        let _a = registry.track(alive.as_raw_fd(), "up.test", addr, Arc::from("k"));
-        let _d = registry.track(dead.as_raw_fd(), "up.test", addr, Arc::from("k"));
-        let c = registry.track(closed.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        let _a = registry.track(alive.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
+        let _d = registry.track(dead.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
+        let c = registry.track(closed.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
         c.close();
         drop(closed);
         drop(dead_peer);
@@ -524,7 +604,7 @@ mod tests {
         let (registry, recorder) = registry();
         let (client, _server) = pair();
         let addr = client.peer_addr().unwrap();
-        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
         registry.generation.fetch_add(1, Ordering::Relaxed);
         assert!(health.before_write().is_ok(), "alive when checked");
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
@@ -534,7 +614,7 @@ mod tests {
 
         // Without an idle period before the write, a reset is just a reset.
         let (client, _server) = pair();
-        let fresh = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"));
+        let fresh = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
         assert!(fresh.before_write().is_ok());
         assert!(fresh.after_read(Err(&reset)).is_none());
         // An answer clears it.

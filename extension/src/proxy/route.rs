@@ -136,9 +136,16 @@ pub(crate) async fn handle(
             Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
         };
 
+        let client = proxy.upstreams.client();
+        // Connections of this pool that sat idle are checked first; dead ones are dropped.
+        proxy
+            .upstreams
+            .connector()
+            .registry
+            .sweep(&upstream_key(upstream))
+            .await;
         let left = deadline.saturating_duration_since(Instant::now());
         let sent_at = Instant::now();
-        let client = proxy.upstreams.client();
         let result = tokio::time::timeout(left, client.request(upstream_req)).await;
         let can_repeat_body = replay.is_some();
         let wait = backoff(attempt);

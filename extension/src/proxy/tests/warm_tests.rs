@@ -377,3 +377,96 @@ async fn a_warmed_route_connection_the_peer_closed_is_replaced() {
         assert_eq!(count(&proxy.take(), Counter::Errors), 0, "h2={h2}");
     }
 }
+
+/// A TLS upstream on its own thread and runtime, so it keeps running (and closing idle
+/// connections) while the proxy's runtime is blocked.
+struct OutsideUpstream {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideUpstream {
+    fn start(h2: bool, idle: Duration) -> OutsideUpstream {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let up = upstream::tls_closing_idle("api", h2, idle).await;
+                let _ = ready_tx.send((up.addr, up.connections.clone()));
+                let _ = stopped.await;
+            });
+        });
+        let (addr, connections) = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("upstream started");
+        OutsideUpstream {
+            addr,
+            connections,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for OutsideUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The proxy's only worker thread is blocked (as Lambda freezes the sandbox) while the
+/// upstream closes its idle pooled connection; a request sent meanwhile is answered once the
+/// proxy runs again, on a fresh connection, without an error reaching the client. (No INVOKE
+/// here: the check before the request is what finds the dead connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_pooled_route_connection_closed_during_a_freeze_is_not_used() {
+    for h2 in [true, false] {
+        let up = OutsideUpstream::start(h2, Duration::from_millis(200));
+        let routes = format!("api=https://localhost:{}", up.addr.port());
+        let proxy = start(&[
+            ("EGRESS_WARDEN_ROUTES", &routes),
+            ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+        ])
+        .await;
+        let request = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        let reply = raw(proxy.addr, request).await.expect("reply");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+
+        let (frozen_tx, frozen_rx) = std::sync::mpsc::channel();
+        let freeze = tokio::spawn(async move {
+            let _ = frozen_tx.send(());
+            // Blocks the runtime's only worker: nothing in the proxy runs meanwhile.
+            std::thread::sleep(Duration::from_millis(1300));
+        });
+        frozen_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("frozen");
+        // The upstream closes the idle connection while the proxy is frozen.
+        std::thread::sleep(Duration::from_millis(400));
+        let mut client = std::net::TcpStream::connect(proxy.addr).expect("connect");
+        // A POST without Idempotency-Key may only go again if it was never sent: it succeeds
+        // only if the dead connection is found before the request is written to it.
+        let post = b"POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi";
+        std::io::Write::write_all(&mut client, post).expect("send");
+        freeze.await.expect("thawed");
+
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut client = TcpStream::from_std(client).expect("tokio stream");
+        let reply = super::read_reply(&mut client).await.expect("reply");
+        assert_eq!(reply.status, 200, "h2={h2}: {reply:?}");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2, "h2={h2}");
+        assert_eq!(count(&proxy.take(), Counter::Errors), 0, "h2={h2}");
+    }
+}
