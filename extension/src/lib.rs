@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod config;
 pub mod context;
+pub mod diagnose;
 pub mod dns;
 pub mod lifecycle;
 pub mod metrics;
