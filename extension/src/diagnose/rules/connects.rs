@@ -15,14 +15,17 @@ use std::time::Instant;
 // ---- eni_cold_path -----------------------------------------------------------------------
 
 pub(super) fn eni_cold_path(inputs: &Inputs, events: Events) -> Option<Report> {
-    let mut cold = inputs.cold_connect_ms.to_vec();
+    if inputs.cold_connect_ms.len() < MIN_COLD_CONNECTS {
+        return None;
+    }
     let mut steady: Vec<f64> = connects(events)
         .filter(|c| c.outcome == ConnectOutcome::Connected && !is_cold(c.invocation))
         .map(|c| c.ms)
         .collect();
-    if cold.len() < MIN_COLD_CONNECTS || steady.len() < MIN_STEADY_CONNECTS {
+    if steady.len() < MIN_STEADY_CONNECTS {
         return None;
     }
+    let mut cold = inputs.cold_connect_ms.to_vec();
     let cold_p50 = percentile(&mut cold, 0.5);
     let cold_max = cold.last().copied().unwrap_or(0.0);
     let steady_p50 = percentile(&mut steady, 0.5);
@@ -67,20 +70,12 @@ struct Destination {
 
 pub(super) fn nat_port_exhaustion(_: &Inputs, events: Events) -> Option<Report> {
     let mut total = Tally::default();
-    let mut by_addr: HashMap<SocketAddr, Destination> = HashMap::new();
     let mut exhausted = Vec::new();
     for c in connects(events) {
         total.add(c.outcome);
         if c.outcome == ConnectOutcome::AddrNotAvailable {
             example(&mut exhausted, || format!("{} ({})", c.host, c.addr));
         }
-        let d = by_addr.entry(c.addr).or_insert(Destination {
-            tally: Tally::default(),
-            first: c.at,
-            last: c.at,
-        });
-        d.tally.add(c.outcome);
-        d.last = c.at;
     }
     let fix = "Reuse connections: send the traffic through the proxy's route mode \
                (EGRESS_WARDEN_ROUTES, pooled keep-alive connections) or enable keep-alive in the \
@@ -104,7 +99,21 @@ pub(super) fn nat_port_exhaustion(_: &Inputs, events: Events) -> Option<Report> 
         });
     }
     // Timeouts concentrated on one busy destination that otherwise answers: its new
-    // connections outgrow what the NAT can map to it.
+    // connections outgrow what the NAT can map to it. Per destination only when the totals
+    // allow it, which keeps the usual evaluation to one pass.
+    if total.attempts < BURST_CONNECTS || total.timeouts < MIN_BURST_TIMEOUTS {
+        return None;
+    }
+    let mut by_addr: HashMap<SocketAddr, Destination> = HashMap::new();
+    for c in connects(events) {
+        let d = by_addr.entry(c.addr).or_insert(Destination {
+            tally: Tally::default(),
+            first: c.at,
+            last: c.at,
+        });
+        d.tally.add(c.outcome);
+        d.last = c.at;
+    }
     let (addr, d) = by_addr.iter().find(|(_, d)| {
         let t = &d.tally;
         t.attempts >= BURST_CONNECTS

@@ -12,17 +12,14 @@ pub(super) fn no_egress_route(inputs: &Inputs, events: Events) -> Option<Report>
     for c in connects(events) {
         if is_public(c.addr.ip(), inputs.settings) {
             public.add(c.outcome);
-            if matches!(
-                c.outcome,
-                ConnectOutcome::Timeout | ConnectOutcome::Unreachable
-            ) {
+            if c.outcome == ConnectOutcome::Timeout {
                 example(&mut destinations, || format!("{} ({})", c.host, c.addr));
             }
         } else {
             private.add(c.outcome);
         }
     }
-    if !public.unreachable_path() {
+    if !public.unanswered_path() {
         return None;
     }
     let inside = if private.connected > 0 {
@@ -35,9 +32,8 @@ pub(super) fn no_egress_route(inputs: &Inputs, events: Events) -> Option<Report>
     };
     Some(Report {
         summary: format!(
-            "{} of {} connects to public addresses got no answer and none succeeded{inside}",
-            public.no_route(),
-            public.attempts
+            "{} of {} connects to public addresses timed out and none succeeded{inside}",
+            public.timeouts, public.attempts
         ),
         evidence: json!({
             "public_attempts": public.attempts,
@@ -116,7 +112,7 @@ pub(super) fn aws_endpoint_unreachable(inputs: &Inputs, events: Events) -> Optio
     let home = inputs.settings.home_region.as_deref();
     let failing: Vec<ServiceTally> = aws_tallies(events)
         .into_iter()
-        .filter(|s| s.tally.unreachable_path())
+        .filter(|s| s.tally.unanswered_path())
         .collect();
     if failing.is_empty() {
         return None;
@@ -151,10 +147,10 @@ pub(super) fn aws_endpoint_unreachable(inputs: &Inputs, events: Events) -> Optio
             })
         })
         .collect();
-    let no_route: u64 = failing.iter().map(|s| s.tally.no_route()).sum();
+    let timeouts: u64 = failing.iter().map(|s| s.tally.timeouts).sum();
     Some(Report {
         summary: format!(
-            "{no_route} connects to AWS endpoints got no answer and none succeeded: {}",
+            "{timeouts} connects to AWS endpoints timed out and none succeeded: {}",
             names.join(", ")
         ),
         evidence: json!({ "endpoints": endpoints }),
@@ -177,8 +173,8 @@ pub(super) fn aws_endpoints_work(_: &Inputs, events: Events) -> Option<Report> {
         total.timeouts += s.tally.timeouts;
         total.unreachable += s.tally.unreachable;
     }
-    (total.connected >= CLEAR_CONNECTED && share(total.no_route(), total.attempts) < 0.2).then(
-        || Report {
+    (total.connected >= CLEAR_CONNECTED && share(total.timeouts, total.attempts) < 0.2).then(|| {
+        Report {
             summary: format!("{} connects to AWS endpoints succeeded", total.connected),
             evidence: json!({
                 "connected": total.connected,
@@ -186,6 +182,6 @@ pub(super) fn aws_endpoints_work(_: &Inputs, events: Events) -> Option<Report> {
                 "unreachable": total.unreachable,
             }),
             fix: String::new(),
-        },
-    )
+        }
+    })
 }

@@ -82,9 +82,9 @@ pub(super) const RULES: [Rule; 7] = [
     },
 ];
 
-// no_egress_route / aws_endpoint_unreachable: connects that get no answer (or no route).
-const MIN_NO_ROUTE: u64 = 3;
-const NO_ROUTE_SHARE: f64 = 0.8;
+// no_egress_route / aws_endpoint_unreachable: connects that get no answer.
+const MIN_TIMEOUTS: u64 = 3;
+const TIMEOUT_SHARE: f64 = 0.8;
 const CLEAR_CONNECTED: u64 = 2;
 // eni_cold_path
 const MIN_COLD_CONNECTS: usize = 2;
@@ -140,17 +140,14 @@ impl Tally {
         }
     }
 
-    /// Attempts that got no answer or had no route. A refusal (RST) is an answer: the path
-    /// works, the port is closed or a firewall rejects.
-    fn no_route(&self) -> u64 {
-        self.timeouts + self.unreachable
-    }
-
-    /// Enough unanswered attempts, nothing connected, and they are most of the attempts.
-    fn unreachable_path(&self) -> bool {
-        self.no_route() >= MIN_NO_ROUTE
+    /// Enough attempts timed out, nothing connected, and timeouts are most of the attempts.
+    /// Only silence counts: a refusal (RST) or an ICMP unreachable is an answer from someone
+    /// on the path (a closed port, a firewall's REJECT), and a VPC without a NAT route drops
+    /// packets silently.
+    fn unanswered_path(&self) -> bool {
+        self.timeouts >= MIN_TIMEOUTS
             && self.connected == 0
-            && share(self.no_route(), self.attempts) >= NO_ROUTE_SHARE
+            && share(self.timeouts, self.attempts) >= TIMEOUT_SHARE
     }
 }
 

@@ -43,6 +43,14 @@ fn refused_connects_are_never_no_egress_route() {
 }
 
 #[test]
+fn icmp_unreachable_answers_are_not_no_egress_route() {
+    let mut f = Fixture::new();
+    // A REJECT with icmp-host-unreachable: someone answered.
+    f.note_n(10, connect("api.example.com", PUBLIC, Unreachable, 0.5));
+    assert!(f.evaluate().is_empty());
+}
+
+#[test]
 fn timeouts_beside_working_public_connects_are_not_no_egress_route() {
     let mut f = Fixture::new();
     f.note_n(5, connect("api.example.com", PUBLIC, Timeout, 3000.0));
