@@ -211,8 +211,11 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         config: config.clone(),
         recorder: recorder.clone(),
         clock: Arc::new(InvocationClock::new()),
+        findings: Default::default(),
         shutdown: shutdown_rx,
     };
+    // Runs when the board is refreshed: on INVOKE and at the end, before each flush.
+    let _diagnosis = crate::diagnose::Diagnosis::start(&ctx);
 
     // Kept alive until the end of `run`: dropping the handles closes the listeners.
     let services = if config.disable || fail_init {
@@ -302,6 +305,7 @@ async fn serve_events(
             event = api.next_event() => event,
             Some(()) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => None } } => {
                 tracing::info!("SIGTERM: flushing and exiting");
+                ctx.findings.refresh();
                 flusher.finish(None).await;
                 return ExitCode::SUCCESS;
             }
@@ -317,6 +321,7 @@ async fn serve_events(
                 }
                 ctx.recorder.incr(Counter::Invocations);
                 tracing::debug!(%request_id, "INVOKE");
+                ctx.findings.refresh();
                 flusher.flush();
             }
             Event::Shutdown {
@@ -325,6 +330,7 @@ async fn serve_events(
             } => {
                 let left = deadline_ms.saturating_sub(epoch_ms());
                 tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
+                ctx.findings.refresh();
                 flusher.finish(Some(deadline_ms)).await;
                 return ExitCode::SUCCESS;
             }

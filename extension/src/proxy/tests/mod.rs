@@ -80,6 +80,7 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
         config: Arc::new(config),
         recorder: recorder.clone(),
         clock: clock.clone(),
+        findings: Default::default(),
         shutdown: rx,
     };
     let dns = DnsCache::new(&ctx).expect("dns cache");
