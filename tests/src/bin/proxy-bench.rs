@@ -3,19 +3,20 @@
 //!
 //! ```text
 //! proxy-bench --extension BIN [--proxy NAME=ADDR:PID]... [--samples N] [--seconds S]
-//!             [--concurrency C] [--log-dir DIR] [--only keepalive,connect-new,tunnel]
+//!             [--concurrency C] [--log-dir DIR] [--only keepalive,connect-tls,tunnel]
 //! ```
 //!
 //! Starts egress-warden (BIN) as a real process behind a minimal Extensions API stub, an
-//! HTTP/1.1 upstream on 127.0.0.2, then for each scenario and target measures:
+//! HTTP/1.1 upstream and an HTTPS one (rustls, a throw-away CA from `tests/proxy/make-certs.sh`)
+//! on 127.0.0.2, then for each scenario and target measures:
 //! sequential latency (p50/p99 over N requests on one client), throughput (C concurrent
 //! clients for S seconds) and the proxy process's CPU time per request (from /proc).
 //!
 //! Scenarios: `keepalive` (absolute-form GET on a kept-alive client connection; pooled
-//! upstream), `connect-new` (a new client connection, CONNECT, one request, close: what a new
-//! HTTPS connection costs the proxy; the TLS handshake inside the tunnel is end to end and
-//! identical with or without a proxy, so it is left out to isolate the proxy's share),
-//! `tunnel` (requests inside one long CONNECT tunnel).
+//! upstream), `connect-tls` (a new client connection, CONNECT, a full TLS handshake with the
+//! HTTPS upstream through the tunnel, one request, close: a new HTTPS connection as a function
+//! makes it; direct is the same without CONNECT), `tunnel` (requests inside one long CONNECT
+//! tunnel).
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,8 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[derive(Clone)]
 struct Target {
@@ -38,7 +42,7 @@ struct Target {
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
     KeepAlive,
-    ConnectNew,
+    ConnectTls,
     Tunnel,
 }
 
@@ -46,7 +50,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::KeepAlive => "keepalive",
-            Scenario::ConnectNew => "connect-new",
+            Scenario::ConnectTls => "connect-tls",
             Scenario::Tunnel => "tunnel",
         }
     }
@@ -104,36 +108,105 @@ fn parse_args() -> Result<Args, String> {
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
 
-/// A minimal keep-alive HTTP/1.1 server: one fixed answer per request head.
-async fn upstream() -> io::Result<SocketAddr> {
+/// A minimal keep-alive HTTP/1.1 server (over TLS when `tls` is given): one fixed answer per
+/// request head.
+async fn upstream(tls: Option<TlsAcceptor>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.2:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut filled = 0;
-                loop {
-                    match s.read(&mut buf[filled..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => filled += n,
-                    }
-                    while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if s.write_all(RESPONSE).await.is_err() {
-                            return;
+                match tls {
+                    None => answer_requests(s).await,
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(s).await {
+                            answer_requests(s).await;
                         }
-                        buf.copy_within(end + 4..filled, 0);
-                        filled -= end + 4;
-                    }
-                    if filled == buf.len() {
-                        return;
                     }
                 }
             });
         }
     });
     Ok(addr)
+}
+
+async fn answer_requests<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    loop {
+        match s.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => filled += n,
+        }
+        while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            if s.write_all(RESPONSE).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+            buf.copy_within(end + 4..filled, 0);
+            filled -= end + 4;
+        }
+        if filled == buf.len() {
+            return;
+        }
+    }
+}
+
+/// The HTTPS upstream's and the clients' TLS settings, from a CA and server certificate made
+/// for this run (the directory lives as long as this).
+struct Tls {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    _certs: tempfile::TempDir,
+}
+
+fn tls_setup() -> io::Result<Tls> {
+    let certs = tempfile::tempdir()?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("proxy")
+        .join("make-certs.sh");
+    if !Command::new("sh")
+        .arg(&script)
+        .arg(certs.path())
+        .status()?
+        .success()
+    {
+        return Err(io::Error::other(format!(
+            "{} failed (is openssl installed?)",
+            script.display()
+        )));
+    }
+    let dir = certs.path();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).map_err(io::Error::other)?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).map_err(io::Error::other)? {
+        roots
+            .add(ca.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every connection pays the full handshake, as a new process's first call does.
+    client.resumption = rustls::client::Resumption::disabled();
+    Ok(Tls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+        _certs: certs,
+    })
 }
 
 /// Stands in for Lambda's Extensions API: registers anyone, never sends an event.
@@ -251,7 +324,7 @@ async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> 
 }
 
 /// Reads one response (head + Content-Length body); CONNECT answers have no body.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<u16> {
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<u16> {
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
@@ -288,9 +361,19 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<u16> 
     }
 }
 
+/// The upstreams a client talks to.
+#[derive(Clone)]
+struct Upstreams {
+    plain: SocketAddr,
+    https: SocketAddr,
+    connector: TlsConnector,
+}
+
 struct Client {
     target: Target,
+    /// The plain upstream, or the HTTPS one for `connect-tls`.
     upstream: SocketAddr,
+    connector: TlsConnector,
     scenario: Scenario,
     conn: Option<TcpStream>,
     buf: Vec<u8>,
@@ -299,10 +382,15 @@ struct Client {
 }
 
 impl Client {
-    fn new(target: &Target, upstream: SocketAddr, scenario: Scenario) -> Client {
+    fn new(target: &Target, upstreams: &Upstreams, scenario: Scenario) -> Client {
+        let upstream = match scenario {
+            Scenario::ConnectTls => upstreams.https,
+            Scenario::KeepAlive | Scenario::Tunnel => upstreams.plain,
+        };
         Client {
             target: target.clone(),
             upstream,
+            connector: upstreams.connector.clone(),
             scenario,
             conn: None,
             buf: Vec::with_capacity(4096),
@@ -313,7 +401,7 @@ impl Client {
     }
 
     async fn open(&mut self) -> io::Result<TcpStream> {
-        let tunnel = matches!(self.scenario, Scenario::ConnectNew | Scenario::Tunnel);
+        let tunnel = matches!(self.scenario, Scenario::ConnectTls | Scenario::Tunnel);
         match self.target.proxy {
             None => {
                 let s = TcpStream::connect(self.upstream).await?;
@@ -340,7 +428,7 @@ impl Client {
     /// One request; reconnects as the scenario demands, or when a proxy closed a kept-alive
     /// connection (tinyproxy answers HTTP/1.0-style, one request per client connection).
     async fn request(&mut self) -> io::Result<()> {
-        let reused = self.conn.is_some() && self.scenario != Scenario::ConnectNew;
+        let reused = self.conn.is_some() && self.scenario != Scenario::ConnectTls;
         match self.try_request().await {
             Err(_) if reused => {
                 self.conn = None;
@@ -351,9 +439,12 @@ impl Client {
     }
 
     async fn try_request(&mut self) -> io::Result<()> {
+        if self.scenario == Scenario::ConnectTls {
+            return self.new_https_connection().await;
+        }
         let mut s = match self.conn.take() {
-            Some(s) if self.scenario != Scenario::ConnectNew => s,
-            _ => self.open().await?,
+            Some(s) => s,
+            None => self.open().await?,
         };
         let absolute = self.target.proxy.is_some() && self.scenario == Scenario::KeepAlive;
         let req = if absolute {
@@ -366,14 +457,25 @@ impl Client {
         if status != 200 {
             return Err(io::Error::other(format!("answered {status}")));
         }
-        if self.scenario == Scenario::ConnectNew {
-            // Close with RST: thousands of short connections must not pile up in TIME_WAIT.
-            // (Deprecated because a non-zero linger blocks on drop; zero never does.)
-            #[allow(deprecated)]
-            let _ = s.set_linger(Some(Duration::ZERO));
-        } else {
-            self.conn = Some(s);
+        self.conn = Some(s);
+        Ok(())
+    }
+
+    /// (CONNECT →) TLS handshake → one HTTPS request → close.
+    async fn new_https_connection(&mut self) -> io::Result<()> {
+        let s = self.open().await?;
+        let name = ServerName::from(self.upstream.ip());
+        let mut tls = self.connector.connect(name, s).await?;
+        tls.write_all(&self.origin).await?;
+        tls.flush().await?;
+        let status = read_response(&mut tls, &mut self.buf).await?;
+        if status != 200 {
+            return Err(io::Error::other(format!("answered {status}")));
         }
+        // Close with RST: thousands of short connections must not pile up in TIME_WAIT.
+        // (Deprecated because a non-zero linger blocks on drop; zero never does.)
+        #[allow(deprecated)]
+        let _ = tls.get_ref().0.set_linger(Some(Duration::ZERO));
         Ok(())
     }
 }
@@ -411,14 +513,14 @@ struct Row {
 /// neighbour (other work on the machine) weighs on all targets alike.
 async fn latencies(
     targets: &[Target],
-    upstream: SocketAddr,
+    upstreams: &Upstreams,
     scenario: Scenario,
     samples: usize,
 ) -> io::Result<Vec<(f64, f64)>> {
     const ROUNDS: usize = 10;
     let mut clients: Vec<Client> = targets
         .iter()
-        .map(|t| Client::new(t, upstream, scenario))
+        .map(|t| Client::new(t, upstreams, scenario))
         .collect();
     for c in &mut clients {
         for _ in 0..200 {
@@ -447,7 +549,7 @@ async fn latencies(
 
 async fn throughput(
     target: &Target,
-    upstream: SocketAddr,
+    upstreams: &Upstreams,
     scenario: Scenario,
     seconds: u64,
     concurrency: usize,
@@ -459,7 +561,7 @@ async fn throughput(
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (done, stop) = (done.clone(), stop.clone());
-        let mut c = Client::new(target, upstream, scenario);
+        let mut c = Client::new(target, upstreams, scenario);
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 c.request().await?;
@@ -501,7 +603,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> io::Result<()> {
-    let upstream = upstream().await?;
+    let tls = tls_setup()?;
+    let upstreams = Upstreams {
+        plain: upstream(None).await?,
+        https: upstream(Some(tls.acceptor.clone())).await?,
+        connector: tls.connector.clone(),
+    };
     let (_warden, warden) = start_warden(&args.extension, &args.log_dir).await?;
     let mut targets = vec![
         Target {
@@ -513,14 +620,14 @@ async fn run(args: Args) -> io::Result<()> {
     ];
     targets.extend(args.proxies.iter().cloned());
     let mut rows = Vec::new();
-    for scenario in [Scenario::KeepAlive, Scenario::ConnectNew, Scenario::Tunnel] {
+    for scenario in [Scenario::KeepAlive, Scenario::ConnectTls, Scenario::Tunnel] {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == scenario.name()) {
             continue;
         }
-        let lat = latencies(&targets, upstream, scenario, args.samples).await?;
+        let lat = latencies(&targets, &upstreams, scenario, args.samples).await?;
         for (t, (p50, p99)) in targets.iter().zip(lat) {
             let (rps, cpu) =
-                throughput(t, upstream, scenario, args.seconds, args.concurrency).await?;
+                throughput(t, &upstreams, scenario, args.seconds, args.concurrency).await?;
             eprintln!(
                 "{:<12} {:<14} p50 {p50:>8.1} us  p99 {p99:>8.1} us  {rps:>9.0} req/s",
                 scenario.name(),
