@@ -25,6 +25,7 @@ mod pool_stats;
 mod ranges;
 mod record;
 mod region;
+mod relay;
 mod retry;
 mod route;
 mod service;
