@@ -2,9 +2,13 @@
 //! loopback, in one run (driven by `scripts/bench.d/proxy`).
 //!
 //! ```text
-//! proxy-bench --extension BIN [--proxy NAME=ADDR:PID]... [--samples N] [--seconds S]
-//!             [--concurrency C] [--log-dir DIR] [--only keepalive,connect-tls,tunnel]
+//! proxy-bench --extension [NAME=]BIN... [--proxy NAME=ADDR:PID]... [--samples N]
+//!             [--seconds S] [--concurrency C] [--log-dir DIR]
+//!             [--only keepalive,connect-tls,tunnel,tunnel-bulk]
 //! ```
+//!
+//! `--extension` may be repeated to compare two builds of egress-warden in the same run
+//! (the first is named `egress-warden` unless given a NAME).
 //!
 //! Starts egress-warden (BIN) as a real process behind a minimal Extensions API stub, an
 //! HTTP/1.1 upstream and an HTTPS one (rustls, a throw-away CA from `tests/proxy/make-certs.sh`)
@@ -16,7 +20,8 @@
 //! upstream), `connect-tls` (a new client connection, CONNECT, a full TLS handshake with the
 //! HTTPS upstream through the tunnel, one request, close: a new HTTPS connection as a function
 //! makes it; direct is the same without CONNECT), `tunnel` (requests inside one long CONNECT
-//! tunnel).
+//! tunnel), `tunnel-bulk` (the same with 1 MiB answers: its req/s are MiB/s, its CPU per
+//! request is CPU per MiB).
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,6 +49,7 @@ enum Scenario {
     KeepAlive,
     ConnectTls,
     Tunnel,
+    TunnelBulk,
 }
 
 impl Scenario {
@@ -52,12 +58,18 @@ impl Scenario {
             Scenario::KeepAlive => "keepalive",
             Scenario::ConnectTls => "connect-tls",
             Scenario::Tunnel => "tunnel",
+            Scenario::TunnelBulk => "tunnel-bulk",
         }
+    }
+
+    fn tunnel(self) -> bool {
+        !matches!(self, Scenario::KeepAlive)
     }
 }
 
 struct Args {
-    extension: String,
+    /// (name, binary) of each egress-warden build to measure.
+    extensions: Vec<(String, String)>,
     proxies: Vec<Target>,
     samples: usize,
     seconds: u64,
@@ -68,7 +80,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        extension: String::new(),
+        extensions: Vec::new(),
         proxies: Vec::new(),
         samples: 5000,
         seconds: 3,
@@ -80,7 +92,15 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--extension" => a.extension = val()?,
+            "--extension" => {
+                let v = val()?;
+                let (name, bin) = match v.split_once('=') {
+                    Some((name, bin)) => (name.to_string(), bin.to_string()),
+                    None if a.extensions.is_empty() => ("egress-warden".to_string(), v),
+                    None => return Err(format!("a second --extension needs NAME=: {v}")),
+                };
+                a.extensions.push((name, bin));
+            }
             "--samples" => a.samples = val()?.parse().map_err(|_| "bad --samples")?,
             "--seconds" => a.seconds = val()?.parse().map_err(|_| "bad --seconds")?,
             "--concurrency" => a.concurrency = val()?.parse().map_err(|_| "bad --concurrency")?,
@@ -99,7 +119,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if a.extension.is_empty() {
+    if a.extensions.is_empty() {
         return Err("--extension BIN is required".into());
     }
     Ok(a)
@@ -107,6 +127,9 @@ fn parse_args() -> Result<Args, String> {
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+/// `GET /bulk` is answered with this many bytes.
+const BULK: usize = 1 << 20;
+static BULK_BODY: [u8; BULK] = [b'x'; BULK];
 
 /// A minimal keep-alive HTTP/1.1 server (over TLS when `tls` is given): one fixed answer per
 /// request head.
@@ -141,7 +164,16 @@ async fn answer_requests<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
             Ok(n) => filled += n,
         }
         while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            if s.write_all(RESPONSE).await.is_err() || s.flush().await.is_err() {
+            let written = if buf.starts_with(b"GET /bulk ") {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BULK}\r\n\r\n");
+                match s.write_all(head.as_bytes()).await {
+                    Ok(()) => s.write_all(&BULK_BODY).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                s.write_all(RESPONSE).await
+            };
+            if written.is_err() || s.flush().await.is_err() {
                 return;
             }
             buf.copy_within(end + 4..filled, 0);
@@ -272,13 +304,13 @@ impl Drop for Warden {
     }
 }
 
-async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> {
+async fn start_warden(name: &str, bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> {
     let api = extensions_api().await?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let log = std::fs::File::create(format!("{log_dir}/egress-warden.log"))?;
+    let log = std::fs::File::create(format!("{log_dir}/{name}.log"))?;
     let mut cmd = Command::new(bin);
     cmd.env_clear();
     // Runtime tuning experiments (e.g. TOKIO_WORKER_THREADS=1) pass through.
@@ -309,24 +341,24 @@ async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> 
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {
-            return Err(io::Error::other("egress-warden did not start listening"));
+            return Err(io::Error::other(format!("{name} did not start listening")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok((
         warden,
         Target {
-            name: "egress-warden".into(),
+            name: name.into(),
             proxy: Some(addr),
             pid: Some(pid),
         },
     ))
 }
 
-/// Reads one response (head + Content-Length body); CONNECT answers have no body.
+/// Reads one response (head + Content-Length body, not kept); CONNECT answers have no body.
 async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<u16> {
     buf.clear();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 16 * 1024];
     loop {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -350,12 +382,13 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io
                     .then(|| v.trim().parse::<usize>().ok())?
             })
             .unwrap_or(0);
-        while buf.len() < end + 4 + len {
+        let mut have = buf.len() - (end + 4);
+        while have < len {
             let n = s.read(&mut chunk).await?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            buf.extend_from_slice(&chunk[..n]);
+            have += n;
         }
         return Ok(status);
     }
@@ -385,7 +418,12 @@ impl Client {
     fn new(target: &Target, upstreams: &Upstreams, scenario: Scenario) -> Client {
         let upstream = match scenario {
             Scenario::ConnectTls => upstreams.https,
-            Scenario::KeepAlive | Scenario::Tunnel => upstreams.plain,
+            Scenario::KeepAlive | Scenario::Tunnel | Scenario::TunnelBulk => upstreams.plain,
+        };
+        let path = if scenario == Scenario::TunnelBulk {
+            "/bulk"
+        } else {
+            "/"
         };
         Client {
             target: target.clone(),
@@ -396,12 +434,12 @@ impl Client {
             buf: Vec::with_capacity(4096),
             absolute: format!("GET http://{upstream}/ HTTP/1.1\r\nHost: {upstream}\r\n\r\n")
                 .into_bytes(),
-            origin: format!("GET / HTTP/1.1\r\nHost: {upstream}\r\n\r\n").into_bytes(),
+            origin: format!("GET {path} HTTP/1.1\r\nHost: {upstream}\r\n\r\n").into_bytes(),
         }
     }
 
     async fn open(&mut self) -> io::Result<TcpStream> {
-        let tunnel = matches!(self.scenario, Scenario::ConnectTls | Scenario::Tunnel);
+        let tunnel = self.scenario.tunnel();
         match self.target.proxy {
             None => {
                 let s = TcpStream::connect(self.upstream).await?;
@@ -522,8 +560,13 @@ async fn latencies(
         .iter()
         .map(|t| Client::new(t, upstreams, scenario))
         .collect();
+    // 1 MiB answers: fewer, or the run takes minutes.
+    let (warm, samples) = match scenario {
+        Scenario::TunnelBulk => (20, samples.div_ceil(10)),
+        _ => (200, samples),
+    };
     for c in &mut clients {
-        for _ in 0..200 {
+        for _ in 0..warm {
             c.request().await?;
         }
     }
@@ -609,18 +652,25 @@ async fn run(args: Args) -> io::Result<()> {
         https: upstream(Some(tls.acceptor.clone())).await?,
         connector: tls.connector.clone(),
     };
-    let (_warden, warden) = start_warden(&args.extension, &args.log_dir).await?;
-    let mut targets = vec![
-        Target {
-            name: "direct".into(),
-            proxy: None,
-            pid: None,
-        },
-        warden,
-    ];
+    let mut targets = vec![Target {
+        name: "direct".into(),
+        proxy: None,
+        pid: None,
+    }];
+    let mut _wardens = Vec::new();
+    for (name, bin) in &args.extensions {
+        let (process, target) = start_warden(name, bin, &args.log_dir).await?;
+        _wardens.push(process);
+        targets.push(target);
+    }
     targets.extend(args.proxies.iter().cloned());
     let mut rows = Vec::new();
-    for scenario in [Scenario::KeepAlive, Scenario::ConnectTls, Scenario::Tunnel] {
+    for scenario in [
+        Scenario::KeepAlive,
+        Scenario::ConnectTls,
+        Scenario::Tunnel,
+        Scenario::TunnelBulk,
+    ] {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == scenario.name()) {
             continue;
         }
