@@ -190,6 +190,7 @@ impl Warmer {
         let socket = prewarmed::ParkedSocket {
             dialed,
             host: target.host.clone(),
+            parked_at: std::time::Instant::now(),
         };
         self.proxy.sockets.park(target.destination(), socket);
         Ok(warmed)

@@ -22,6 +22,7 @@ pub(crate) trait Parkable {
 pub(crate) struct ParkedSocket {
     pub dialed: super::connect::Dialed,
     pub host: String,
+    pub parked_at: Instant,
 }
 
 impl ParkedSocket {

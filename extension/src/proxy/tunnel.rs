@@ -7,24 +7,34 @@
 //!
 //! A socket the warm-up pre-connected to the same `host:port` is taken first (checked alive):
 //! the tunnel then counts as a reused connection, with no DNS or connect time of its own.
+//! Such a socket can still be dead without looking it (a NAT that forgot the flow answers the
+//! first packet with RST), so until its first answer the client's bytes are kept: if the
+//! upstream resets before answering anything, they never reached the server, and a fresh
+//! connection gets them instead.
 
 use super::body::ProxyBody;
 use super::host::Target;
 use super::outcome::Refusal;
 use super::record::{record_bytes_out, record_end, Kind, RequestRecord};
 use super::service::{ConnSlot, Proxy};
+use crate::metrics::Event;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Copy buffer per direction: large enough for TLS records in one go.
 const TUNNEL_BUF: usize = 16 * 1024;
+/// Client bytes kept to replay on a fresh connection when a warmed one turns out dead: a TLS
+/// first flight, or a small request, fits.
+const REPLAY_LIMIT: usize = 64 * 1024;
 
 pub(crate) async fn handle(
     proxy: &Arc<Proxy>,
@@ -42,7 +52,9 @@ pub(crate) async fn handle(
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
     record.set_target(&target.host, target.destination());
-    let dialed = if let Some(parked) = proxy.sockets.take(&record.destination) {
+    let warmed = proxy.sockets.take(&record.destination);
+    let parked_at = warmed.as_ref().map(|p| p.parked_at);
+    let dialed = if let Some(parked) = warmed {
         record.reused = Some(true);
         parked.dialed
     } else {
@@ -70,6 +82,7 @@ pub(crate) async fn handle(
     let proxy = proxy.clone();
     let destination = record.destination;
     let upstream = dialed.stream;
+    let addr = dialed.addr;
     tokio::spawn(async move {
         // Keeps the client connection counted (max connections, active gauge) while tunnelling.
         let _slot = slot;
@@ -82,6 +95,18 @@ pub(crate) async fn handle(
         };
         let started = Instant::now();
         let mut client = FirstByte::new(TokioIo::new(upgraded));
+        let (upstream, early) = if let Some(parked_at) = parked_at {
+            match until_first_answer(&proxy, &target, parked_at, addr, &mut client, upstream).await
+            {
+                Ok(settled) => settled,
+                Err(err) => {
+                    tracing::debug!(destination, "tunnel ended: {err}");
+                    return;
+                }
+            }
+        } else {
+            (upstream, 0)
+        };
         let mut upstream = FirstByte::new(upstream);
         let copied = tokio::io::copy_bidirectional_with_sizes(
             &mut client,
@@ -91,7 +116,7 @@ pub(crate) async fn handle(
         )
         .await;
         let (out, back) = match copied {
-            Ok(counts) => counts,
+            Ok((out, back)) => (early + out, back),
             Err(err) => {
                 tracing::debug!(destination, "tunnel ended: {err}");
                 (client.bytes, upstream.bytes)
@@ -108,6 +133,79 @@ pub(crate) async fn handle(
         .status(StatusCode::OK)
         .body(ProxyBody::empty())
         .unwrap_or_else(|_| Response::new(ProxyBody::empty()))
+}
+
+/// Passes the client's bytes to a warmed `upstream` until it answers (or closes), keeping
+/// them; if it resets first (or closes before anything was sent), they go to a fresh
+/// connection instead, once. Returns the connection to tunnel on and the bytes passed so far.
+async fn until_first_answer<C: AsyncRead + Unpin>(
+    proxy: &Proxy,
+    target: &Target,
+    parked_at: Instant,
+    addr: SocketAddr,
+    client: &mut C,
+    mut upstream: TcpStream,
+) -> io::Result<(TcpStream, u64)> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; TUNNEL_BUF];
+    let mut first = [0u8; 1];
+    let mut replaced = false;
+    while kept.len() <= REPLAY_LIMIT {
+        let broken = tokio::select! {
+            read = client.read(&mut buf) => {
+                let n = read?;
+                if n == 0 {
+                    break;
+                }
+                kept.extend_from_slice(&buf[..n]);
+                match upstream.write_all(&buf[..n]).await {
+                    Ok(()) => None,
+                    Err(err) if is_reset(&err) => Some(true),
+                    Err(err) => return Err(err),
+                }
+            }
+            answered = upstream.peek(&mut first) => match answered {
+                // Closed before anything was sent: nothing is lost by going elsewhere.
+                Ok(0) if kept.is_empty() => Some(false),
+                Ok(_) => break,
+                Err(err) if is_reset(&err) => Some(true),
+                Err(err) => return Err(err),
+            },
+        };
+        let Some(reset) = broken else { continue };
+        if replaced {
+            return Err(io::Error::from(io::ErrorKind::ConnectionReset));
+        }
+        replaced = true;
+        proxy.ctx.recorder.note(
+            proxy.ctx.clock.invocations(),
+            Event::StaleConnection {
+                host: target.host.clone(),
+                addr,
+                idle: parked_at.elapsed(),
+                reset,
+                caught: false,
+            },
+        );
+        tracing::debug!(host = %target.host, %addr, "warmed connection was dead; using a fresh one");
+        upstream = proxy
+            .dialer
+            .dial(target)
+            .await
+            .map_err(|failure| io::Error::other(failure.to_string()))?
+            .stream;
+        upstream.write_all(&kept).await?;
+    }
+    Ok((upstream, kept.len() as u64))
+}
+
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// From the client's first byte to the upstream's first byte; for protocols where the

@@ -307,6 +307,30 @@ async fn a_warmed_socket_the_peer_closed_is_never_handed_out() {
 }
 
 #[tokio::test]
+async fn a_warmed_socket_that_resets_on_first_use_is_replaced_without_the_client_noticing() {
+    let up = upstream::reset_first_then_echo().await;
+    let target = format!("127.0.0.1:{}", up.addr.port());
+    let proxy = start(&[("EGRESS_WARDEN_WARM", &target)]).await;
+    let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+    assert_eq!(report.targets[0].ready, 1);
+
+    let (reply, mut tunnel) = connect(proxy.addr, &target).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    echoes(&mut tunnel, b"first flight").await;
+    echoes(&mut tunnel, b"and more").await;
+    assert_eq!(accepted(&up), 2);
+    let stale: Vec<_> = events(&proxy)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StaleConnection { reset, caught, .. } => Some((reset, caught)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stale, vec![(true, false)]);
+    assert_eq!(count(&proxy.take(), Counter::ConnectionsReused), 1);
+}
+
+#[tokio::test]
 async fn after_a_pause_dead_sockets_are_dropped_and_targets_warmed_again() {
     let up = upstream::echo_closing_idle(Duration::from_millis(500)).await;
     let target = format!("127.0.0.1:{}", up.addr.port());
