@@ -229,15 +229,21 @@ impl Registry {
         conns.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Peeks every open connection; dead ones are marked, noted and their readers woken.
+    /// Peeks every open connection but the parked ones; dead ones are marked, noted and their
+    /// readers woken.
     pub(crate) fn revalidate(&self) -> Revalidated {
         self.generation.fetch_add(1, Ordering::Relaxed);
         let mut found = Revalidated::default();
-        for health in self.live() {
+        // Parked connections are checked by their parking, when purged or taken.
+        for health in self
+            .live()
+            .iter()
+            .filter(|h| !h.parked.load(Ordering::Relaxed))
+        {
             match health.check() {
-                None => {}
+                None | Some(Liveness::Gone) => {}
                 Some(Liveness::Alive) => found.checked += 1,
-                Some(_) => {
+                Some(Liveness::Closed | Liveness::Reset) => {
                     found.checked += 1;
                     found.dead += 1;
                 }
@@ -334,6 +340,10 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
     }
@@ -372,7 +382,7 @@ impl Health {
         Duration::from_millis(self.registry.now_ms().saturating_sub(last))
     }
 
-    pub(crate) fn touch(&self) {
+    fn touch(&self) {
         self.last_active_ms
             .store(self.registry.now_ms(), Ordering::Relaxed);
     }
@@ -390,7 +400,7 @@ impl Health {
     /// Peeks the socket now. None when it is already closed on our side. A connection found
     /// dead is marked, noted once (`caught`: before any request used it) and its reader woken.
     pub(crate) fn check(&self) -> Option<Liveness> {
-        let waker = {
+        let (waker, found) = {
             let mut reader = self.closed.lock().unwrap_or_else(|p| p.into_inner());
             if reader.closed {
                 return None;
@@ -411,7 +421,6 @@ impl Health {
                 .note_stale(self, self.idle(), found == Liveness::Reset, true);
             (reader.waker.take(), found)
         };
-        let (waker, found) = waker;
         if let Some(w) = waker {
             w.wake();
         }
