@@ -122,6 +122,18 @@ fn state(name: &'static str) -> State {
 
 /// Plain HTTP/1.1 upstream.
 pub(in crate::proxy) async fn http(name: &'static str) -> TestUpstream {
+    http_with(name, None).await
+}
+
+/// Plain HTTP/1.1 upstream that closes every connection idle for `idle`.
+pub(in crate::proxy) async fn http_closing_idle(
+    name: &'static str,
+    idle: Duration,
+) -> TestUpstream {
+    http_with(name, Some(idle)).await
+}
+
+async fn http_with(name: &'static str, idle_close: Option<Duration>) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
@@ -135,6 +147,7 @@ pub(in crate::proxy) async fn http(name: &'static str) -> TestUpstream {
             let st = st.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| respond(st.clone(), req));
+                let stream = IdleClose::new(stream, idle_close);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
