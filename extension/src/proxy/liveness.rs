@@ -15,6 +15,7 @@
 
 use crate::context::InvocationClock;
 use crate::metrics::{Event, Recorder};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -161,7 +162,8 @@ pub(crate) struct Registry {
     /// Bumped by each revalidation: every connection is checked before its next write then,
     /// whatever the monotonic clock says (it may not advance while the sandbox is frozen).
     generation: AtomicU64,
-    conns: Mutex<Vec<Weak<Health>>>,
+    /// By pool key, so the check before a request looks at its own pool only.
+    conns: Mutex<HashMap<Arc<str>, Vec<Weak<Health>>>>,
     recorder: Recorder,
     clock: Arc<InvocationClock>,
 }
@@ -178,7 +180,7 @@ impl Registry {
         Arc::new(Registry {
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new(HashMap::new()),
             recorder,
             clock,
         })
@@ -203,7 +205,6 @@ impl Registry {
             fd,
             host: host.to_owned(),
             addr,
-            pool_key,
             closed: Mutex::new(Reader::default()),
             dead: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(self.now_ms()),
@@ -215,18 +216,31 @@ impl Registry {
             parked: AtomicBool::new(false),
         });
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget closed connections now and then so the list stays as long as the pools.
-        if conns.len() >= 64 && conns.len().is_power_of_two() {
-            conns.retain(|w| w.strong_count() > 0);
+        let pool = conns.entry(pool_key).or_default();
+        // Forget closed connections now and then so the list stays as long as the pool.
+        if pool.len() >= 16 && pool.len().is_power_of_two() {
+            pool.retain(|w| w.strong_count() > 0);
         }
-        conns.push(Arc::downgrade(&health));
+        pool.push(Arc::downgrade(&health));
         health
     }
 
-    fn live(&self) -> Vec<Arc<Health>> {
+    /// Open connections of one pool, or of all (`None`).
+    fn live(&self, pool_key: Option<&str>) -> Vec<Arc<Health>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|w| w.strong_count() > 0);
-        conns.iter().filter_map(Weak::upgrade).collect()
+        match pool_key {
+            Some(key) => conns.get_mut(key).map_or_else(Vec::new, |pool| {
+                pool.retain(|w| w.strong_count() > 0);
+                pool.iter().filter_map(Weak::upgrade).collect()
+            }),
+            None => {
+                conns.retain(|_, pool| {
+                    pool.retain(|w| w.strong_count() > 0);
+                    !pool.is_empty()
+                });
+                conns.values().flatten().filter_map(Weak::upgrade).collect()
+            }
+        }
     }
 
     /// Peeks every open connection but the parked ones; dead ones are marked, noted and their
@@ -236,7 +250,7 @@ impl Registry {
         let mut found = Revalidated::default();
         // Parked connections are checked by their parking, when purged or taken.
         for health in self
-            .live()
+            .live(None)
             .iter()
             .filter(|h| !h.parked.load(Ordering::Relaxed))
         {
@@ -258,9 +272,9 @@ impl Registry {
     pub(crate) async fn sweep(&self, pool_key: &str) -> usize {
         let generation = self.generation.load(Ordering::Relaxed);
         let dead: Vec<Arc<Health>> = self
-            .live()
+            .live(Some(pool_key))
             .into_iter()
-            .filter(|h| &*h.pool_key == pool_key && !h.is_dead())
+            .filter(|h| !h.is_dead())
             .filter(|h| {
                 h.checked_generation.load(Ordering::Relaxed) < generation
                     || h.idle() >= IDLE_CHECK_AFTER
@@ -281,9 +295,9 @@ impl Registry {
 
     /// Open, not known dead connections for a pool key (pooled, busy or parked).
     pub(crate) fn open_for(&self, pool_key: &str) -> usize {
-        self.live()
+        self.live(Some(pool_key))
             .iter()
-            .filter(|h| &*h.pool_key == pool_key && !h.is_dead() && !h.is_closed())
+            .filter(|h| !h.is_dead() && !h.is_closed())
             .count()
     }
 
@@ -321,7 +335,6 @@ pub(crate) struct Health {
     fd: RawFd,
     host: String,
     addr: SocketAddr,
-    pool_key: Arc<str>,
     /// Set (under this lock) before the socket closes, so a peek never sees a reused fd.
     closed: Mutex<Reader>,
     dead: AtomicBool,
