@@ -425,7 +425,12 @@ impl Health {
                 self.registry.generation.load(Ordering::Relaxed),
                 Ordering::Relaxed,
             );
-            let found = probe(self.fd);
+            let found = match probe(self.fd) {
+                // A request is waiting for its answer, which may be in the socket ahead of the
+                // peer's FIN (`Connection: close`): the reader gets both.
+                Liveness::Closed if self.last_op_write.load(Ordering::Relaxed) => Liveness::Alive,
+                found => found,
+            };
             if found == Liveness::Alive {
                 return Some(found);
             }
@@ -592,6 +597,23 @@ mod tests {
         assert!(health.before_write().is_err());
         assert_eq!(stale_events(&recorder).len(), 1);
         assert_eq!(registry.open_for("k"), 0);
+    }
+
+    #[test]
+    fn an_answer_waiting_ahead_of_the_peers_close_is_left_to_the_reader() {
+        let (registry, recorder) = registry();
+        let (client, mut server) = pair();
+        let addr = client.peer_addr().unwrap();
+        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
+        health.wrote();
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        drop(server);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(health.check(), Some(Liveness::Alive));
+        assert!(stale_events(&recorder).is_empty());
+        // Once the answer was read, the same close makes it dead.
+        health.after_read(Ok(false));
+        assert_eq!(health.check(), Some(Liveness::Closed));
     }
 
     #[test]
