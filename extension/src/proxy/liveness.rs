@@ -34,6 +34,9 @@ pub(crate) const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 /// How long a sweep waits for hyper to let go of a dead connection it was woken about.
 const DROP_WAIT: Duration = Duration::from_millis(100);
 
+/// Scheduler turns given to hyper's tasks after a dead connection was dropped.
+const SETTLE_YIELDS: usize = 4;
+
 /// What a peek found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Liveness {
@@ -207,6 +210,7 @@ impl Registry {
             addr,
             closed: Mutex::new(Reader::default()),
             dead: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(self.now_ms()),
             checked_generation: AtomicU64::new(self.generation.load(Ordering::Relaxed)),
             awaiting_reply: AtomicBool::new(false),
@@ -274,21 +278,27 @@ impl Registry {
         let dead: Vec<Arc<Health>> = self
             .live(Some(pool_key))
             .into_iter()
-            .filter(|h| !h.is_dead())
             .filter(|h| {
-                h.checked_generation.load(Ordering::Relaxed) < generation
-                    || h.idle() >= IDLE_CHECK_AFTER
+                // Already seen ending (by its reader or an earlier check), not yet dropped:
+                // hyper may still hand it out, so it is waited for like a fresh find.
+                if h.is_dead() || h.eof.load(Ordering::Relaxed) {
+                    return !h.is_closed();
+                }
+                (h.checked_generation.load(Ordering::Relaxed) < generation
+                    || h.idle() >= IDLE_CHECK_AFTER)
+                    && matches!(h.check(), Some(Liveness::Closed | Liveness::Reset))
             })
-            .filter(|h| matches!(h.check(), Some(Liveness::Closed | Liveness::Reset)))
             .collect();
         // Parked connections are not hyper's: they are dropped when next taken.
         for health in dead.iter().filter(|h| !h.parked.load(Ordering::Relaxed)) {
             health.wait_gone(DROP_WAIT).await;
         }
         if !dead.is_empty() {
-            // hyper's dispatch task learns of the closed connection one wake-up later; let it
-            // run before the pool is asked for a connection.
-            tokio::task::yield_now().await;
+            // Once the connection is dropped, hyper's dispatch task (HTTP/2: a second task)
+            // still has to run before the pool stops offering it; let them run first.
+            for _ in 0..SETTLE_YIELDS {
+                tokio::task::yield_now().await;
+            }
         }
         dead.len()
     }
@@ -338,6 +348,8 @@ pub(crate) struct Health {
     /// Set (under this lock) before the socket closes, so a peek never sees a reused fd.
     closed: Mutex<Reader>,
     dead: AtomicBool,
+    /// Its reader saw EOF or an error: the connection is ending.
+    eof: AtomicBool,
     last_active_ms: AtomicU64,
     checked_generation: AtomicU64,
     /// A write went out after an idle period and nothing has come back yet: a reset or EOF
@@ -426,9 +438,15 @@ impl Health {
                 Ordering::Relaxed,
             );
             let found = match probe(self.fd) {
-                // A request is waiting for its answer, which may be in the socket ahead of the
-                // peer's FIN (`Connection: close`): the reader gets both.
-                Liveness::Closed if self.last_op_write.load(Ordering::Relaxed) => Liveness::Alive,
+                // An HTTP/1 request is waiting for its answer, which may be in the socket ahead
+                // of the peer's FIN (`Connection: close`): the reader gets both. (HTTP/2 writes
+                // window updates and acks after answers too, so a write there says nothing; and
+                // a FIN without GOAWAY ends its streams whatever the reader does.)
+                Liveness::Closed
+                    if !self.multiplexed && self.last_op_write.load(Ordering::Relaxed) =>
+                {
+                    Liveness::Alive
+                }
                 found => found,
             };
             if found == Liveness::Alive {
@@ -494,6 +512,7 @@ impl Health {
             Ok(true) => false,
             Err(err) => err.kind() == io::ErrorKind::ConnectionReset,
         };
+        self.eof.store(true, Ordering::Relaxed);
         // The connection was stale and the check before the write could not tell.
         if !self.awaiting_reply.swap(false, Ordering::Relaxed)
             || self.dead.swap(true, Ordering::Relaxed)
