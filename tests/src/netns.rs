@@ -40,7 +40,9 @@ pub fn unavailable() -> Option<String> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            return Some(format!("network-namespace lab needs `{tool}` (iproute2 / nftables)"));
+            return Some(format!(
+                "network-namespace lab needs `{tool}` (iproute2 / nftables)"
+            ));
         }
     }
     None
@@ -97,7 +99,11 @@ impl LabProcess {
         if rc == 0 {
             Ok(())
         } else {
-            Err(format!("kill {}: {}", self.child.id(), std::io::Error::last_os_error()))
+            Err(format!(
+                "kill {}: {}",
+                self.child.id(),
+                std::io::Error::last_os_error()
+            ))
         }
     }
 
@@ -151,7 +157,9 @@ fn spawn_ready(mut cmd: Command, what: &str) -> Result<LabProcess, String> {
             }
             Err(_) => Err(format!("{what} did not start: first line {line:?}")),
         },
-        _ => Err(format!("{what} printed no readiness line within {READY_WITHIN:?}")),
+        _ => Err(format!(
+            "{what} printed no readiness line within {READY_WITHIN:?}"
+        )),
     }
 }
 
@@ -397,7 +405,14 @@ impl Lab {
             &root_side,
         ])?;
         self.exec_ok(&["ip", "link", "set", &inner, "up"])?;
-        self.exec_ok(&["ip", "route", "add", &format!("{root_side}/32"), "dev", &inner])?;
+        self.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{root_side}/32"),
+            "dev",
+            &inner,
+        ])?;
         self.delay = Some(DelayLine { process, rtt_ms });
         self.delay
             .as_ref()
