@@ -57,8 +57,9 @@ impl Warden {
             .env("EGRESS_WARDEN_DNS_PORT", dns.to_string())
             .env("EGRESS_WARDEN_DNS_UPSTREAMS", format!("{dns_ip}:53"))
             .env("EGRESS_WARDEN_CONNECT_TIMEOUT_MS", "700")
-            .env("AWS_REGION", "us-east-1")
             .timeout(Duration::from_secs(60));
+        // The function's region, for cross_region (the emulator sets AWS_REGION from it).
+        cfg.region = "us-east-1".to_string();
         for (k, v) in env {
             cfg = cfg.env(*k, v.clone());
         }
