@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """An upstream for the network-lab tests, run inside the lab's namespace (stdlib only).
 
-    upstream.py --host IP --port N [--tls CERT KEY] [--name NAME] [--idle-close-ms MS [--rst]]
+    upstream.py --host IP --port N [--tls CERT KEY] [--name NAME]
+                [--idle-close-ms MS [--rst] | --idle-forget-ms MS]
 
 Prints {"port": N} on its first stdout line once listening. Every request gets 200 with JSON
 {name, method, path, conn, served}: `conn` numbers the connection, `served` counts requests on
 it, so a test sees whether a connection was reused. With --idle-close-ms a connection that sits
 idle that long is closed (FIN), or reset with --rst (SO_LINGER 0), like a NAT gateway or load
-balancer dropping idle flows. The TLS handshake runs on the connection's own thread, so a slow
+balancer dropping idle flows. With --idle-forget-ms the connection is instead forgotten
+silently, as a NAT gateway forgets a flow idle for 350 s: nothing is sent until the client's
+next packet, which is answered with a reset. The TLS handshake runs on the connection's own thread, so a slow
 or stopped client never holds up the others.
 """
 import argparse
@@ -62,6 +65,7 @@ class Server(ThreadingHTTPServer):
     tls = None
     idle_s = None
     rst = False
+    forget = False
 
     def finish_request(self, request, client_address):
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,7 +87,14 @@ class Server(ThreadingHTTPServer):
     def close_connection(self, request):
         if request.fileno() < 0:
             return
-        if self.rst:
+        if self.forget:
+            # Silent until the client sends again (or gives up), then a reset.
+            try:
+                request.settimeout(120)
+                request.recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+        if self.rst or self.forget:
             try:
                 request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
@@ -108,12 +119,16 @@ def main():
     p.add_argument("--name", default="upstream")
     p.add_argument("--idle-close-ms", type=int)
     p.add_argument("--rst", action="store_true")
+    p.add_argument("--idle-forget-ms", type=int)
     a = p.parse_args()
     server = Server((a.host, a.port), Handler)
     server.name = a.name
     server.rst = a.rst
     if a.idle_close_ms:
         server.idle_s = a.idle_close_ms / 1000.0
+    if a.idle_forget_ms:
+        server.idle_s = a.idle_forget_ms / 1000.0
+        server.forget = True
     if a.tls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls[0], a.tls[1])
