@@ -3,11 +3,18 @@
 //!
 //! Data flows one way: Lambda events drive [`lifecycle`]; traffic flows through [`proxy`] →
 //! [`dns`] / connection pools → upstream; every observation goes to the one
-//! [`metrics::Recorder`], which the EMF writer reads.
+//! [`metrics::Recorder`], which the EMF writer reads. [`warm`] opens connections through the
+//! proxy ahead of need. The diagnosis ([`diagnose`]) names network symptoms (findings) from the
+//! recorder's journal of events and posts them on the findings board in [`context`], which the
+//! log, the EMF flush and the status page carry. [`aws`] reads what AWS endpoint host names say
+//! (region, service).
 
+pub mod aws;
 pub mod config;
 pub mod context;
+pub mod diagnose;
 pub mod dns;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod warm;

@@ -3,7 +3,7 @@
 //! truncated. One upstream is used until it fails or times out; then the next one is tried
 //! and becomes the one used.
 
-use crate::metrics::{Counter, Recorder, Timing};
+use crate::metrics::{Counter, DnsOutcome, Event, Recorder, Timing};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::tcp::TcpClientStream;
 use hickory_resolver::net::udp::UdpClientStream;
@@ -89,6 +89,14 @@ impl Upstreams {
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
                     self.recorder.observe_ms(Timing::DnsUpstreamMs, ms);
                     let rcode = response.metadata.response_code;
+                    self.note(
+                        match rcode {
+                            ResponseCode::NoError | ResponseCode::NXDomain => DnsOutcome::Answered,
+                            ResponseCode::ServFail => DnsOutcome::ServFail,
+                            _ => DnsOutcome::Error,
+                        },
+                        ms,
+                    );
                     if rcode == ResponseCode::NoError || rcode == ResponseCode::NXDomain {
                         if step > 0 {
                             self.current.store(index, Ordering::Relaxed);
@@ -102,11 +110,13 @@ impl Upstreams {
                 }
                 Ok(Err(e)) if !is_timeout(&e) => {
                     tracing::debug!(upstream = %server.addr, error = %e, "upstream query failed");
+                    self.note(DnsOutcome::Error, ms_since(started));
                     server.errors.fetch_add(1, Ordering::Relaxed);
                     self.recorder.incr(Counter::DnsUpstreamErrors);
                 }
                 Ok(Err(_)) | Err(_) => {
                     tracing::debug!(upstream = %server.addr, "upstream query timed out");
+                    self.note(DnsOutcome::Timeout, ms_since(started));
                     server.timeouts.fetch_add(1, Ordering::Relaxed);
                     self.recorder.incr(Counter::DnsUpstreamTimeouts);
                 }
@@ -120,6 +130,12 @@ impl Upstreams {
             );
         }
         Err(failure)
+    }
+
+    /// Each query goes to the journal: the diagnosis judges throttling from them.
+    fn note(&self, outcome: DnsOutcome, ms: f64) {
+        self.recorder
+            .note_current(Event::DnsUpstream { outcome, ms });
     }
 
     async fn ask(&self, server: &Upstream, question: &Question) -> Result<DnsResponse, NetError> {
@@ -165,6 +181,10 @@ impl Upstreams {
             })
             .collect()
     }
+}
+
+fn ms_since(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
 }
 
 fn is_timeout(e: &NetError) -> bool {

@@ -13,7 +13,8 @@ use crate::context::{Context, InvocationClock};
 use crate::dns::{self, DnsCache, DnsServerHandle};
 use crate::metrics::cloudwatch::{self, CloudWatchSink};
 use crate::metrics::{Counter, EmfWriter, Recorder, Snapshot, Timing};
-use crate::proxy::{self, ProxyHandle};
+use crate::proxy::{self, ProxyHandle, Warmer};
+use crate::warm;
 use extensions_api::{Event, ExtensionsApi};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ async fn register(name: &str) -> Result<String, lambda_extension::Error> {
 
 struct Services {
     _dns_server: Option<DnsServerHandle>,
-    _proxy: Option<ProxyHandle>,
+    proxy: Option<ProxyHandle>,
 }
 
 /// Starts what the configuration asks for. A listener that cannot bind is switched off with
@@ -116,7 +117,7 @@ async fn start_services(ctx: &Context) -> Services {
     }
     Services {
         _dns_server: dns_server,
-        _proxy: proxy_handle,
+        proxy: proxy_handle,
     }
 }
 
@@ -210,11 +211,14 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         config: config.clone(),
         recorder: recorder.clone(),
         clock: Arc::new(InvocationClock::new()),
+        findings: Default::default(),
         shutdown: shutdown_rx,
     };
+    // Runs when the board is refreshed: on INVOKE and at the end, before each flush.
+    let _diagnosis = crate::diagnose::Diagnosis::start(&ctx);
 
     // Kept alive until the end of `run`: dropping the handles closes the listeners.
-    let _services = if config.disable || fail_init {
+    let services = if config.disable || fail_init {
         None
     } else {
         Some(start_services(&ctx).await)
@@ -254,7 +258,14 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         tracing::info!("EGRESS_WARDEN_DISABLE=true: registered, idling until SHUTDOWN");
         return idle(&api).await;
     }
-    // INIT work goes here, before the first /event/next: the warm-up fills it.
+    // INIT work, before the first /event/next.
+    let warmer = services
+        .as_ref()
+        .and_then(|s| s.proxy.as_ref())
+        .map(ProxyHandle::warmer);
+    if let Some(warmer) = &warmer {
+        warm::during_init(&ctx, warmer).await;
+    }
 
     recorder.observe_ms(
         Timing::ExtensionInitMs,
@@ -270,13 +281,18 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         emf,
         sink: config.metrics.sink,
     };
-    let code = serve_events(&api, &ctx, &flusher).await;
+    let code = serve_events(&api, &ctx, &flusher, warmer.as_ref()).await;
     let _ = shutdown_tx.send(true);
     code
 }
 
 /// Follows INVOKE and SHUTDOWN events; SIGTERM ends it like a SHUTDOWN.
-async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> ExitCode {
+async fn serve_events(
+    api: &ExtensionsApi,
+    ctx: &Context,
+    flusher: &Flusher,
+    warmer: Option<&Warmer>,
+) -> ExitCode {
     let mut sigterm = match signal(SignalKind::terminate()) {
         Ok(s) => Some(s),
         Err(err) => {
@@ -289,6 +305,7 @@ async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> 
             event = api.next_event() => event,
             Some(()) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => None } } => {
                 tracing::info!("SIGTERM: flushing and exiting");
+                ctx.findings.refresh();
                 flusher.finish(None).await;
                 return ExitCode::SUCCESS;
             }
@@ -298,9 +315,13 @@ async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> 
                 deadline_ms,
                 request_id,
             } => {
-                ctx.clock.begin_invocation(deadline_ms);
+                let gap = ctx.clock.begin_invocation(deadline_ms);
+                if let Some(warmer) = warmer {
+                    warm::after_thaw(ctx, warmer, gap);
+                }
                 ctx.recorder.incr(Counter::Invocations);
                 tracing::debug!(%request_id, "INVOKE");
+                ctx.findings.refresh();
                 flusher.flush();
             }
             Event::Shutdown {
@@ -309,6 +330,7 @@ async fn serve_events(api: &ExtensionsApi, ctx: &Context, flusher: &Flusher) -> 
             } => {
                 let left = deadline_ms.saturating_sub(epoch_ms());
                 tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
+                ctx.findings.refresh();
                 flusher.finish(Some(deadline_ms)).await;
                 return ExitCode::SUCCESS;
             }

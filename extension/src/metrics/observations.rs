@@ -84,6 +84,28 @@ pub(super) struct Journal {
     events: VecDeque<Observation>,
     /// Sequence number of `events[0]`.
     first_seq: u64,
+    /// The latest invocation count anyone noted or announced, for events from code that does
+    /// not see the invocation clock (the DNS upstreams, the request record).
+    current_invocation: u64,
+}
+
+impl super::Recorder {
+    /// Notes an event stamped with the latest known invocation count (see
+    /// [`super::Recorder::note`] when the caller knows it).
+    pub fn note_current(&self, event: Event) {
+        let invocation = self.journal().current_invocation;
+        self.note(invocation, event);
+    }
+
+    /// Tells the journal how many INVOKEs have arrived, for [`super::Recorder::note_current`].
+    pub fn mark_invocation(&self, invocation: u64) {
+        let mut journal = self.journal();
+        journal.current_invocation = journal.current_invocation.max(invocation);
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.inner.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What a reader gets: the events after its cursor, the cursor to pass next, and how many
@@ -97,6 +119,7 @@ pub struct JournalRead {
 
 impl Journal {
     pub(super) fn push(&mut self, observation: Observation) {
+        self.current_invocation = self.current_invocation.max(observation.invocation);
         if self.events.len() == JOURNAL_CAPACITY {
             self.events.pop_front();
             self.first_seq += 1;

@@ -1,15 +1,22 @@
 //! Absolute-form requests (`GET http://host/path`): forwarded on pooled keep-alive upstream
 //! connections, hop-by-hop headers dropped, `Host` set from the normalised target.
+//!
+//! A request without a body is sent once more on another connection when the pooled one it
+//! got turned out stale: found dead before anything was written (any method), or broken
+//! before an answer for an idempotent method (the same rule as route mode's retries).
 
 use super::body::{ProxyBody, UpstreamBody};
+use super::connect::Failure;
 use super::headers::{append_via, strip_hop_by_hop};
 use super::host::Target;
-use super::outcome::Refusal;
+use super::liveness::stale_in;
+use super::outcome::{chain, find_source, Refusal};
 use super::record::{record_bytes_out, Kind, RequestRecord};
+use super::retry::method_allows_retry;
 use super::service::Proxy;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 
 pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -65,6 +72,16 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     }
     append_via(&mut parts.headers);
 
+    // Only a bodiless request can be sent again (a streamed body is gone once sent).
+    let again = (body.size_hint().exact() == Some(0)).then(|| {
+        let mut copy = Request::new(UpstreamBody::Empty);
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = parts.uri.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        copy
+    });
+    let may_repeat = method_allows_retry(&parts.method, &parts.headers);
     let recorder = proxy.ctx.recorder.clone();
     let dest = record.destination.clone();
     let body = UpstreamBody::stream(
@@ -73,16 +90,30 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     );
     let upstream_req = Request::from_parts(parts, body);
     let client = proxy.upstreams.client();
+    // Connections of this pool that sat idle are checked first; dead ones are dropped.
+    let pool_key = format!("{scheme}://{target}");
+    proxy.upstreams.connector().registry.sweep(&pool_key).await;
     let sent_at = std::time::Instant::now();
-    match client.request(upstream_req).await {
+    let mut result = client.request(upstream_req).await;
+    if let (Err(err), Some(again)) = (&result, again) {
+        let stale = stale_in(err);
+        if stale == Some(false) || (stale == Some(true) && may_repeat) {
+            tracing::debug!(destination = %record.destination, "sending again on another connection: {}", chain(err));
+            // Its siblings may have died the same way: find them before the next try.
+            proxy.upstreams.connector().registry.revalidate();
+            record.retries += 1;
+            result = client.request(again).await;
+        }
+    }
+    match result {
         Ok(res) => proxy.relay(&mut record, res, sent_at),
         Err(err) => {
             let refusal = Refusal::from_client_error(&err);
-            if let Some(failure) = super::outcome::find_source::<super::connect::Failure>(&err) {
+            if let Some(failure) = find_source::<Failure>(&err) {
                 record.addr = failure.addr();
                 record.dns_ms = failure.dns_ms();
             }
-            tracing::debug!(destination = %record.destination, "forward failed: {}", super::outcome::chain(&err));
+            tracing::debug!(destination = %record.destination, "forward failed: {}", chain(&err));
             proxy.refuse(&mut record, refusal)
         }
     }

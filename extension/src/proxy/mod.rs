@@ -8,7 +8,9 @@
 //! - every new upstream connection: resolve once, check each address against the policy,
 //!   connect to the checked address ([`connect`], [`policy`], [`ranges`], [`host`]);
 //! - `GET /_warden/status` ([`status`]); client limits ([`limits`], [`listener`]);
-//! - one record per request: metrics and a decision log line ([`record`], [`outcome`]).
+//! - one record per request: metrics and a decision log line ([`record`], [`outcome`]);
+//! - connections opened ahead of need and parked until used ([`prewarmed`], driven through
+//!   [`Warmer`]); idle connections checked before reuse and after a freeze ([`liveness`]).
 
 mod body;
 mod breaker;
@@ -19,9 +21,11 @@ mod headers;
 mod host;
 mod limits;
 mod listener;
+mod liveness;
 mod outcome;
 mod policy;
 mod pool_stats;
+mod prewarmed;
 mod ranges;
 mod record;
 mod region;
@@ -38,23 +42,33 @@ mod tests;
 
 use crate::context::Context;
 use crate::dns::DnsCache;
+use crate::metrics::ConnectPurpose;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 pub use limits::Timeouts as ClientTimeouts;
+pub use liveness::Revalidated;
 
 /// The running proxy listener.
 pub struct ProxyHandle {
     local_addr: SocketAddr,
     task: JoinHandle<()>,
+    proxy: Arc<service::Proxy>,
 }
 
 impl ProxyHandle {
     /// The bound address (tells the port when `proxy_port` was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Opens connections ahead of need, and checks idle ones after a freeze.
+    pub fn warmer(&self) -> Warmer {
+        Warmer {
+            proxy: self.proxy.clone(),
+        }
     }
 
     /// Stops accepting new connections at once (connections in progress carry on).
@@ -95,6 +109,12 @@ pub fn bind_with(
         dialer: dialer.clone(),
         tls: Arc::new(tls::TlsSetup::new(config.ca_bundle.clone())),
         pools: pools.clone(),
+        parked: Arc::new(prewarmed::Prewarmed::new(
+            config.pool_idle,
+            ctx.recorder.clone(),
+            ctx.clock.clone(),
+        )),
+        registry: liveness::Registry::new(ctx.recorder.clone(), ctx.clock.clone()),
     };
     let proxy = Arc::new(service::Proxy::new(service::ProxyParts {
         ctx: ctx.clone(),
@@ -102,11 +122,135 @@ pub fn bind_with(
         upstreams: upstreams::Upstreams::new(connector, config.pool_idle),
         breakers: breaker::Breakers::new(breaker::FAILURES_TO_OPEN, breaker::OPEN_FOR),
         pools,
+        sockets: prewarmed::Prewarmed::new(
+            config.pool_idle,
+            ctx.recorder.clone(),
+            ctx.clock.clone(),
+        ),
         dns,
         port: local_addr.port(),
         timeouts,
     }));
-    let task = tokio::spawn(listener::serve(listener, proxy));
+    let task = tokio::spawn(listener::serve(listener, proxy.clone()));
     tracing::info!("proxy listening on {local_addr}");
-    Ok(ProxyHandle { local_addr, task })
+    Ok(ProxyHandle {
+        local_addr,
+        task,
+        proxy,
+    })
+}
+
+/// Opens upstream connections ahead of need (resolving, and so filling the DNS cache, on
+/// the way) and parks them where the next request looks first. Cheap to clone.
+#[derive(Clone)]
+pub struct Warmer {
+    proxy: Arc<service::Proxy>,
+}
+
+/// One connection made ready by the warm-up.
+#[derive(Debug, Clone)]
+pub struct Warmed {
+    pub addr: SocketAddr,
+    pub dns_ms: Option<f64>,
+    pub connect_ms: f64,
+    /// Route targets: the TLS handshake.
+    pub tls_ms: Option<f64>,
+    pub http2: bool,
+}
+
+/// Why a warm-up connection could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmError(pub String);
+
+impl std::fmt::Display for WarmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WarmError {}
+
+impl Warmer {
+    /// Connects to `host:port` and parks the socket for the next `CONNECT` to it.
+    pub async fn warm_host_port(&self, host: &str, port: u16) -> Result<Warmed, WarmError> {
+        let target = host::Target::new(host, port).map_err(WarmError)?;
+        let dialed = self
+            .proxy
+            .dialer
+            .dial_for(&target, ConnectPurpose::Warm)
+            .await
+            .map_err(|f| WarmError(f.to_string()))?;
+        let warmed = Warmed {
+            addr: dialed.addr,
+            dns_ms: dialed.dns_ms,
+            connect_ms: dialed.connect_ms,
+            tls_ms: None,
+            http2: false,
+        };
+        let socket = prewarmed::ParkedSocket {
+            dialed,
+            host: target.host.clone(),
+        };
+        self.proxy.sockets.park(target.destination(), socket);
+        Ok(warmed)
+    }
+
+    /// Pre-connected sockets waiting for a `CONNECT` to `host:port`.
+    pub fn parked_host_port(&self, host: &str, port: u16) -> usize {
+        match host::Target::new(host, port) {
+            Ok(target) => self.proxy.sockets.count(&target.destination()),
+            Err(_) => 0,
+        }
+    }
+
+    /// Opens a TLS connection to the route's primary upstream and parks it for the pool.
+    pub async fn warm_route(&self, name: &str) -> Result<Warmed, WarmError> {
+        let uri = self.route_uri(name)?;
+        let info = self
+            .proxy
+            .upstreams
+            .connector()
+            .warm(uri)
+            .await
+            .map_err(|f| WarmError(f.to_string()))?;
+        Ok(Warmed {
+            addr: info.addr,
+            dns_ms: info.dns_ms,
+            connect_ms: info.connect_ms,
+            tls_ms: info.tls_ms,
+            http2: info.http2,
+        })
+    }
+
+    /// Open connections to the route's primary upstream (pooled, busy or parked).
+    pub fn route_connections(&self, name: &str) -> usize {
+        let Ok(uri) = self.route_uri(name) else {
+            return 0;
+        };
+        match connector::pool_key(&uri) {
+            Ok((key, _, _)) => self.proxy.upstreams.connector().registry.open_for(&key),
+            Err(_) => 0,
+        }
+    }
+
+    fn route_uri(&self, name: &str) -> Result<http::Uri, WarmError> {
+        let route = self
+            .proxy
+            .ctx
+            .config
+            .route(name)
+            .ok_or_else(|| WarmError(format!("no route named {name:?}")))?;
+        let key = route::upstream_key(&route.primary);
+        key.parse()
+            .map_err(|_| WarmError(format!("{key} is not a usable upstream")))
+    }
+
+    /// After a freeze: drops dead parked connections and checks every pooled one, so none is
+    /// handed to a request; each dead one is noted as a caught stale connection.
+    pub fn revalidate(&self) -> Revalidated {
+        let dropped = self.proxy.sockets.purge() + self.proxy.upstreams.connector().parked.purge();
+        let mut found = self.proxy.upstreams.connector().registry.revalidate();
+        found.dead += dropped;
+        found
+    }
 }

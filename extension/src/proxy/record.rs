@@ -7,7 +7,7 @@ use super::connector::ConnInfo;
 use super::outcome::Refusal;
 use super::policy::Verdict;
 use super::region::is_cross_region;
-use crate::metrics::{Counter, Recorder, Timing};
+use crate::metrics::{Counter, Event, Recorder, Timing};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -147,8 +147,16 @@ impl RequestRecord {
         if self.fallback {
             count(Counter::FallbackHits, 1);
         }
-        if !self.host.is_empty() && is_cross_region(&self.host, home_region) {
-            count(Counter::CrossRegionRequests, 1);
+        if !self.host.is_empty() {
+            let cross_region = is_cross_region(&self.host, home_region);
+            if cross_region {
+                count(Counter::CrossRegionRequests, 1);
+            }
+            // The diagnosis judges the cross-region share from these.
+            recorder.note_current(Event::Request {
+                host: self.host.clone(),
+                cross_region,
+            });
         }
         // The DNS cache records the function-level `dns_ms` of every lookup it serves.
         if let (Some(ms), false) = (self.dns_ms, dest.is_empty()) {

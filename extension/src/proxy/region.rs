@@ -1,54 +1,11 @@
 //! Cross-region detection: an AWS endpoint in another region than the function's pays
 //! inter-region latency and data transfer, usually by accident (a hard-coded region, a
-//! bucket created elsewhere).
+//! bucket created elsewhere). The host-name parsing lives in [`crate::aws`], which the
+//! diagnosis shares.
 
-/// The region an AWS endpoint host name names, if any: `s3.eu-west-1.amazonaws.com`,
-/// `bucket.s3.dualstack.us-east-2.amazonaws.com`, `s3-us-west-2.amazonaws.com`,
-/// `ec2.cn-north-1.amazonaws.com.cn`, `dynamodb.us-east-1.api.aws`. Global endpoints
-/// (`sts.amazonaws.com`, `iam.amazonaws.com`) name none.
-pub(crate) fn aws_region_of(host: &str) -> Option<&str> {
-    let rest = ["amazonaws.com.cn", "amazonaws.com", "api.aws"]
-        .iter()
-        .find_map(|suffix| host.strip_suffix(suffix)?.strip_suffix('.'))?;
-    // The region is the label nearest the suffix that looks like one.
-    rest.rsplit('.').find_map(region_in_label)
-}
-
-/// `us-east-1`, or the legacy S3 forms `s3-us-west-2` / `s3-website-eu-west-1`.
-fn region_in_label(label: &str) -> Option<&str> {
-    if looks_like_region(label) {
-        return Some(label);
-    }
-    ["s3-website-", "s3-website.", "s3-"]
-        .iter()
-        .find_map(|p| label.strip_prefix(p))
-        .filter(|r| looks_like_region(r))
-}
-
-/// `<area>-<direction>-<n>`, with optional partition infix: us-east-1, us-gov-west-1,
-/// eu-central-2, ap-southeast-4, il-central-1, us-isob-east-1.
-fn looks_like_region(label: &str) -> bool {
-    let parts: Vec<&str> = label.split('-').collect();
-    if !(3..=4).contains(&parts.len()) {
-        return false;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    first.len() == 2
-        && first.bytes().all(|b| b.is_ascii_lowercase())
-        && !last.is_empty()
-        && last.bytes().all(|b| b.is_ascii_digit())
-        && parts[1..parts.len() - 1]
-            .iter()
-            .all(|p| p.len() >= 3 && p.bytes().all(|b| b.is_ascii_lowercase()))
-}
-
-/// Whether `host` is an AWS endpoint of a region other than `home`.
-pub(crate) fn is_cross_region(host: &str, home: Option<&str>) -> bool {
-    match (aws_region_of(host), home) {
-        (Some(region), Some(home)) => region != home,
-        _ => false,
-    }
-}
+#[cfg(test)]
+use crate::aws::aws_region_of;
+pub(crate) use crate::aws::is_cross_region;
 
 #[cfg(test)]
 mod tests {

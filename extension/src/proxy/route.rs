@@ -4,11 +4,16 @@
 //!
 //! The whole request — attempts and waits — stays within [`ROUTE_TIMEOUT`] and within the
 //! current invocation's deadline (less a margin so the function can still handle the error).
+//!
+//! A pooled connection found dead just before the request was written to it (closed while
+//! idle, or during a freeze) sent nothing: the request goes again at once on another
+//! connection, whatever its method, without using up an attempt.
 
 use super::body::{ProxyBody, UpstreamBody};
 use super::breaker::Admission;
 use super::connect::Failure;
 use super::headers::{append_via, strip_hop_by_hop};
+use super::liveness::stale_in;
 use super::outcome::{find_source, Refusal};
 use super::record::{record_bytes_out, Kind, RequestRecord};
 use super::retry::{backoff, method_allows_retry, status_allows_retry};
@@ -26,6 +31,9 @@ use std::time::{Duration, Instant};
 pub(crate) const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Left to the function after the proxy gives up, before its invocation deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
+/// Stale pooled connections skipped in a row before the request fails (several can die at
+/// once when the sandbox was frozen; a revalidation after the first usually finds the rest).
+const MAX_STALE_SKIPS: u32 = 3;
 /// Request bodies up to this size (with a known length) are kept to be sent again.
 const MAX_REPLAY_BYTES: u64 = 1024 * 1024;
 
@@ -73,6 +81,7 @@ pub(crate) async fn handle(
 
     let max_attempts = proxy.retry_max.max(1);
     let mut attempt = 0;
+    let mut stale_skips = 0;
     loop {
         attempt += 1;
         let primary_key = upstream_key(&route.primary);
@@ -127,9 +136,16 @@ pub(crate) async fn handle(
             Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
         };
 
+        let client = proxy.upstreams.client();
+        // Connections of this pool that sat idle are checked first; dead ones are dropped.
+        proxy
+            .upstreams
+            .connector()
+            .registry
+            .sweep(&upstream_key(upstream))
+            .await;
         let left = deadline.saturating_duration_since(Instant::now());
         let sent_at = Instant::now();
-        let client = proxy.upstreams.client();
         let result = tokio::time::timeout(left, client.request(upstream_req)).await;
         let can_repeat_body = replay.is_some();
         let wait = backoff(attempt);
@@ -150,6 +166,20 @@ pub(crate) async fn handle(
                     "upstream_status",
                     format!("upstream answered {status}"),
                 )
+            }
+            Ok(Err(err))
+                if stale_in(&err) == Some(false)
+                    && can_repeat_body
+                    && stale_skips < MAX_STALE_SKIPS
+                    && Instant::now() < deadline =>
+            {
+                stale_skips += 1;
+                attempt -= 1;
+                record.retries += 1;
+                // Its siblings may have died the same way: find them before the next try.
+                proxy.upstreams.connector().registry.revalidate();
+                tracing::debug!(route = name, "stale pooled connection skipped: {err}");
+                continue;
             }
             Ok(Err(err)) => {
                 let failure = find_source::<Failure>(&err);

@@ -10,6 +10,7 @@ use super::headers::{has_looped, strip_hop_by_hop};
 use super::limits::{ConnPhase, Timeouts};
 use super::outcome::Refusal;
 use super::pool_stats::PoolStats;
+use super::prewarmed::{ParkedSocket, Prewarmed};
 use super::record::{record_end, Kind, RequestRecord};
 use super::upstreams::Upstreams;
 use super::{forward, route, status, tunnel};
@@ -30,6 +31,8 @@ pub(crate) struct Proxy {
     pub upstreams: Upstreams,
     pub breakers: Breakers,
     pub pools: Arc<PoolStats>,
+    /// Pre-connected sockets for `CONNECT` targets, by `host:port`.
+    pub sockets: Prewarmed<ParkedSocket>,
     pub dns: Arc<crate::dns::DnsCache>,
     /// The port actually bound (the configured one, or the ephemeral one for port 0).
     pub port: u16,
@@ -61,6 +64,7 @@ pub(crate) struct ProxyParts {
     pub upstreams: Upstreams,
     pub breakers: Breakers,
     pub pools: Arc<PoolStats>,
+    pub sockets: Prewarmed<ParkedSocket>,
     pub dns: Arc<crate::dns::DnsCache>,
     pub port: u16,
     pub timeouts: Timeouts,
@@ -76,6 +80,7 @@ impl Proxy {
             upstreams: parts.upstreams,
             breakers: parts.breakers,
             pools: parts.pools,
+            sockets: parts.sockets,
             dns: parts.dns,
             port: parts.port,
             started: Instant::now(),

@@ -7,6 +7,8 @@ use http::{HeaderValue, Response, StatusCode};
 use std::sync::Arc;
 
 pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
+    // The page shows findings as of now, not as of the last INVOKE.
+    proxy.ctx.findings.refresh();
     serde_json::json!({
         "service": "egress-warden",
         "version": env!("CARGO_PKG_VERSION"),
@@ -22,8 +24,7 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
         "pools": proxy.pools.describe(),
         "dns": proxy.dns.status(),
         "breakers": proxy.breakers.describe(),
-        // Filled by the diagnosis once it lands; the list is part of the contract now.
-        "findings": [],
+        "findings": proxy.ctx.findings.describe(),
     })
 }
 

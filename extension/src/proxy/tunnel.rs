@@ -4,6 +4,9 @@
 //! What a tunnel can honestly measure without terminating TLS: DNS and TCP connect time,
 //! time from the client's first byte to the upstream's first byte (for TLS: the handshake's
 //! first flight, reported as `ttfb_ms`), total lifetime (`request_ms`) and bytes.
+//!
+//! A socket the warm-up pre-connected to the same `host:port` is taken first (checked alive):
+//! the tunnel then counts as a reused connection, with no DNS or connect time of its own.
 
 use super::body::ProxyBody;
 use super::host::Target;
@@ -39,18 +42,25 @@ pub(crate) async fn handle(
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
     record.set_target(&target.host, target.destination());
-    let dialed = match proxy.dialer.dial(&target).await {
-        Ok(d) => d,
-        Err(failure) => {
-            record.addr = failure.addr();
-            record.dns_ms = failure.dns_ms();
-            return proxy.refuse(&mut record, Refusal::from_failure(&failure));
+    let dialed = if let Some(parked) = proxy.sockets.take(&record.destination) {
+        record.reused = Some(true);
+        parked.dialed
+    } else {
+        match proxy.dialer.dial(&target).await {
+            Ok(d) => {
+                record.dns_ms = d.dns_ms;
+                record.connect_ms = Some(d.connect_ms);
+                record.reused = Some(false);
+                d
+            }
+            Err(failure) => {
+                record.addr = failure.addr();
+                record.dns_ms = failure.dns_ms();
+                return proxy.refuse(&mut record, Refusal::from_failure(&failure));
+            }
         }
     };
     record.addr = Some(dialed.addr);
-    record.dns_ms = dialed.dns_ms;
-    record.connect_ms = Some(dialed.connect_ms);
-    record.reused = Some(false);
     if let Some(reason) = dialed.observed {
         record.verdict = super::policy::Verdict::Observe(reason);
     }

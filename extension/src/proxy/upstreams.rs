@@ -38,6 +38,11 @@ impl Upstreams {
         }
     }
 
+    /// What opens (and parks) upstream connections.
+    pub(crate) fn connector(&self) -> &WardenConnector {
+        &self.connector
+    }
+
     /// The client to send a request with.
     pub(crate) fn client(&self) -> UpstreamClient {
         let now = wall_ms();

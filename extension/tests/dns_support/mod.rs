@@ -399,6 +399,7 @@ impl Harness {
             config: Arc::new(config),
             recorder: recorder.clone(),
             clock: Arc::new(InvocationClock::new()),
+            findings: Default::default(),
             shutdown: shutdown_rx,
         };
         let cache = DnsCache::with_tuning(&ctx, setup.tuning).expect("cache");

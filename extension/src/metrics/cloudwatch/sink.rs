@@ -17,7 +17,7 @@
 use super::batch::Plan;
 use super::client::{ClientSettings, CloudWatch, FailureKind, PutError, ATTEMPT_TIMEOUT};
 use super::{FINDING, PUT_ERRORS_METRIC, SYMPTOM_METRIC};
-use crate::context::InvocationClock;
+use crate::context::{self, FindingStatus, InvocationClock};
 use crate::metrics::{EmfWriter, Recorder, Snapshot, MAX_DESTINATIONS, OTHER_DESTINATION};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -410,18 +410,18 @@ fn unreachable_fix(region: &str) -> String {
     )
 }
 
-/// The finding as one JSON line on stderr, like every finding: `finding`, `evidence`, `fix`.
+/// The finding as one JSON line on stderr, in the same shape as the diagnosis's findings
+/// (`message`, `finding`, `status`, `evidence`, `fix`), marked with its source.
 fn finding_line(evidence: &serde_json::Value, fix: &str) {
-    use std::io::Write;
-    let line = serde_json::json!({
-        "level": "WARN",
-        "finding": FINDING,
-        "evidence": evidence,
-        "fix": fix,
-        "source": "cloudwatch_sink",
-    });
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
+    let mut line = context::finding_line(
+        FindingStatus::Active,
+        FINDING,
+        "CloudWatch PutMetricData gets no answer; metrics go to EMF on stdout meanwhile",
+        evidence,
+        fix,
+    );
+    line["source"] = "cloudwatch_sink".into();
+    context::write_line(&line);
 }
 
 fn truncate(s: &str, max: usize) -> &str {

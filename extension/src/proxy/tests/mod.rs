@@ -9,6 +9,7 @@ mod limits_tests;
 mod policy_tests;
 mod route_tests;
 mod upstream;
+mod warm_tests;
 
 use super::{bind_with, ClientTimeouts, ProxyHandle};
 use crate::config::Config;
@@ -27,11 +28,16 @@ pub(super) struct Harness {
     pub addr: SocketAddr,
     pub recorder: Recorder,
     pub clock: Arc<InvocationClock>,
+    pub ctx: Context,
     _shutdown: watch::Sender<bool>,
-    _handle: ProxyHandle,
+    handle: ProxyHandle,
 }
 
 impl Harness {
+    pub fn warmer(&self) -> super::Warmer {
+        self.handle.warmer()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -74,6 +80,7 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
         config: Arc::new(config),
         recorder: recorder.clone(),
         clock: clock.clone(),
+        findings: Default::default(),
         shutdown: rx,
     };
     let dns = DnsCache::new(&ctx).expect("dns cache");
@@ -82,8 +89,9 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
         addr: handle.local_addr(),
         recorder,
         clock,
+        ctx,
         _shutdown: tx,
-        _handle: handle,
+        handle,
     }
 }
 

@@ -14,10 +14,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 
 pub(in crate::proxy) struct TestUpstream {
@@ -146,6 +150,20 @@ pub(in crate::proxy) async fn http(name: &'static str) -> TestUpstream {
 
 /// TLS upstream with the test certificate; offers h2 when `h2`.
 pub(in crate::proxy) async fn tls(name: &'static str, h2: bool) -> TestUpstream {
+    tls_with(name, h2, None).await
+}
+
+/// A TLS upstream that closes every connection idle for `idle`, as servers and load
+/// balancers close idle keep-alive connections.
+pub(in crate::proxy) async fn tls_closing_idle(
+    name: &'static str,
+    h2: bool,
+    idle: Duration,
+) -> TestUpstream {
+    tls_with(name, h2, Some(idle)).await
+}
+
+async fn tls_with(name: &'static str, h2: bool, idle_close: Option<Duration>) -> TestUpstream {
     let dir = certs();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
         .expect("server.pem")
@@ -178,6 +196,7 @@ pub(in crate::proxy) async fn tls(name: &'static str, h2: bool) -> TestUpstream 
             let st = st.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                let stream = IdleClose::new(stream, idle_close);
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
@@ -191,6 +210,96 @@ pub(in crate::proxy) async fn tls(name: &'static str, h2: bool) -> TestUpstream 
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
+                }
+            });
+        }
+    });
+    TestUpstream {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// Reads end (EOF) once nothing arrived for `idle`: the server then closes the connection.
+struct IdleClose<T> {
+    inner: T,
+    idle: Option<Duration>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T> IdleClose<T> {
+    fn new(inner: T, idle: Option<Duration>) -> Self {
+        let first = idle.unwrap_or(Duration::from_secs(3600));
+        IdleClose {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(first)),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleClose<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if let Some(idle) = self.idle {
+                    self.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(done) => Poll::Ready(done),
+            Poll::Pending if self.idle.is_some() => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(())),
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleClose<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A plain TCP echo server that closes connections idle for `idle`; counts accepted ones.
+pub(in crate::proxy) async fn echo_closing_idle(idle: Duration) -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(Ok(n)) = tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
                 }
             });
         }

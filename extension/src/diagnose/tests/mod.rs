@@ -1,0 +1,129 @@
+//! Each rule fed with journal events as the proxy, the DNS upstreams and the pools note them;
+//! then the whole path through the real proxy on loopback.
+
+mod proxy_tests;
+mod rules_tests;
+
+use super::{Diagnosis, Settings};
+use crate::context::{Findings, InvocationClock};
+use crate::metrics::{ConnectOutcome, ConnectPurpose, DnsOutcome, Event, Recorder};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) struct Fixture {
+    pub recorder: Recorder,
+    pub clock: Arc<InvocationClock>,
+    pub board: Arc<Findings>,
+    pub diagnosis: Arc<Diagnosis>,
+    /// symptom counts taken out of the recorder so far, by finding
+    symptoms: std::collections::BTreeMap<String, u64>,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let recorder = Recorder::new();
+        let clock = Arc::new(InvocationClock::new());
+        let board = Arc::new(Findings::default());
+        let settings = Settings {
+            vpc_cidrs: [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+            ]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect(),
+            home_region: Some("us-east-1".to_owned()),
+            pool_idle: Duration::from_secs(60),
+        };
+        let diagnosis = Arc::new(Diagnosis::new(
+            recorder.clone(),
+            clock.clone(),
+            board.clone(),
+            settings,
+        ));
+        Fixture {
+            recorder,
+            clock,
+            board,
+            diagnosis,
+            symptoms: Default::default(),
+        }
+    }
+
+    /// Moves on to invocation `n` (0 = INIT), as the lifecycle's INVOKEs would.
+    pub fn invoke_until(&self, n: u64) {
+        while self.clock.invocations() < n {
+            self.clock.begin_invocation(0);
+        }
+    }
+
+    pub fn note(&self, event: Event) {
+        self.recorder.note(self.clock.invocations(), event);
+    }
+
+    pub fn note_n(&self, n: usize, event: Event) {
+        for _ in 0..n {
+            self.note(event.clone());
+        }
+    }
+
+    /// Evaluates and returns the active findings' names.
+    pub fn evaluate(&mut self) -> Vec<&'static str> {
+        self.diagnosis.run();
+        for (name, n) in self.recorder.take().named_counts {
+            *self.symptoms.entry(name).or_default() += n;
+        }
+        self.board.list().iter().map(|f| f.finding).collect()
+    }
+
+    /// How many times `symptom_<finding>` was counted.
+    pub fn symptom_count(&self, finding: &str) -> u64 {
+        self.symptoms
+            .get(&format!("symptom_{finding}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn evidence(&self, finding: &str) -> serde_json::Value {
+        self.board
+            .list()
+            .into_iter()
+            .find(|f| f.finding == finding)
+            .map(|f| f.evidence)
+            .unwrap_or_default()
+    }
+}
+
+pub(super) fn connect(host: &str, addr: &str, outcome: ConnectOutcome, ms: f64) -> Event {
+    Event::Connect {
+        host: host.to_owned(),
+        addr: addr.parse::<SocketAddr>().unwrap(),
+        purpose: ConnectPurpose::Request,
+        outcome,
+        ms,
+    }
+}
+
+pub(super) fn dns(outcome: DnsOutcome, ms: f64) -> Event {
+    Event::DnsUpstream { outcome, ms }
+}
+
+pub(super) fn request(host: &str, cross_region: bool) -> Event {
+    Event::Request {
+        host: host.to_owned(),
+        cross_region,
+    }
+}
+
+pub(super) fn stale(idle_s: u64, reset: bool, caught: bool) -> Event {
+    Event::StaleConnection {
+        host: "api.example.com".to_owned(),
+        addr: "203.0.113.20:443".parse().unwrap(),
+        idle: Duration::from_secs(idle_s),
+        reset,
+        caught,
+    }
+}
