@@ -4,7 +4,7 @@
 //! has no `netem`). Everything is removed when the [`Lab`] is dropped, also on panic.
 //!
 //! Addresses of lab `n` (one per live lab, claimed atomically through the veth name):
-//! - "public" `198.18.n.0/24` (RFC 2544 benchmarking range, outside the VPC ranges), on the veth;
+//! - "public" `198.18.n.0/25` (RFC 2544 benchmarking range, outside the VPC ranges), on the veth;
 //! - "private" `10.250.n.0/24`, on the veth;
 //! - "delayed public" `198.18.n.128/25`, routed through the delay line when there is one.
 //!

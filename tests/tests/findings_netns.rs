@@ -340,7 +340,7 @@ fn lab_with_dns(tag: &str, records: &[(&str, std::net::Ipv4Addr)], ttl_s: u32) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_public_egress_is_no_egress_route_while_the_private_upstream_connects() {
-    if skipped("no_egress_route") {
+    if skipped("dropped_public_egress_is_no_egress_route_while_the_private_upstream_connects") {
         return;
     }
     bounded(async {
@@ -388,7 +388,7 @@ async fn dropped_public_egress_is_no_egress_route_while_the_private_upstream_con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_connect_is_refused_and_counted_not_called_no_egress_route() {
-    if skipped("rejected_connect") {
+    if skipped("a_rejected_connect_is_refused_and_counted_not_called_no_egress_route") {
         return;
     }
     bounded(async {
@@ -427,7 +427,7 @@ async fn a_rejected_connect_is_refused_and_counted_not_called_no_egress_route() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_path_only_at_init_is_eni_cold_path() {
-    if skipped("eni_cold_path") {
+    if skipped("a_slow_path_only_at_init_is_eni_cold_path") {
         return;
     }
     if let Some(reason) = netns::delay_line_unavailable() {
@@ -485,7 +485,7 @@ async fn a_slow_path_only_at_init_is_eni_cold_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_upstream_dns_is_dns_throttled_and_stale_answers_are_served() {
-    if skipped("dns_throttled") {
+    if skipped("dropped_upstream_dns_is_dns_throttled_and_stale_answers_are_served") {
         return;
     }
     bounded(async {
@@ -553,7 +553,9 @@ async fn dropped_upstream_dns_is_dns_throttled_and_stale_answers_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_still_succeeds() {
-    if skipped("idle_reset") {
+    if skipped(
+        "an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_still_succeeds",
+    ) {
         return;
     }
     bounded(async {
@@ -615,7 +617,7 @@ async fn an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_another_regions_endpoint_are_cross_region() {
-    if skipped("cross_region") {
+    if skipped("calls_to_another_regions_endpoint_are_cross_region") {
         return;
     }
     bounded(async {
@@ -662,7 +664,7 @@ async fn calls_to_another_regions_endpoint_are_cross_region() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_lab_under_the_same_load_raises_no_finding() {
-    if skipped("healthy") {
+    if skipped("a_healthy_lab_under_the_same_load_raises_no_finding") {
         return;
     }
     bounded(async {
