@@ -409,3 +409,198 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
     })
     .await
 }
+
+/// dnsmasq on 127.0.0.1 answering `denied.test` and `allowed.test` with 127.0.0.2 (where the
+/// upstreams listen), so a DENY rule can name a host as users write them.
+fn dnsmasq() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--user=root",
+            "--pid-file=",
+            "--local=/test/",
+            "--host-record=denied.test,127.0.0.2",
+            "--host-record=allowed.test,127.0.0.2",
+        ])
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq is installed (apt-get install dnsmasq)");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("dig")
+            .args(["+short", "+time=1", "+tries=1", "-p", &port.to_string()])
+            .args(["@127.0.0.1", "allowed.test", "A"])
+            .output()
+            .expect("dig");
+        if String::from_utf8_lossy(&out.stdout).contains("127.0.0.2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dnsmasq did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (proc, port)
+}
+
+/// The extension with `EGRESS_WARDEN_DENY=denied.test` under `policy`, resolving through
+/// dnsmasq; returns it with the proxy's and the plain upstream's ports, and what must outlive it.
+async fn denied_host_under(policy: &str) -> (Emulator, u16, u16, (Vec<Proc>, ExtensionsDir)) {
+    let (plain, plain_port) = upstream("plain", None);
+    let (dns, dns_port) = dnsmasq();
+    let d = ExtensionsDir::with_warden();
+    let proxy = free_port();
+    let cfg = base_config(&d, proxy)
+        .env(
+            "EGRESS_WARDEN_DNS_UPSTREAMS",
+            format!("127.0.0.1:{dns_port}"),
+        )
+        .env("EGRESS_WARDEN_POLICY", policy)
+        .env("EGRESS_WARDEN_DENY", "denied.test");
+    let mut emu = Emulator::start(cfg).await.expect("emulator");
+    emu.wait_init()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+    (emu, proxy, plain_port, (vec![plain, dns], d))
+}
+
+/// After the next INVOKE the EMF holds exactly `requests` requests, `denied` of them in
+/// `policy_denied`.
+async fn assert_flushed_on_invoke(emu: &mut Emulator, requests: f64, denied: f64) {
+    assert!(emu.invoke("{}").await.expect("invoke").is_success());
+    let seen = emu
+        .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
+            emf_total(emu, "requests") >= requests
+        })
+        .await;
+    assert!(
+        seen.is_some(),
+        "EMF after the INVOKE counts {requests} requests"
+    );
+    assert_eq!(emf_total(emu, "requests"), requests);
+    assert_eq!(emf_total(emu, "policy_denied"), denied);
+}
+
+/// The proxy's decision line for one request (`<kind> <decision> <host:port>`, `connect` for a
+/// CONNECT tunnel).
+fn decision_line(emu: &Emulator, prefix: &str) -> String {
+    let lines = emu.stderr_lines(EXTENSION_NAME);
+    lines
+        .iter()
+        .find(|l| l.contains(prefix))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{}", lines.join("\n")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_mode_lets_a_denied_host_through_logs_and_counts_it() {
+    bounded(async {
+        let (mut emu, proxy, port, _helpers) = denied_host_under("observe").await;
+        let proxy_url = format!("http://127.0.0.1:{proxy}");
+        let fetch = |tunnel: bool, url: &str| {
+            let mut args = vec!["-sS", "--max-time", "10", "-x", &proxy_url, url];
+            if tunnel {
+                // CONNECT even for http:// (curl's --proxytunnel).
+                args.insert(0, "-p");
+            }
+            curl(&args)
+        };
+        let (out, err) = fetch(true, &format!("http://denied.test:{port}/through-tunnel"));
+        assert!(out.contains("\"path\": \"/through-tunnel\""), "{out} {err}");
+        // A tunnel carries the client's request untouched (no Via), forwarding adds it.
+        assert!(!out.contains("egress-warden"), "{out}");
+        let (out, err) = fetch(false, &format!("http://denied.test:{port}/forwarded"));
+        assert!(
+            out.contains("/forwarded") && out.contains("egress-warden"),
+            "{out} {err}"
+        );
+        let (out, err) = fetch(false, &format!("http://allowed.test:{port}/allowed"));
+        assert!(out.contains("/allowed"), "{out} {err}");
+
+        let tunnel = decision_line(&emu, &format!("connect observed denied.test:{port}"));
+        assert!(
+            tunnel.contains(r#"reason="deny_rule""#) && tunnel.contains("status=200"),
+            "{tunnel}"
+        );
+        let forward = decision_line(&emu, &format!("forward observed denied.test:{port}"));
+        assert!(
+            forward.contains(r#"reason="deny_rule""#) && forward.contains("status=200"),
+            "{forward}"
+        );
+        let allowed = decision_line(&emu, &format!("forward allowed allowed.test:{port}"));
+        assert!(
+            !allowed.contains("reason=") && allowed.contains("status=200"),
+            "{allowed}"
+        );
+
+        assert_flushed_on_invoke(&mut emu, 3.0, 2.0).await;
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(
+            report
+                .extension(EXTENSION_NAME)
+                .expect("exit")
+                .before_deadline
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_mode_refuses_a_denied_host_with_403_and_the_rule() {
+    bounded(async {
+        let (mut emu, proxy, port, _helpers) = denied_host_under("enforce").await;
+        let target = format!("denied.test:{port}");
+        let (status, error, _) = raw(
+            proxy,
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(
+            (status, error.as_deref()),
+            (403, Some("deny_rule")),
+            "CONNECT"
+        );
+        let (status, error, _) = raw(
+            proxy,
+            format!("GET http://{target}/forwarded HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(
+            (status, error.as_deref()),
+            (403, Some("deny_rule")),
+            "forward"
+        );
+        let allowed = format!("allowed.test:{port}");
+        let (status, error, body) = raw(
+            proxy,
+            format!("GET http://{allowed}/allowed HTTP/1.1\r\nHost: {allowed}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!((status, error), (200, None), "{body}");
+
+        let tunnel = decision_line(&emu, &format!("connect denied {target}"));
+        assert!(
+            tunnel.contains(r#"reason="deny_rule""#) && tunnel.contains("status=403"),
+            "{tunnel}"
+        );
+        let forward = decision_line(&emu, &format!("forward denied {target}"));
+        assert!(
+            forward.contains(r#"reason="deny_rule""#) && forward.contains("status=403"),
+            "{forward}"
+        );
+
+        assert_flushed_on_invoke(&mut emu, 3.0, 2.0).await;
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(
+            report
+                .extension(EXTENSION_NAME)
+                .expect("exit")
+                .before_deadline
+        );
+    })
+    .await
+}

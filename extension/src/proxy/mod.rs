@@ -29,6 +29,7 @@ mod prewarmed;
 mod ranges;
 mod record;
 mod region;
+mod relay;
 mod retry;
 mod route;
 mod service;

@@ -12,19 +12,12 @@ use super::body::ProxyBody;
 use super::host::Target;
 use super::outcome::Refusal;
 use super::record::{record_bytes_out, record_end, Kind, RequestRecord};
+use super::relay::{relay, ClientFd};
 use super::service::{ConnSlot, Proxy};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Copy buffer per direction: large enough for TLS records in one go.
-const TUNNEL_BUF: usize = 16 * 1024;
 
 pub(crate) async fn handle(
     proxy: &Arc<Proxy>,
@@ -73,6 +66,7 @@ pub(crate) async fn handle(
     tokio::spawn(async move {
         // Keeps the client connection counted (max connections, active gauge) while tunnelling.
         let _slot = slot;
+        let client_fd = req.extensions().get::<ClientFd>().copied();
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(err) => {
@@ -81,28 +75,17 @@ pub(crate) async fn handle(
             }
         };
         let started = Instant::now();
-        let mut client = FirstByte::new(TokioIo::new(upgraded));
-        let mut upstream = FirstByte::new(upstream);
-        let copied = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            TUNNEL_BUF,
-            TUNNEL_BUF,
-        )
-        .await;
-        let (out, back) = match copied {
-            Ok(counts) => counts,
-            Err(err) => {
-                tracing::debug!(destination, "tunnel ended: {err}");
-                (client.bytes, upstream.bytes)
-            }
-        };
+        let relayed = relay(upgraded, client_fd, upstream).await;
+        match &relayed.error {
+            Some(err) => tracing::debug!(destination, "tunnel ended: {err}"),
+            None => tracing::debug!(destination, spliced = relayed.spliced, "tunnel closed"),
+        }
         let recorder = &proxy.ctx.recorder;
-        if let Some(ttfb) = tunnel_ttfb(started, client.first, upstream.first) {
+        if let Some(ttfb) = tunnel_ttfb(started, relayed.client_first, relayed.upstream_first) {
             recorder.observe_ms_for(&destination, crate::metrics::Timing::TtfbMs, ttfb);
         }
-        record_bytes_out(recorder, &destination, out);
-        record_end(recorder, &destination, record.started, back);
+        record_bytes_out(recorder, &destination, relayed.out);
+        record_end(recorder, &destination, record.started, relayed.back);
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -123,58 +106,4 @@ fn tunnel_ttfb(
         _ => started,
     };
     Some(up.saturating_duration_since(from).as_secs_f64() * 1000.0)
-}
-
-/// Notes when the first byte was read, and how many bytes were.
-struct FirstByte<T> {
-    inner: T,
-    first: Option<Instant>,
-    bytes: u64,
-}
-
-impl<T> FirstByte<T> {
-    fn new(inner: T) -> Self {
-        FirstByte {
-            inner,
-            first: None,
-            bytes: 0,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for FirstByte<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            if self.first.is_none() {
-                self.first = Some(Instant::now());
-            }
-            self.bytes += n as u64;
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for FirstByte<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

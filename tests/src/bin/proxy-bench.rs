@@ -2,20 +2,26 @@
 //! loopback, in one run (driven by `scripts/bench.d/proxy`).
 //!
 //! ```text
-//! proxy-bench --extension BIN [--proxy NAME=ADDR:PID]... [--samples N] [--seconds S]
-//!             [--concurrency C] [--log-dir DIR] [--only keepalive,connect-new,tunnel]
+//! proxy-bench --extension [NAME=]BIN... [--proxy NAME=ADDR:PID]... [--samples N]
+//!             [--seconds S] [--concurrency C] [--log-dir DIR]
+//!             [--only keepalive,connect-tls,tunnel,tunnel-bulk]
 //! ```
 //!
+//! `--extension` may be repeated to compare two builds of egress-warden in the same run
+//! (the first is named `egress-warden` unless given a NAME).
+//!
 //! Starts egress-warden (BIN) as a real process behind a minimal Extensions API stub, an
-//! HTTP/1.1 upstream on 127.0.0.2, then for each scenario and target measures:
+//! HTTP/1.1 upstream and an HTTPS one (rustls, a throw-away CA from `tests/proxy/make-certs.sh`)
+//! on 127.0.0.2, then for each scenario and target measures:
 //! sequential latency (p50/p99 over N requests on one client), throughput (C concurrent
 //! clients for S seconds) and the proxy process's CPU time per request (from /proc).
 //!
 //! Scenarios: `keepalive` (absolute-form GET on a kept-alive client connection; pooled
-//! upstream), `connect-new` (a new client connection, CONNECT, one request, close: what a new
-//! HTTPS connection costs the proxy; the TLS handshake inside the tunnel is end to end and
-//! identical with or without a proxy, so it is left out to isolate the proxy's share),
-//! `tunnel` (requests inside one long CONNECT tunnel).
+//! upstream), `connect-tls` (a new client connection, CONNECT, a full TLS handshake with the
+//! HTTPS upstream through the tunnel, one request, close: a new HTTPS connection as a function
+//! makes it; direct is the same without CONNECT), `tunnel` (requests inside one long CONNECT
+//! tunnel), `tunnel-bulk` (the same with 1 MiB answers: its req/s are MiB/s, its CPU per
+//! request is CPU per MiB).
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,8 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[derive(Clone)]
 struct Target {
@@ -38,22 +47,29 @@ struct Target {
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
     KeepAlive,
-    ConnectNew,
+    ConnectTls,
     Tunnel,
+    TunnelBulk,
 }
 
 impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::KeepAlive => "keepalive",
-            Scenario::ConnectNew => "connect-new",
+            Scenario::ConnectTls => "connect-tls",
             Scenario::Tunnel => "tunnel",
+            Scenario::TunnelBulk => "tunnel-bulk",
         }
+    }
+
+    fn tunnel(self) -> bool {
+        !matches!(self, Scenario::KeepAlive)
     }
 }
 
 struct Args {
-    extension: String,
+    /// (name, binary) of each egress-warden build to measure.
+    extensions: Vec<(String, String)>,
     proxies: Vec<Target>,
     samples: usize,
     seconds: u64,
@@ -64,7 +80,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        extension: String::new(),
+        extensions: Vec::new(),
         proxies: Vec::new(),
         samples: 5000,
         seconds: 3,
@@ -76,7 +92,15 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--extension" => a.extension = val()?,
+            "--extension" => {
+                let v = val()?;
+                let (name, bin) = match v.split_once('=') {
+                    Some((name, bin)) => (name.to_string(), bin.to_string()),
+                    None if a.extensions.is_empty() => ("egress-warden".to_string(), v),
+                    None => return Err(format!("a second --extension needs NAME=: {v}")),
+                };
+                a.extensions.push((name, bin));
+            }
             "--samples" => a.samples = val()?.parse().map_err(|_| "bad --samples")?,
             "--seconds" => a.seconds = val()?.parse().map_err(|_| "bad --seconds")?,
             "--concurrency" => a.concurrency = val()?.parse().map_err(|_| "bad --concurrency")?,
@@ -95,7 +119,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if a.extension.is_empty() {
+    if a.extensions.is_empty() {
         return Err("--extension BIN is required".into());
     }
     Ok(a)
@@ -103,37 +127,118 @@ fn parse_args() -> Result<Args, String> {
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+/// `GET /bulk` is answered with this many bytes.
+const BULK: usize = 1 << 20;
+static BULK_BODY: [u8; BULK] = [b'x'; BULK];
 
-/// A minimal keep-alive HTTP/1.1 server: one fixed answer per request head.
-async fn upstream() -> io::Result<SocketAddr> {
+/// A minimal keep-alive HTTP/1.1 server (over TLS when `tls` is given): one fixed answer per
+/// request head.
+async fn upstream(tls: Option<TlsAcceptor>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.2:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut filled = 0;
-                loop {
-                    match s.read(&mut buf[filled..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => filled += n,
-                    }
-                    while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if s.write_all(RESPONSE).await.is_err() {
-                            return;
+                match tls {
+                    None => answer_requests(s).await,
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(s).await {
+                            answer_requests(s).await;
                         }
-                        buf.copy_within(end + 4..filled, 0);
-                        filled -= end + 4;
-                    }
-                    if filled == buf.len() {
-                        return;
                     }
                 }
             });
         }
     });
     Ok(addr)
+}
+
+async fn answer_requests<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    loop {
+        match s.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => filled += n,
+        }
+        while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            let written = if buf.starts_with(b"GET /bulk ") {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BULK}\r\n\r\n");
+                match s.write_all(head.as_bytes()).await {
+                    Ok(()) => s.write_all(&BULK_BODY).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                s.write_all(RESPONSE).await
+            };
+            if written.is_err() || s.flush().await.is_err() {
+                return;
+            }
+            buf.copy_within(end + 4..filled, 0);
+            filled -= end + 4;
+        }
+        if filled == buf.len() {
+            return;
+        }
+    }
+}
+
+/// The HTTPS upstream's and the clients' TLS settings, from a CA and server certificate made
+/// for this run (the directory lives as long as this).
+struct Tls {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    _certs: tempfile::TempDir,
+}
+
+fn tls_setup() -> io::Result<Tls> {
+    let certs = tempfile::tempdir()?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("proxy")
+        .join("make-certs.sh");
+    if !Command::new("sh")
+        .arg(&script)
+        .arg(certs.path())
+        .status()?
+        .success()
+    {
+        return Err(io::Error::other(format!(
+            "{} failed (is openssl installed?)",
+            script.display()
+        )));
+    }
+    let dir = certs.path();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).map_err(io::Error::other)?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).map_err(io::Error::other)? {
+        roots
+            .add(ca.map_err(io::Error::other)?)
+            .map_err(io::Error::other)?;
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every connection pays the full handshake, as a new process's first call does.
+    client.resumption = rustls::client::Resumption::disabled();
+    Ok(Tls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+        _certs: certs,
+    })
 }
 
 /// Stands in for Lambda's Extensions API: registers anyone, never sends an event.
@@ -199,13 +304,13 @@ impl Drop for Warden {
     }
 }
 
-async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> {
+async fn start_warden(name: &str, bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> {
     let api = extensions_api().await?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let log = std::fs::File::create(format!("{log_dir}/egress-warden.log"))?;
+    let log = std::fs::File::create(format!("{log_dir}/{name}.log"))?;
     let mut cmd = Command::new(bin);
     cmd.env_clear();
     // Runtime tuning experiments (e.g. TOKIO_WORKER_THREADS=1) pass through.
@@ -236,24 +341,24 @@ async fn start_warden(bin: &str, log_dir: &str) -> io::Result<(Warden, Target)> 
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {
-            return Err(io::Error::other("egress-warden did not start listening"));
+            return Err(io::Error::other(format!("{name} did not start listening")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok((
         warden,
         Target {
-            name: "egress-warden".into(),
+            name: name.into(),
             proxy: Some(addr),
             pid: Some(pid),
         },
     ))
 }
 
-/// Reads one response (head + Content-Length body); CONNECT answers have no body.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<u16> {
+/// Reads one response (head + Content-Length body, not kept); CONNECT answers have no body.
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<u16> {
     buf.clear();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 16 * 1024];
     loop {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -277,20 +382,31 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<u16> 
                     .then(|| v.trim().parse::<usize>().ok())?
             })
             .unwrap_or(0);
-        while buf.len() < end + 4 + len {
+        let mut have = buf.len() - (end + 4);
+        while have < len {
             let n = s.read(&mut chunk).await?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            buf.extend_from_slice(&chunk[..n]);
+            have += n;
         }
         return Ok(status);
     }
 }
 
+/// The upstreams a client talks to.
+#[derive(Clone)]
+struct Upstreams {
+    plain: SocketAddr,
+    https: SocketAddr,
+    connector: TlsConnector,
+}
+
 struct Client {
     target: Target,
+    /// The plain upstream, or the HTTPS one for `connect-tls`.
     upstream: SocketAddr,
+    connector: TlsConnector,
     scenario: Scenario,
     conn: Option<TcpStream>,
     buf: Vec<u8>,
@@ -299,21 +415,31 @@ struct Client {
 }
 
 impl Client {
-    fn new(target: &Target, upstream: SocketAddr, scenario: Scenario) -> Client {
+    fn new(target: &Target, upstreams: &Upstreams, scenario: Scenario) -> Client {
+        let upstream = match scenario {
+            Scenario::ConnectTls => upstreams.https,
+            Scenario::KeepAlive | Scenario::Tunnel | Scenario::TunnelBulk => upstreams.plain,
+        };
+        let path = if scenario == Scenario::TunnelBulk {
+            "/bulk"
+        } else {
+            "/"
+        };
         Client {
             target: target.clone(),
             upstream,
+            connector: upstreams.connector.clone(),
             scenario,
             conn: None,
             buf: Vec::with_capacity(4096),
             absolute: format!("GET http://{upstream}/ HTTP/1.1\r\nHost: {upstream}\r\n\r\n")
                 .into_bytes(),
-            origin: format!("GET / HTTP/1.1\r\nHost: {upstream}\r\n\r\n").into_bytes(),
+            origin: format!("GET {path} HTTP/1.1\r\nHost: {upstream}\r\n\r\n").into_bytes(),
         }
     }
 
     async fn open(&mut self) -> io::Result<TcpStream> {
-        let tunnel = matches!(self.scenario, Scenario::ConnectNew | Scenario::Tunnel);
+        let tunnel = self.scenario.tunnel();
         match self.target.proxy {
             None => {
                 let s = TcpStream::connect(self.upstream).await?;
@@ -340,7 +466,7 @@ impl Client {
     /// One request; reconnects as the scenario demands, or when a proxy closed a kept-alive
     /// connection (tinyproxy answers HTTP/1.0-style, one request per client connection).
     async fn request(&mut self) -> io::Result<()> {
-        let reused = self.conn.is_some() && self.scenario != Scenario::ConnectNew;
+        let reused = self.conn.is_some() && self.scenario != Scenario::ConnectTls;
         match self.try_request().await {
             Err(_) if reused => {
                 self.conn = None;
@@ -351,9 +477,12 @@ impl Client {
     }
 
     async fn try_request(&mut self) -> io::Result<()> {
+        if self.scenario == Scenario::ConnectTls {
+            return self.new_https_connection().await;
+        }
         let mut s = match self.conn.take() {
-            Some(s) if self.scenario != Scenario::ConnectNew => s,
-            _ => self.open().await?,
+            Some(s) => s,
+            None => self.open().await?,
         };
         let absolute = self.target.proxy.is_some() && self.scenario == Scenario::KeepAlive;
         let req = if absolute {
@@ -366,14 +495,25 @@ impl Client {
         if status != 200 {
             return Err(io::Error::other(format!("answered {status}")));
         }
-        if self.scenario == Scenario::ConnectNew {
-            // Close with RST: thousands of short connections must not pile up in TIME_WAIT.
-            // (Deprecated because a non-zero linger blocks on drop; zero never does.)
-            #[allow(deprecated)]
-            let _ = s.set_linger(Some(Duration::ZERO));
-        } else {
-            self.conn = Some(s);
+        self.conn = Some(s);
+        Ok(())
+    }
+
+    /// (CONNECT →) TLS handshake → one HTTPS request → close.
+    async fn new_https_connection(&mut self) -> io::Result<()> {
+        let s = self.open().await?;
+        let name = ServerName::from(self.upstream.ip());
+        let mut tls = self.connector.connect(name, s).await?;
+        tls.write_all(&self.origin).await?;
+        tls.flush().await?;
+        let status = read_response(&mut tls, &mut self.buf).await?;
+        if status != 200 {
+            return Err(io::Error::other(format!("answered {status}")));
         }
+        // Close with RST: thousands of short connections must not pile up in TIME_WAIT.
+        // (Deprecated because a non-zero linger blocks on drop; zero never does.)
+        #[allow(deprecated)]
+        let _ = tls.get_ref().0.set_linger(Some(Duration::ZERO));
         Ok(())
     }
 }
@@ -411,17 +551,22 @@ struct Row {
 /// neighbour (other work on the machine) weighs on all targets alike.
 async fn latencies(
     targets: &[Target],
-    upstream: SocketAddr,
+    upstreams: &Upstreams,
     scenario: Scenario,
     samples: usize,
 ) -> io::Result<Vec<(f64, f64)>> {
     const ROUNDS: usize = 10;
     let mut clients: Vec<Client> = targets
         .iter()
-        .map(|t| Client::new(t, upstream, scenario))
+        .map(|t| Client::new(t, upstreams, scenario))
         .collect();
+    // 1 MiB answers: fewer, or the run takes minutes.
+    let (warm, samples) = match scenario {
+        Scenario::TunnelBulk => (20, samples.div_ceil(10)),
+        _ => (200, samples),
+    };
     for c in &mut clients {
-        for _ in 0..200 {
+        for _ in 0..warm {
             c.request().await?;
         }
     }
@@ -447,7 +592,7 @@ async fn latencies(
 
 async fn throughput(
     target: &Target,
-    upstream: SocketAddr,
+    upstreams: &Upstreams,
     scenario: Scenario,
     seconds: u64,
     concurrency: usize,
@@ -459,7 +604,7 @@ async fn throughput(
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (done, stop) = (done.clone(), stop.clone());
-        let mut c = Client::new(target, upstream, scenario);
+        let mut c = Client::new(target, upstreams, scenario);
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 c.request().await?;
@@ -501,26 +646,38 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> io::Result<()> {
-    let upstream = upstream().await?;
-    let (_warden, warden) = start_warden(&args.extension, &args.log_dir).await?;
-    let mut targets = vec![
-        Target {
-            name: "direct".into(),
-            proxy: None,
-            pid: None,
-        },
-        warden,
-    ];
+    let tls = tls_setup()?;
+    let upstreams = Upstreams {
+        plain: upstream(None).await?,
+        https: upstream(Some(tls.acceptor.clone())).await?,
+        connector: tls.connector.clone(),
+    };
+    let mut targets = vec![Target {
+        name: "direct".into(),
+        proxy: None,
+        pid: None,
+    }];
+    let mut _wardens = Vec::new();
+    for (name, bin) in &args.extensions {
+        let (process, target) = start_warden(name, bin, &args.log_dir).await?;
+        _wardens.push(process);
+        targets.push(target);
+    }
     targets.extend(args.proxies.iter().cloned());
     let mut rows = Vec::new();
-    for scenario in [Scenario::KeepAlive, Scenario::ConnectNew, Scenario::Tunnel] {
+    for scenario in [
+        Scenario::KeepAlive,
+        Scenario::ConnectTls,
+        Scenario::Tunnel,
+        Scenario::TunnelBulk,
+    ] {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == scenario.name()) {
             continue;
         }
-        let lat = latencies(&targets, upstream, scenario, args.samples).await?;
+        let lat = latencies(&targets, &upstreams, scenario, args.samples).await?;
         for (t, (p50, p99)) in targets.iter().zip(lat) {
             let (rps, cpu) =
-                throughput(t, upstream, scenario, args.seconds, args.concurrency).await?;
+                throughput(t, &upstreams, scenario, args.seconds, args.concurrency).await?;
             eprintln!(
                 "{:<12} {:<14} p50 {p50:>8.1} us  p99 {p99:>8.1} us  {rps:>9.0} req/s",
                 scenario.name(),

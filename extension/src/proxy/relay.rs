@@ -1,0 +1,545 @@
+//! Moves a CONNECT tunnel's bytes both ways until either side is done.
+//!
+//! When the client connection is the listener's own TCP socket (always, in practice), the
+//! tunnel takes both sockets over from tokio's stream types and moves bulk data with
+//! `splice(2)` through a pipe: the kernel hands pages from one socket to the other without
+//! copying them through user space (what HAProxy does). Small messages (request/response
+//! traffic) go through a buffer instead: a short `read(2)` shows the socket is drained, so the
+//! relay waits for the next readiness event without one more call that would only answer
+//! EAGAIN — a short splice does not show that (it may be bounded by the pipe). A direction
+//! switches to splice after a read fills the buffer and back after a short splice.
+//! Anything else (another client io, no pipe) falls back to tokio's buffered copy.
+
+use super::limits::GuardedIo;
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Buffer per direction for small messages (and for the fallback copy): a read that fills it
+/// marks a bulk flow.
+const BUF: usize = 32 * 1024;
+/// Pipe size asked for: more data per splice call (the default pipe holds 64 KiB).
+const PIPE_SIZE: libc::c_int = 512 * 1024;
+
+/// The client socket's descriptor, attached to each request by the listener so that a
+/// tunnel can take the socket over once hyper hands the connection back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientFd(pub(crate) RawFd);
+
+/// What a finished tunnel moved, and how it ended.
+#[derive(Debug, Default)]
+pub(crate) struct Relayed {
+    /// Bytes from the client to the upstream.
+    pub out: u64,
+    /// Bytes from the upstream to the client.
+    pub back: u64,
+    pub client_first: Option<Instant>,
+    pub upstream_first: Option<Instant>,
+    /// Of `out + back`, the bytes moved by splice.
+    pub spliced: u64,
+    pub error: Option<io::Error>,
+}
+
+/// The io the listener gives hyper (see `listener.rs`).
+type ClientIo = TokioIo<GuardedIo<TcpStream>>;
+
+pub(crate) async fn relay(client: Upgraded, fd: Option<ClientFd>, upstream: TcpStream) -> Relayed {
+    let (client, read_ahead) = match take_socket(client, fd) {
+        Ok(taken) => taken,
+        Err(client) => return copy(client, upstream).await,
+    };
+    let upstream = match upstream.into_std() {
+        Ok(u) => u,
+        Err(err) => return failed(err),
+    };
+    relay_sockets(client, read_ahead, upstream).await
+}
+
+/// The client's socket (a duplicate of its descriptor; hyper's copy is closed) and the bytes
+/// hyper had read past the CONNECT head. Gives the connection back if it is not ours.
+fn take_socket(
+    client: Upgraded,
+    fd: Option<ClientFd>,
+) -> Result<(std::net::TcpStream, Bytes), Upgraded> {
+    let Some(ClientFd(fd)) = fd else {
+        return Err(client);
+    };
+    // SAFETY: the listener attached `fd` to this connection's requests: it is the descriptor
+    // of the socket that `client` (hyper's io for this connection) owns, open while it lives.
+    let Ok(dup) = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned() else {
+        return Err(client);
+    };
+    let parts = client.downcast::<ClientIo>()?;
+    drop(parts.io);
+    Ok((std::net::TcpStream::from(dup), parts.read_buf))
+}
+
+fn failed(err: io::Error) -> Relayed {
+    Relayed {
+        error: Some(err),
+        ..Relayed::default()
+    }
+}
+
+/// Both directions at once, in this task (no cross-task wake-ups per message).
+pub(crate) async fn relay_sockets(
+    client: std::net::TcpStream,
+    read_ahead: Bytes,
+    upstream: std::net::TcpStream,
+) -> Relayed {
+    let registered = client
+        .set_nonblocking(true)
+        .and_then(|()| upstream.set_nonblocking(true))
+        .and_then(|()| {
+            // SAFETY: each std socket owns its descriptor, which stays open (and the same)
+            // until the AsyncFd holding it is dropped.
+            unsafe { Ok((AsyncFd::register(client)?, AsyncFd::register(upstream)?)) }
+        });
+    let (client, upstream) = match registered {
+        Ok(pair) => pair,
+        Err(err) => return failed(err),
+    };
+    let mut out = Flow::default();
+    let mut back = Flow::default();
+    let ended = tokio::try_join!(
+        pump(&client, &upstream, read_ahead, &mut out),
+        pump(&upstream, &client, Bytes::new(), &mut back),
+    );
+    Relayed {
+        out: out.bytes,
+        back: back.bytes,
+        client_first: out.first,
+        upstream_first: back.first,
+        spliced: out.spliced + back.spliced,
+        error: ended.err(),
+    }
+}
+
+#[derive(Default)]
+struct Flow {
+    bytes: u64,
+    spliced: u64,
+    first: Option<Instant>,
+}
+
+impl Flow {
+    fn moved(&mut self, n: usize) {
+        if self.first.is_none() {
+            self.first = Some(Instant::now());
+        }
+        self.bytes += n as u64;
+    }
+}
+
+type Socket = AsyncFd<std::net::TcpStream>;
+
+/// One direction: `from` → `to` until `from` ends, then half-closes `to`.
+async fn pump(from: &Socket, to: &Socket, read_ahead: Bytes, flow: &mut Flow) -> io::Result<()> {
+    if !read_ahead.is_empty() {
+        flow.moved(read_ahead.len());
+        write_all(to, &read_ahead).await?;
+    }
+    let mut buf = vec![0u8; BUF];
+    // Made on the first bulk read; None after a failure (then buffered for good).
+    let mut pipe: Option<Pipe> = None;
+    let mut splice_ok = true;
+    let mut bulk = false;
+    loop {
+        if bulk && splice_ok {
+            if pipe.is_none() {
+                pipe = Pipe::new().ok();
+            }
+            if let Some(p) = &pipe {
+                match splice_in(from, p).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        flow.moved(n);
+                        flow.spliced += n as u64;
+                        splice_out(p, to, n).await?;
+                        bulk = n >= BUF;
+                        continue;
+                    }
+                    Err(err) if unsupported(&err) => splice_ok = false,
+                    Err(err) => return Err(err),
+                }
+            } else {
+                splice_ok = false;
+            }
+        }
+        let n = read(from, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        flow.moved(n);
+        write_all(to, &buf[..n]).await?;
+        bulk = n == buf.len();
+    }
+    // The other side may still talk: pass the end on, as a TCP half-close.
+    match to.get_ref().shutdown(Shutdown::Write) {
+        Err(err) if err.kind() != io::ErrorKind::NotConnected => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// splice(2) refused for these descriptors (not for this moment).
+fn unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+async fn read(from: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut ready = from.readable().await?;
+        if let Ok(read) = ready.try_io(|s| s.get_ref().read(buf)) {
+            let n = read?;
+            // A short read drained the socket: wait for the next event, not for EAGAIN.
+            if n > 0 && n < buf.len() {
+                ready.clear_ready();
+            }
+            return Ok(n);
+        }
+    }
+}
+
+async fn write_all(to: &Socket, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut ready = to.writable().await?;
+        if let Ok(written) = ready.try_io(|s| s.get_ref().write(data)) {
+            match written? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => data = &data[n..],
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Socket → pipe: what the socket holds, up to the pipe's size (the pipe is empty here).
+async fn splice_in(from: &Socket, pipe: &Pipe) -> io::Result<usize> {
+    loop {
+        let mut ready = from.readable().await?;
+        let fd = from.as_raw_fd();
+        if let Ok(moved) = ready.try_io(|_| splice(fd, pipe.write.as_raw_fd(), pipe.size)) {
+            return moved;
+        }
+    }
+}
+
+/// Pipe → socket: all `n` bytes the pipe holds.
+async fn splice_out(pipe: &Pipe, to: &Socket, mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        let mut ready = to.writable().await?;
+        let fd = to.as_raw_fd();
+        if let Ok(moved) = ready.try_io(|_| splice(pipe.read.as_raw_fd(), fd, n)) {
+            match moved? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                m => n -= m,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open (owned by the caller's sockets and pipe); null
+    // offsets because neither end is seekable.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    size: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds: [libc::c_int; 2] = [-1, -1];
+        // SAFETY: pipe2 fills the two-element array on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own; a refusal (above pipe-max-size) keeps the default.
+        let size = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        Ok(Pipe {
+            read,
+            write,
+            size: usize::try_from(size).unwrap_or(64 * 1024).max(4096),
+        })
+    }
+}
+
+/// tokio's buffered copy through hyper's `Upgraded`.
+async fn copy(client: Upgraded, upstream: TcpStream) -> Relayed {
+    let mut client = FirstByte::new(TokioIo::new(client));
+    let mut upstream = FirstByte::new(upstream);
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF).await;
+    Relayed {
+        out: client.bytes,
+        back: upstream.bytes,
+        client_first: client.first,
+        upstream_first: upstream.first,
+        spliced: 0,
+        error: copied.err(),
+    }
+}
+
+/// Notes when the first byte was read, and how many bytes were.
+struct FirstByte<T> {
+    inner: T,
+    first: Option<Instant>,
+    bytes: u64,
+}
+
+impl<T> FirstByte<T> {
+    fn new(inner: T) -> Self {
+        FirstByte {
+            inner,
+            first: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstByte<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            if self.first.is_none() {
+                self.first = Some(Instant::now());
+            }
+            self.bytes += n as u64;
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstByte<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Counter;
+    use crate::proxy::tests::{count, start};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    /// A connected loopback pair: (the end the test drives, the end the relay gets).
+    async fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far.into_std().unwrap())
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Writes `data`, half-closes, and reads the peer to EOF, at the same time.
+    async fn exchange(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_is_spliced_intact_with_read_ahead_first_and_half_closes_passed_on() {
+        let (client, client_end) = pair().await;
+        let (upstream, upstream_end) = pair().await;
+        let relay = tokio::spawn(relay_sockets(
+            client_end,
+            Bytes::from_static(b"ahead:"),
+            upstream_end,
+        ));
+        let up_data = pattern(8 << 20, 7);
+        let client_data = pattern(6 << 20, 3);
+        let (to_client, to_upstream) = tokio::time::timeout(LIMIT, async {
+            tokio::join!(
+                exchange(client, client_data.clone()),
+                exchange(upstream, up_data.clone())
+            )
+        })
+        .await
+        .expect("relay finished");
+        assert!(to_client == up_data, "upstream → client intact");
+        assert_eq!(&to_upstream[..6], b"ahead:");
+        assert!(
+            to_upstream[6..] == client_data[..],
+            "client → upstream intact"
+        );
+        let relayed = relay.await.unwrap();
+        assert!(relayed.error.is_none(), "{:?}", relayed.error);
+        assert_eq!(relayed.out, (6 << 20) + 6);
+        assert_eq!(relayed.back, 8 << 20);
+        assert!(relayed.client_first.is_some() && relayed.upstream_first.is_some());
+        assert!(
+            relayed.spliced > (8 << 20),
+            "bulk went through splice: {relayed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_messages_go_back_and_forth_through_the_buffer() {
+        let (mut client, client_end) = pair().await;
+        let (mut upstream, upstream_end) = pair().await;
+        let relay = tokio::spawn(relay_sockets(client_end, Bytes::new(), upstream_end));
+        tokio::time::timeout(LIMIT, async {
+            let mut buf = [0u8; 64];
+            for i in 0..200u32 {
+                let ping = format!("ping {i}");
+                client.write_all(ping.as_bytes()).await.unwrap();
+                let n = upstream.read(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], ping.as_bytes());
+                upstream.write_all(b"pong").await.unwrap();
+                let n = client.read(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], b"pong");
+            }
+            // The server closes first; the client still gets its EOF.
+            drop(upstream);
+            assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+            drop(client);
+        })
+        .await
+        .expect("ping-pong finished");
+        let relayed = relay.await.unwrap();
+        assert_eq!(relayed.spliced, 0, "{relayed:?}");
+        assert_eq!(relayed.back, 200 * 4);
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_ends_the_tunnel() {
+        let (client, client_end) = pair().await;
+        let (upstream, upstream_end) = pair().await;
+        let relay = tokio::spawn(relay_sockets(client_end, Bytes::new(), upstream_end));
+        // RST from the upstream while the client stays silent and open.
+        #[allow(deprecated)]
+        upstream.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(upstream);
+        let relayed = tokio::time::timeout(LIMIT, relay)
+            .await
+            .expect("the relay ends")
+            .unwrap();
+        drop(client);
+        assert_eq!(relayed.out + relayed.back, 0);
+    }
+
+    /// Through the real listener: the bytes a client sends right behind its CONNECT (before
+    /// the 200) reach the upstream first, bulk data arrives intact, the counters add up.
+    #[tokio::test]
+    async fn the_listeners_tunnels_take_over_the_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let up_data = pattern(4 << 20, 11);
+        let sent = up_data.clone();
+        let upstream = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            exchange(s, sent).await
+        });
+        let proxy = start(&[]).await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nearly bytes|");
+        client.write_all(head.as_bytes()).await.unwrap();
+        let client_data = pattern(3 << 20, 5);
+        let got = tokio::time::timeout(LIMIT, async {
+            let mut reply = Vec::new();
+            while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(
+                    client.read(&mut byte).await.unwrap(),
+                    1,
+                    "reply ended early"
+                );
+                reply.push(byte[0]);
+            }
+            assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+            exchange(client, client_data.clone()).await
+        })
+        .await
+        .expect("tunnel finished");
+        assert!(got == up_data, "upstream → client intact");
+        let at_upstream = upstream.await.unwrap();
+        assert_eq!(&at_upstream[..12], b"early bytes|");
+        assert!(
+            at_upstream[12..] == client_data[..],
+            "client → upstream intact"
+        );
+        // The tunnel's figures land when its task ends.
+        let mut snap = proxy.take();
+        for _ in 0..50 {
+            if count(&snap, Counter::BytesIn) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            snap = proxy.take();
+        }
+        assert_eq!(count(&snap, Counter::BytesIn), 4 << 20);
+        assert_eq!(count(&snap, Counter::BytesOut), (3 << 20) + 12);
+    }
+}
