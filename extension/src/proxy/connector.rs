@@ -13,6 +13,7 @@ use super::liveness::{Health, Liveness, Registry};
 use super::pool_stats::{OpenGuard, PoolStats};
 use super::prewarmed::{Parkable, Prewarmed};
 use super::tls::{server_name, TlsSetup};
+use crate::metrics::ConnectPurpose;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -28,8 +29,6 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-use crate::metrics::ConnectPurpose;
 
 /// Facts about one upstream connection, attached to every response it carries.
 #[derive(Clone, Debug)]
@@ -314,7 +313,7 @@ pub(crate) struct Conn {
 
 impl Parkable for Conn {
     fn host(&self) -> &str {
-        &self.info.pool_key
+        self.io.inner().health.host()
     }
 
     fn addr(&self) -> SocketAddr {

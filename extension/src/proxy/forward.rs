@@ -99,8 +99,8 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         let stale = stale_in(err);
         if stale == Some(false) || (stale == Some(true) && may_repeat) {
             tracing::debug!(destination = %record.destination, "sending again on another connection: {}", chain(err));
-            // Its siblings may have died the same way: find them before the next try.
-            proxy.upstreams.connector().registry.revalidate();
+            // Its siblings may have died the same way: drop them before the next try.
+            proxy.upstreams.connector().registry.sweep(&pool_key).await;
             record.retries += 1;
             result = client.request(again).await;
         }

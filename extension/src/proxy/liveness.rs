@@ -15,6 +15,7 @@
 
 use crate::context::InvocationClock;
 use crate::metrics::{Event, Recorder};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -161,7 +162,8 @@ pub(crate) struct Registry {
     /// Bumped by each revalidation: every connection is checked before its next write then,
     /// whatever the monotonic clock says (it may not advance while the sandbox is frozen).
     generation: AtomicU64,
-    conns: Mutex<Vec<Weak<Health>>>,
+    /// By pool key, so the check before a request looks at its own pool only.
+    conns: Mutex<HashMap<Arc<str>, Vec<Weak<Health>>>>,
     recorder: Recorder,
     clock: Arc<InvocationClock>,
 }
@@ -178,7 +180,7 @@ impl Registry {
         Arc::new(Registry {
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new(HashMap::new()),
             recorder,
             clock,
         })
@@ -203,7 +205,6 @@ impl Registry {
             fd,
             host: host.to_owned(),
             addr,
-            pool_key,
             closed: Mutex::new(Reader::default()),
             dead: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(self.now_ms()),
@@ -215,29 +216,48 @@ impl Registry {
             parked: AtomicBool::new(false),
         });
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget closed connections now and then so the list stays as long as the pools.
-        if conns.len() >= 64 && conns.len().is_power_of_two() {
-            conns.retain(|w| w.strong_count() > 0);
+        let pool = conns.entry(pool_key).or_default();
+        // Forget closed connections now and then so the list stays as long as the pool.
+        if pool.len() >= 16 && pool.len().is_power_of_two() {
+            pool.retain(|w| w.strong_count() > 0);
         }
-        conns.push(Arc::downgrade(&health));
+        pool.push(Arc::downgrade(&health));
         health
     }
 
-    fn live(&self) -> Vec<Arc<Health>> {
+    /// Open connections of one pool, or of all (`None`).
+    fn live(&self, pool_key: Option<&str>) -> Vec<Arc<Health>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|w| w.strong_count() > 0);
-        conns.iter().filter_map(Weak::upgrade).collect()
+        match pool_key {
+            Some(key) => conns.get_mut(key).map_or_else(Vec::new, |pool| {
+                pool.retain(|w| w.strong_count() > 0);
+                pool.iter().filter_map(Weak::upgrade).collect()
+            }),
+            None => {
+                conns.retain(|_, pool| {
+                    pool.retain(|w| w.strong_count() > 0);
+                    !pool.is_empty()
+                });
+                conns.values().flatten().filter_map(Weak::upgrade).collect()
+            }
+        }
     }
 
-    /// Peeks every open connection; dead ones are marked, noted and their readers woken.
+    /// Peeks every open connection but the parked ones; dead ones are marked, noted and their
+    /// readers woken.
     pub(crate) fn revalidate(&self) -> Revalidated {
         self.generation.fetch_add(1, Ordering::Relaxed);
         let mut found = Revalidated::default();
-        for health in self.live() {
+        // Parked connections are checked by their parking, when purged or taken.
+        for health in self
+            .live(None)
+            .iter()
+            .filter(|h| !h.parked.load(Ordering::Relaxed))
+        {
             match health.check() {
-                None => {}
+                None | Some(Liveness::Gone) => {}
                 Some(Liveness::Alive) => found.checked += 1,
-                Some(_) => {
+                Some(Liveness::Closed | Liveness::Reset) => {
                     found.checked += 1;
                     found.dead += 1;
                 }
@@ -252,9 +272,9 @@ impl Registry {
     pub(crate) async fn sweep(&self, pool_key: &str) -> usize {
         let generation = self.generation.load(Ordering::Relaxed);
         let dead: Vec<Arc<Health>> = self
-            .live()
+            .live(Some(pool_key))
             .into_iter()
-            .filter(|h| &*h.pool_key == pool_key && !h.is_dead())
+            .filter(|h| !h.is_dead())
             .filter(|h| {
                 h.checked_generation.load(Ordering::Relaxed) < generation
                     || h.idle() >= IDLE_CHECK_AFTER
@@ -275,9 +295,9 @@ impl Registry {
 
     /// Open, not known dead connections for a pool key (pooled, busy or parked).
     pub(crate) fn open_for(&self, pool_key: &str) -> usize {
-        self.live()
+        self.live(Some(pool_key))
             .iter()
-            .filter(|h| &*h.pool_key == pool_key && !h.is_dead() && !h.is_closed())
+            .filter(|h| !h.is_dead() && !h.is_closed())
             .count()
     }
 
@@ -315,7 +335,6 @@ pub(crate) struct Health {
     fd: RawFd,
     host: String,
     addr: SocketAddr,
-    pool_key: Arc<str>,
     /// Set (under this lock) before the socket closes, so a peek never sees a reused fd.
     closed: Mutex<Reader>,
     dead: AtomicBool,
@@ -334,6 +353,10 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
     }
@@ -372,7 +395,7 @@ impl Health {
         Duration::from_millis(self.registry.now_ms().saturating_sub(last))
     }
 
-    pub(crate) fn touch(&self) {
+    fn touch(&self) {
         self.last_active_ms
             .store(self.registry.now_ms(), Ordering::Relaxed);
     }
@@ -390,7 +413,7 @@ impl Health {
     /// Peeks the socket now. None when it is already closed on our side. A connection found
     /// dead is marked, noted once (`caught`: before any request used it) and its reader woken.
     pub(crate) fn check(&self) -> Option<Liveness> {
-        let waker = {
+        let (waker, found) = {
             let mut reader = self.closed.lock().unwrap_or_else(|p| p.into_inner());
             if reader.closed {
                 return None;
@@ -402,7 +425,12 @@ impl Health {
                 self.registry.generation.load(Ordering::Relaxed),
                 Ordering::Relaxed,
             );
-            let found = probe(self.fd);
+            let found = match probe(self.fd) {
+                // A request is waiting for its answer, which may be in the socket ahead of the
+                // peer's FIN (`Connection: close`): the reader gets both.
+                Liveness::Closed if self.last_op_write.load(Ordering::Relaxed) => Liveness::Alive,
+                found => found,
+            };
             if found == Liveness::Alive {
                 return Some(found);
             }
@@ -411,7 +439,6 @@ impl Health {
                 .note_stale(self, self.idle(), found == Liveness::Reset, true);
             (reader.waker.take(), found)
         };
-        let (waker, found) = waker;
         if let Some(w) = waker {
             w.wake();
         }
@@ -570,6 +597,23 @@ mod tests {
         assert!(health.before_write().is_err());
         assert_eq!(stale_events(&recorder).len(), 1);
         assert_eq!(registry.open_for("k"), 0);
+    }
+
+    #[test]
+    fn an_answer_waiting_ahead_of_the_peers_close_is_left_to_the_reader() {
+        let (registry, recorder) = registry();
+        let (client, mut server) = pair();
+        let addr = client.peer_addr().unwrap();
+        let health = registry.track(client.as_raw_fd(), "up.test", addr, Arc::from("k"), false);
+        health.wrote();
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        drop(server);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(health.check(), Some(Liveness::Alive));
+        assert!(stale_events(&recorder).is_empty());
+        // Once the answer was read, the same close makes it dead.
+        health.after_read(Ok(false));
+        assert_eq!(health.check(), Some(Liveness::Closed));
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Warmer {
         let socket = prewarmed::ParkedSocket {
             dialed,
             host: target.host.clone(),
+            parked_at: std::time::Instant::now(),
         };
         self.proxy.sockets.park(target.destination(), socket);
         Ok(warmed)
@@ -249,9 +250,16 @@ impl Warmer {
     /// After a freeze: drops dead parked connections and checks every pooled one, so none is
     /// handed to a request; each dead one is noted as a caught stale connection.
     pub fn revalidate(&self) -> Revalidated {
-        let dropped = self.proxy.sockets.purge() + self.proxy.upstreams.connector().parked.purge();
-        let mut found = self.proxy.upstreams.connector().registry.revalidate();
-        found.dead += dropped;
+        let connector = self.proxy.upstreams.connector();
+        let mut found = Revalidated::default();
+        // Parked first: their dead ones close now, and the registry then skips them.
+        for (checked, dropped) in [self.proxy.sockets.purge(), connector.parked.purge()] {
+            found.checked += checked;
+            found.dead += dropped;
+        }
+        let pooled = connector.registry.revalidate();
+        found.checked += pooled.checked;
+        found.dead += pooled.dead;
         found
     }
 }

@@ -22,6 +22,7 @@ pub(crate) trait Parkable {
 pub(crate) struct ParkedSocket {
     pub dialed: super::connect::Dialed,
     pub host: String,
+    pub parked_at: Instant,
 }
 
 impl ParkedSocket {
@@ -99,18 +100,19 @@ impl<T: Parkable> Prewarmed<T> {
         entries.get(key).map_or(0, VecDeque::len)
     }
 
-    /// Checks everything parked; returns how many were dropped as dead.
-    pub(crate) fn purge(&self) -> usize {
+    /// Checks everything parked and drops what is dead or too old: (checked, dropped).
+    pub(crate) fn purge(&self) -> (usize, usize) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dropped = 0;
+        let (mut checked, mut dropped) = (0, 0);
         for queue in entries.values_mut() {
             let before = queue.len();
             let kept: VecDeque<_> = queue.drain(..).filter(|e| self.usable(e)).collect();
+            checked += before;
             dropped += before - kept.len();
             *queue = kept;
         }
         entries.retain(|_, q| !q.is_empty());
-        dropped
+        (checked, dropped)
     }
 
     fn usable(&self, entry: &Entry<T>) -> bool {

@@ -176,8 +176,7 @@ pub(crate) async fn handle(
                 stale_skips += 1;
                 attempt -= 1;
                 record.retries += 1;
-                // Its siblings may have died the same way: find them before the next try.
-                proxy.upstreams.connector().registry.revalidate();
+                // The next attempt's check drops its siblings that died the same way.
                 tracing::debug!(route = name, "stale pooled connection skipped: {err}");
                 continue;
             }

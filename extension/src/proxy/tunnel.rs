@@ -7,6 +7,10 @@
 //!
 //! A socket the warm-up pre-connected to the same `host:port` is taken first (checked alive):
 //! the tunnel then counts as a reused connection, with no DNS or connect time of its own.
+//! Such a socket can still be dead without looking it (a NAT that forgot the flow answers the
+//! first packet with RST), so until its first answer the client's bytes are kept: if the
+//! upstream resets before answering anything, they never reached the server, and a fresh
+//! connection gets them instead.
 
 use super::body::ProxyBody;
 use super::host::Target;
@@ -14,10 +18,22 @@ use super::outcome::Refusal;
 use super::record::{record_bytes_out, record_end, Kind, RequestRecord};
 use super::relay::{relay, ClientFd};
 use super::service::{ConnSlot, Proxy};
+use crate::metrics::Event;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Read size while a warmed connection's first answer is awaited.
+const FIRST_READ: usize = 16 * 1024;
+/// Client bytes kept to replay on a fresh connection when a warmed one turns out dead: a TLS
+/// first flight, or a small request, fits.
+const REPLAY_LIMIT: usize = 64 * 1024;
 
 pub(crate) async fn handle(
     proxy: &Arc<Proxy>,
@@ -35,7 +51,9 @@ pub(crate) async fn handle(
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
     record.set_target(&target.host, target.destination());
-    let dialed = if let Some(parked) = proxy.sockets.take(&record.destination) {
+    let warmed = proxy.sockets.take(&record.destination);
+    let parked_at = warmed.as_ref().map(|p| p.parked_at);
+    let dialed = if let Some(parked) = warmed {
         record.reused = Some(true);
         parked.dialed
     } else {
@@ -63,6 +81,7 @@ pub(crate) async fn handle(
     let proxy = proxy.clone();
     let destination = record.destination;
     let upstream = dialed.stream;
+    let addr = dialed.addr;
     tokio::spawn(async move {
         // Keeps the client connection counted (max connections, active gauge) while tunnelling.
         let _slot = slot;
@@ -75,22 +94,126 @@ pub(crate) async fn handle(
             }
         };
         let started = Instant::now();
+        // A warmed socket is only trusted once it has answered (see the module comment).
+        let (upgraded, upstream, early) = match parked_at {
+            Some(parked_at) => {
+                let mut client = TokioIo::new(upgraded);
+                let settled =
+                    until_first_answer(&proxy, &target, parked_at, addr, &mut client, upstream)
+                        .await;
+                match settled {
+                    Ok((upstream, early)) => (client.into_inner(), upstream, early),
+                    Err(err) => {
+                        tracing::debug!(destination, "tunnel ended: {err}");
+                        return;
+                    }
+                }
+            }
+            None => (upgraded, upstream, Early::default()),
+        };
         let relayed = relay(upgraded, client_fd, upstream).await;
         match &relayed.error {
             Some(err) => tracing::debug!(destination, "tunnel ended: {err}"),
             None => tracing::debug!(destination, spliced = relayed.spliced, "tunnel closed"),
         }
+        let client_first = early.first.or(relayed.client_first);
         let recorder = &proxy.ctx.recorder;
-        if let Some(ttfb) = tunnel_ttfb(started, relayed.client_first, relayed.upstream_first) {
+        if let Some(ttfb) = tunnel_ttfb(started, client_first, relayed.upstream_first) {
             recorder.observe_ms_for(&destination, crate::metrics::Timing::TtfbMs, ttfb);
         }
-        record_bytes_out(recorder, &destination, relayed.out);
+        record_bytes_out(recorder, &destination, early.bytes + relayed.out);
         record_end(recorder, &destination, record.started, relayed.back);
     });
     Response::builder()
         .status(StatusCode::OK)
         .body(ProxyBody::empty())
         .unwrap_or_else(|_| Response::new(ProxyBody::empty()))
+}
+
+/// What passed from the client before the tunnel proper started.
+#[derive(Default)]
+struct Early {
+    bytes: u64,
+    first: Option<Instant>,
+}
+
+/// Passes the client's bytes to a warmed `upstream` until it answers (or closes), keeping
+/// them; if it resets first (or closes before anything was sent), they go to a fresh
+/// connection instead, once. Returns the connection to tunnel on and the bytes passed so far.
+async fn until_first_answer<C: AsyncRead + Unpin>(
+    proxy: &Proxy,
+    target: &Target,
+    parked_at: Instant,
+    addr: SocketAddr,
+    client: &mut C,
+    mut upstream: TcpStream,
+) -> io::Result<(TcpStream, Early)> {
+    let mut kept = Vec::new();
+    let mut first_read = None;
+    let mut buf = vec![0u8; FIRST_READ];
+    let mut first = [0u8; 1];
+    let mut replaced = false;
+    while kept.len() <= REPLAY_LIMIT {
+        let broken = tokio::select! {
+            read = client.read(&mut buf) => {
+                let n = read?;
+                if n == 0 {
+                    break;
+                }
+                first_read.get_or_insert_with(Instant::now);
+                kept.extend_from_slice(&buf[..n]);
+                match upstream.write_all(&buf[..n]).await {
+                    Ok(()) => None,
+                    Err(err) if is_reset(&err) => Some(true),
+                    Err(err) => return Err(err),
+                }
+            }
+            answered = upstream.peek(&mut first) => match answered {
+                // Closed before anything was sent: nothing is lost by going elsewhere.
+                Ok(0) if kept.is_empty() => Some(false),
+                Ok(_) => break,
+                Err(err) if is_reset(&err) => Some(true),
+                Err(err) => return Err(err),
+            },
+        };
+        let Some(reset) = broken else { continue };
+        if replaced {
+            return Err(io::Error::from(io::ErrorKind::ConnectionReset));
+        }
+        replaced = true;
+        proxy.ctx.recorder.note(
+            proxy.ctx.clock.invocations(),
+            Event::StaleConnection {
+                host: target.host.clone(),
+                addr,
+                idle: parked_at.elapsed(),
+                reset,
+                caught: false,
+            },
+        );
+        tracing::debug!(host = %target.host, %addr, "warmed connection was dead; using a fresh one");
+        upstream = proxy
+            .dialer
+            .dial(target)
+            .await
+            .map_err(|failure| io::Error::other(failure.to_string()))?
+            .stream;
+        upstream.write_all(&kept).await?;
+    }
+    let early = Early {
+        bytes: kept.len() as u64,
+        first: first_read,
+    };
+    Ok((upstream, early))
+}
+
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// From the client's first byte to the upstream's first byte; for protocols where the

@@ -31,7 +31,8 @@ pub struct TargetReport {
     pub target: String,
     pub wanted: u32,
     pub ready: u32,
-    /// Time until the last of its connections was ready (or failed).
+    /// Time until the last of its connections was ready or failed (`warm_ms` records the
+    /// time until the last one was ready).
     pub ms: f64,
     /// The first failure, if any connection failed.
     pub error: Option<String>,
@@ -58,7 +59,9 @@ pub async fn during_init(ctx: &Context, warmer: &Warmer) -> WarmReport {
         .iter()
         .map(|target| {
             let (ctx, warmer, target) = (ctx.clone(), warmer.clone(), target.clone());
-            tokio::spawn(async move { warm_target(&ctx, &warmer, &target, wanted(&target)).await })
+            tokio::spawn(async move {
+                warm_target(&ctx, &warmer, &target, wanted(&target), Phase::Init).await
+            })
         })
         .collect();
     for handle in running {
@@ -101,7 +104,9 @@ pub fn after_thaw(ctx: &Context, warmer: &Warmer, gap: Option<Duration>) -> bool
             continue;
         }
         let (ctx, warmer, target) = (ctx.clone(), warmer.clone(), target.clone());
-        tokio::spawn(async move { warm_target(&ctx, &warmer, &target, missing).await });
+        tokio::spawn(
+            async move { warm_target(&ctx, &warmer, &target, missing, Phase::Thaw).await },
+        );
     }
     true
 }
@@ -136,25 +141,44 @@ async fn warm_one(warmer: &Warmer, target: &WarmTarget) -> Result<Warmed, WarmEr
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Init,
+    /// Topping up after a pause: logged at debug, as it may repeat on every invoke.
+    Thaw,
+}
+
 /// Opens `n` connections to one target in parallel; counts, times and logs the outcome.
-async fn warm_target(ctx: &Context, warmer: &Warmer, target: &WarmTarget, n: u32) -> TargetReport {
+async fn warm_target(
+    ctx: &Context,
+    warmer: &Warmer,
+    target: &WarmTarget,
+    n: u32,
+    phase: Phase,
+) -> TargetReport {
     let started = Instant::now();
-    let attempts: Vec<JoinHandle<Result<Warmed, WarmError>>> = (0..n)
+    let attempts: Vec<JoinHandle<(Result<Warmed, WarmError>, Duration)>> = (0..n)
         .map(|_| {
             let (warmer, target) = (warmer.clone(), target.clone());
-            tokio::spawn(async move { warm_one(&warmer, &target).await })
+            tokio::spawn(async move {
+                let warmed = warm_one(&warmer, &target).await;
+                (warmed, started.elapsed())
+            })
         })
         .collect();
     let mut ready = 0;
     let mut error = None;
     let mut addr = None;
+    // Until the last connection that got ready was: failures take as long as they take.
+    let mut ready_after = Duration::ZERO;
     for attempt in attempts {
         match attempt.await {
-            Ok(Ok(warmed)) => {
+            Ok((Ok(warmed), after)) => {
                 ready += 1;
                 addr.get_or_insert(warmed.addr);
+                ready_after = ready_after.max(after);
             }
-            Ok(Err(err)) => {
+            Ok((Err(err), _)) => {
                 error.get_or_insert(err.0);
             }
             Err(err) => {
@@ -166,7 +190,7 @@ async fn warm_target(ctx: &Context, warmer: &Warmer, target: &WarmTarget, n: u32
     let recorder = &ctx.recorder;
     if ready > 0 {
         recorder.count(Counter::WarmConnections, u64::from(ready));
-        recorder.observe_ms(Timing::WarmMs, ms);
+        recorder.observe_ms(Timing::WarmMs, ready_after.as_secs_f64() * 1000.0);
     }
     let report = TargetReport {
         target: label(target),
@@ -182,7 +206,9 @@ async fn warm_target(ctx: &Context, warmer: &Warmer, target: &WarmTarget, n: u32
     };
     let addr = addr.map(|a| a.to_string()).unwrap_or_default();
     let error = report.error.as_deref().unwrap_or("");
-    if ready == n {
+    if phase == Phase::Thaw {
+        tracing::debug!(host = %report.target, outcome, ready, wanted = n, ms = ms.round(), addr, error, "warm-up target (after a pause)");
+    } else if ready == n {
         tracing::info!(host = %report.target, outcome, ready, wanted = n, ms = ms.round(), addr, "warm-up target");
     } else {
         tracing::warn!(host = %report.target, outcome, ready, wanted = n, ms = ms.round(), addr, error, "warm-up target");

@@ -122,6 +122,18 @@ fn state(name: &'static str) -> State {
 
 /// Plain HTTP/1.1 upstream.
 pub(in crate::proxy) async fn http(name: &'static str) -> TestUpstream {
+    http_with(name, None).await
+}
+
+/// Plain HTTP/1.1 upstream that closes every connection idle for `idle`.
+pub(in crate::proxy) async fn http_closing_idle(
+    name: &'static str,
+    idle: Duration,
+) -> TestUpstream {
+    http_with(name, Some(idle)).await
+}
+
+async fn http_with(name: &'static str, idle_close: Option<Duration>) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
@@ -135,6 +147,7 @@ pub(in crate::proxy) async fn http(name: &'static str) -> TestUpstream {
             let st = st.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| respond(st.clone(), req));
+                let stream = IdleClose::new(stream, idle_close);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -297,6 +310,41 @@ pub(in crate::proxy) async fn echo_closing_idle(idle: Duration) -> TestUpstream 
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 while let Ok(Ok(n)) = tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    TestUpstream {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// A plain TCP server whose first connection answers its first bytes with RST (as a NAT that
+/// forgot the flow does); later connections echo. Counts accepted connections.
+pub(in crate::proxy) async fn reset_first_then_echo() -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let index = counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if index == 0 {
+                    // Closing with unread data (and zero linger) sends RST.
+                    let _ = stream.peek(&mut [0u8; 1]).await;
+                    let _ = stream.set_zero_linger();
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
                     if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
                         break;
                     }

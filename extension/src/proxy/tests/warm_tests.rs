@@ -307,6 +307,30 @@ async fn a_warmed_socket_the_peer_closed_is_never_handed_out() {
 }
 
 #[tokio::test]
+async fn a_warmed_socket_that_resets_on_first_use_is_replaced_without_the_client_noticing() {
+    let up = upstream::reset_first_then_echo().await;
+    let target = format!("127.0.0.1:{}", up.addr.port());
+    let proxy = start(&[("EGRESS_WARDEN_WARM", &target)]).await;
+    let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+    assert_eq!(report.targets[0].ready, 1);
+
+    let (reply, mut tunnel) = connect(proxy.addr, &target).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    echoes(&mut tunnel, b"first flight").await;
+    echoes(&mut tunnel, b"and more").await;
+    assert_eq!(accepted(&up), 2);
+    let stale: Vec<_> = events(&proxy)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StaleConnection { reset, caught, .. } => Some((reset, caught)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stale, vec![(true, false)]);
+    assert_eq!(count(&proxy.take(), Counter::ConnectionsReused), 1);
+}
+
+#[tokio::test]
 async fn after_a_pause_dead_sockets_are_dropped_and_targets_warmed_again() {
     let up = upstream::echo_closing_idle(Duration::from_millis(500)).await;
     let target = format!("127.0.0.1:{}", up.addr.port());
@@ -349,7 +373,7 @@ async fn after_a_pause_dead_sockets_are_dropped_and_targets_warmed_again() {
 #[tokio::test]
 async fn a_warmed_route_connection_the_peer_closed_is_replaced() {
     for h2 in [true, false] {
-        let up = upstream::tls_closing_idle("api", h2, Duration::from_millis(150)).await;
+        let up = upstream::tls_closing_idle("api", h2, Duration::from_millis(400)).await;
         let routes = format!("api=https://localhost:{}", up.addr.port());
         let proxy = start(&[
             ("EGRESS_WARDEN_ROUTES", &routes),
@@ -359,7 +383,7 @@ async fn a_warmed_route_connection_the_peer_closed_is_replaced() {
         .await;
         let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
         assert_eq!(report.targets[0].ready, 1);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
 
         let reply = raw(
             proxy.addr,
@@ -388,7 +412,8 @@ struct OutsideUpstream {
 }
 
 impl OutsideUpstream {
-    fn start(h2: bool, idle: Duration) -> OutsideUpstream {
+    /// `tls`: TLS (HTTP/2 when `h2`), else plain HTTP/1.1.
+    fn start(tls: bool, h2: bool, idle: Duration) -> OutsideUpstream {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -397,7 +422,11 @@ impl OutsideUpstream {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let up = upstream::tls_closing_idle("api", h2, idle).await;
+                let up = if tls {
+                    upstream::tls_closing_idle("api", h2, idle).await
+                } else {
+                    upstream::http_closing_idle("api", idle).await
+                };
                 let _ = ready_tx.send((up.addr, up.connections.clone()));
                 let _ = stopped.await;
             });
@@ -428,45 +457,55 @@ impl Drop for OutsideUpstream {
 /// The proxy's only worker thread is blocked (as Lambda freezes the sandbox) while the
 /// upstream closes its idle pooled connection; a request sent meanwhile is answered once the
 /// proxy runs again, on a fresh connection, without an error reaching the client. (No INVOKE
-/// here: the check before the request is what finds the dead connection.)
+/// here: the check before the request is what finds the dead connection.) Route mode over
+/// HTTP/2 and HTTP/1.1, and absolute-form forwarding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn a_pooled_route_connection_closed_during_a_freeze_is_not_used() {
-    for h2 in [true, false] {
-        let up = OutsideUpstream::start(h2, Duration::from_millis(200));
+async fn a_pooled_connection_closed_during_a_freeze_is_not_used() {
+    for (case, tls, h2) in [
+        ("route h2", true, true),
+        ("route h1", true, false),
+        ("forward", false, false),
+    ] {
+        let up = OutsideUpstream::start(tls, h2, Duration::from_millis(500));
         let routes = format!("api=https://localhost:{}", up.addr.port());
         let proxy = start(&[
             ("EGRESS_WARDEN_ROUTES", &routes),
             ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
         ])
         .await;
-        let request = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        let reply = raw(proxy.addr, request).await.expect("reply");
-        assert_eq!(reply.status, 200, "{reply:?}");
-        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        let (path, host) = if tls {
+            ("/api/x".to_owned(), "127.0.0.1".to_owned())
+        } else {
+            (format!("http://{}/x", up.addr), up.addr.to_string())
+        };
+        let get = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let reply = raw(proxy.addr, get.as_bytes()).await.expect("reply");
+        assert_eq!(reply.status, 200, "{case}: {reply:?}");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1, "{case}");
 
         let (frozen_tx, frozen_rx) = std::sync::mpsc::channel();
         let freeze = tokio::spawn(async move {
             let _ = frozen_tx.send(());
             // Blocks the runtime's only worker: nothing in the proxy runs meanwhile.
-            std::thread::sleep(Duration::from_millis(1300));
+            std::thread::sleep(Duration::from_millis(1600));
         });
         frozen_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("frozen");
         // The upstream closes the idle connection while the proxy is frozen.
-        std::thread::sleep(Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(900));
         let mut client = std::net::TcpStream::connect(proxy.addr).expect("connect");
         // A POST without Idempotency-Key may only go again if it was never sent: it succeeds
         // only if the dead connection is found before the request is written to it.
-        let post = b"POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi";
-        std::io::Write::write_all(&mut client, post).expect("send");
+        let post = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n");
+        std::io::Write::write_all(&mut client, post.as_bytes()).expect("send");
         freeze.await.expect("thawed");
 
         client.set_nonblocking(true).expect("nonblocking");
         let mut client = TcpStream::from_std(client).expect("tokio stream");
         let reply = super::read_reply(&mut client).await.expect("reply");
-        assert_eq!(reply.status, 200, "h2={h2}: {reply:?}");
-        assert_eq!(up.connections.load(Ordering::SeqCst), 2, "h2={h2}");
-        assert_eq!(count(&proxy.take(), Counter::Errors), 0, "h2={h2}");
+        assert_eq!(reply.status, 200, "{case}: {reply:?}");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2, "{case}");
+        assert_eq!(count(&proxy.take(), Counter::Errors), 0, "{case}");
     }
 }
