@@ -1,6 +1,6 @@
 //! Names the network problems behind "the call timed out": reads the recorder's journal of
 //! connects, DNS queries, stale connections and requests, and judges each finding's rule
-//! ([`rules`]) over a sliding window of recent events.
+//! (`rules`) over a sliding window of recent events.
 //!
 //! A finding is posted on the board in [`Context`] (which logs it and which the status page
 //! lists) when its rule fires, and counted as `symptom_<finding>` for the next flush. It is
