@@ -42,28 +42,28 @@ impl AwsEndpoint<'_> {
 
 /// The service and region of an AWS endpoint host, or None for any other host.
 pub fn aws_endpoint_of(host: &str) -> Option<AwsEndpoint<'_>> {
-    let labels: Vec<&str> = aws_labels(host)?.split('.').collect();
-    let region_at = labels.iter().rposition(|l| region_in_label(l).is_some());
-    let (before, region) = match region_at {
-        Some(i) => {
-            let label = labels[i];
-            let region = region_in_label(label);
-            if region != Some(label) {
+    let rest = aws_labels(host)?;
+    // Right to left: the region label, then the service is the nearest label before it
+    // that is not an endpoint variant. Without a region label, the nearest such label.
+    let mut region = None;
+    let mut labels = rest.rsplit('.');
+    for label in labels.by_ref() {
+        if let Some(r) = region_in_label(label) {
+            if r != label {
                 // The legacy `s3-<region>` / `s3-website-<region>` forms.
                 return Some(AwsEndpoint {
                     service: "s3",
-                    region,
+                    region: Some(r),
                 });
             }
-            (&labels[..i], region)
+            region = Some(r);
+            break;
         }
-        None => (&labels[..], None),
-    };
-    let service = before
-        .iter()
-        .rev()
-        .copied()
-        .find(|l| !is_endpoint_variant(l))?;
+    }
+    let service = match region {
+        Some(_) => labels.find(|l| !is_endpoint_variant(l)),
+        None => rest.rsplit('.').find(|l| !is_endpoint_variant(l)),
+    }?;
     let service = service.strip_suffix("-fips").unwrap_or(service);
     (!service.is_empty()).then_some(AwsEndpoint { service, region })
 }
@@ -94,17 +94,20 @@ fn region_in_label(label: &str) -> Option<&str> {
 /// `<area>-<direction>-<n>`, with optional partition infix: us-east-1, us-gov-west-1,
 /// eu-central-2, ap-southeast-4, il-central-1, us-isob-east-1.
 fn looks_like_region(label: &str) -> bool {
-    let parts: Vec<&str> = label.split('-').collect();
-    if !(3..=4).contains(&parts.len()) {
+    // Runs for every label of every AWS host the proxy sees: no allocation.
+    let parts = label.split('-').count();
+    if !(3..=4).contains(&parts) {
         return false;
     }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    let mut split = label.split('-');
+    let first = split.next().unwrap_or_default();
+    let last = label.rsplit('-').next().unwrap_or_default();
     first.len() == 2
         && first.bytes().all(|b| b.is_ascii_lowercase())
         && !last.is_empty()
         && last.bytes().all(|b| b.is_ascii_digit())
-        && parts[1..parts.len() - 1]
-            .iter()
+        && split
+            .take(parts - 2)
             .all(|p| p.len() >= 3 && p.bytes().all(|b| b.is_ascii_lowercase()))
 }
 

@@ -247,3 +247,68 @@ pub fn write_line(line: &serde_json::Value) {
     bytes.push(b'\n');
     let _ = std::io::stderr().lock().write_all(&bytes);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_finding_line_has_the_contract_fields() {
+        let evidence = serde_json::json!({"public_timeouts": 3});
+        let line = finding_line(
+            FindingStatus::Active,
+            "no_egress_route",
+            "3 connects timed out",
+            &evidence,
+            "add a NAT route",
+        );
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "level": "WARN",
+                "message": "no_egress_route: 3 connects timed out",
+                "finding": "no_egress_route",
+                "status": "active",
+                "evidence": {"public_timeouts": 3},
+                "fix": "add a NAT route",
+            })
+        );
+        let cleared = finding_line(FindingStatus::Cleared, "x", "ok", &evidence, "f");
+        assert_eq!(cleared["status"], "cleared");
+        assert!(!line.to_string().contains('\n'), "one line");
+    }
+
+    struct Counting(AtomicU64);
+
+    impl Evaluate for Counting {
+        fn evaluate(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_board_changes_once_per_change_and_refresh_runs_a_live_evaluator() {
+        let board = Findings::default();
+        let finding = || ActiveFinding {
+            finding: "dns_throttled",
+            summary: "slow".into(),
+            since_invocation: 2,
+            evidence: serde_json::json!({}),
+            fix: "cache".into(),
+        };
+        assert!(board.raise(finding()));
+        assert!(!board.raise(finding()), "already active");
+        assert_eq!(board.describe()[0]["since_invocation"], 2);
+        assert!(board.clear("dns_throttled", "fast again", serde_json::json!({})));
+        assert!(!board.clear("dns_throttled", "fast again", serde_json::json!({})));
+        assert!(board.list().is_empty());
+
+        let evaluator = Arc::new(Counting(AtomicU64::new(0)));
+        let weak: Weak<Counting> = Arc::downgrade(&evaluator);
+        board.set_evaluator(weak);
+        board.refresh();
+        assert_eq!(evaluator.0.load(Ordering::Relaxed), 1);
+        drop(evaluator);
+        board.refresh(); // gone: nothing to run, no panic
+    }
+}

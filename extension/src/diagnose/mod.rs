@@ -1,6 +1,6 @@
 //! Names the network problems behind "the call timed out": reads the recorder's journal of
 //! connects, DNS queries, stale connections and requests, and judges each finding's rule
-//! ([`rules`]) over a sliding window of recent events.
+//! (`rules`) over a sliding window of recent events.
 //!
 //! A finding is posted on the board in [`Context`] (which logs it and which the status page
 //! lists) when its rule fires, and counted as `symptom_<finding>` for the next flush. It is
@@ -8,24 +8,31 @@
 //! events newer than the clearing count towards raising it again, so one burst of bad
 //! evidence is reported once.
 //!
-//! Runs on the INVOKE path, at SHUTDOWN and for the status page: one pass per rule over at
-//! most [`WINDOW_EVENTS`] events.
+//! Runs on the INVOKE path, at SHUTDOWN and for the status page: the window is kept per kind
+//! of event, so each rule reads only the events it judges, and nothing runs when nothing new
+//! was noted.
 
 mod rules;
 #[cfg(test)]
 mod tests;
 
+use crate::aws::aws_endpoint_of;
 use crate::context::{ActiveFinding, Context, Evaluate, Findings, InvocationClock};
 use crate::metrics::{ConnectOutcome, Event, Observation, Recorder};
 use ipnet::IpNet;
 use rules::{Inputs, RULES};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// The window: at most this many recent events…
-pub const WINDOW_EVENTS: usize = 1024;
-/// …none older than this.
+/// The window: at most this many recent connect attempts, …
+pub const WINDOW_CONNECTS: usize = 512;
+/// … upstream DNS queries, …
+pub const WINDOW_DNS_QUERIES: usize = 256;
+/// … stale connections, …
+pub const WINDOW_STALE: usize = 128;
+/// … and requests, …
+pub const WINDOW_REQUESTS: usize = 512;
+/// … none older than this.
 pub const WINDOW_AGE: Duration = Duration::from_secs(600);
 /// Connect times kept from the cold phase (INIT and the first invoke), the baseline
 /// `eni_cold_path` compares the steady state with.
@@ -42,10 +49,41 @@ pub struct Settings {
     pub pool_idle: Duration,
 }
 
-/// One journal event with its sequence number (the order the recorder saw it).
+/// One journal event with its sequence number (the order the recorder saw it) and what is
+/// worked out about it once, when it enters the window, rather than at every evaluation.
 pub(crate) struct Entry {
     seq: u64,
     observation: Observation,
+    facts: Facts,
+}
+
+#[derive(Default)]
+pub(crate) struct Facts {
+    /// A connect to an address outside the VPC ranges.
+    public: bool,
+    /// A connect to an AWS endpoint: its service and region.
+    aws: Option<AwsService>,
+}
+
+pub(crate) struct AwsService {
+    service: String,
+    region: Option<String>,
+}
+
+impl Facts {
+    fn of(event: &Event, settings: &Settings) -> Facts {
+        let Event::Connect { host, addr, .. } = event else {
+            return Facts::default();
+        };
+        let ip = addr.ip();
+        Facts {
+            public: !settings.vpc_cidrs.iter().any(|net| net.contains(&ip)),
+            aws: aws_endpoint_of(host).map(|e| AwsService {
+                service: e.service.to_owned(),
+                region: e.region.map(str::to_owned),
+            }),
+        }
+    }
 }
 
 /// Where one finding stands, in journal sequence numbers.
@@ -59,9 +97,67 @@ struct Track {
     active_from: Option<u64>,
 }
 
+/// One kind of event, most recent last, bounded in count and age. A vector whose front is
+/// dropped in batches: reading is one slice, and each entry is moved at most once.
+struct Window {
+    entries: Vec<Entry>,
+    /// Entries before this index have left the window.
+    start: usize,
+    capacity: usize,
+}
+
+impl Window {
+    fn new(capacity: usize) -> Window {
+        Window {
+            entries: Vec::with_capacity(2 * capacity),
+            start: 0,
+            capacity,
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.entries.push(entry);
+        if self.entries.len() - self.start > self.capacity {
+            self.start += 1;
+        }
+        self.compact();
+    }
+
+    /// Drops what is older than [`WINDOW_AGE`]; true if anything was.
+    fn age_out(&mut self) -> bool {
+        let before = self.start;
+        while self
+            .entries
+            .get(self.start)
+            .is_some_and(|e| e.observation.at.elapsed() > WINDOW_AGE)
+        {
+            self.start += 1;
+        }
+        self.compact();
+        self.start != before
+    }
+
+    fn compact(&mut self) {
+        if self.start >= self.capacity {
+            self.entries.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// The entries from sequence number `seq` on.
+    fn from(&self, seq: u64) -> Events<'_> {
+        let entries = &self.entries[self.start..];
+        let start = entries.partition_point(|e| e.seq < seq);
+        Events(&entries[start..])
+    }
+}
+
 struct State {
     cursor: u64,
-    window: VecDeque<Entry>,
+    connects: Window,
+    dns: Window,
+    stale: Window,
+    requests: Window,
     cold_connect_ms: Vec<f64>,
     tracks: [Track; RULES.len()],
 }
@@ -88,7 +184,10 @@ impl Diagnosis {
             settings,
             state: Mutex::new(State {
                 cursor: 0,
-                window: VecDeque::with_capacity(WINDOW_EVENTS),
+                connects: Window::new(WINDOW_CONNECTS),
+                dns: Window::new(WINDOW_DNS_QUERIES),
+                stale: Window::new(WINDOW_STALE),
+                requests: Window::new(WINDOW_REQUESTS),
                 cold_connect_ms: Vec::new(),
                 tracks: [Track::default(); RULES.len()],
             }),
@@ -128,30 +227,32 @@ impl Diagnosis {
                 "the diagnosis fell behind the journal"
             );
         }
+        let news = !read.events.is_empty();
         let first_seq = read.next - read.events.len() as u64;
         for (i, observation) in read.events.into_iter().enumerate() {
-            state.admit(first_seq + i as u64, observation);
+            state.admit(first_seq + i as u64, observation, &self.settings);
         }
         state.cursor = read.next;
-        state.age_out();
+        if !state.age_out() && !news {
+            return;
+        }
         let next = read.next;
 
-        let State {
-            window,
-            cold_connect_ms,
-            tracks,
-            ..
-        } = &mut *state;
-        let window = window.make_contiguous();
+        let state = &mut *state;
         let inputs = Inputs {
             settings: &self.settings,
-            cold_connect_ms,
+            cold_connect_ms: &state.cold_connect_ms,
         };
-        for (rule, track) in RULES.iter().zip(tracks.iter_mut()) {
+        for (rule, track) in RULES.iter().zip(state.tracks.iter_mut()) {
+            let recent = |seq| Recent {
+                connects: state.connects.from(seq),
+                dns: state.dns.from(seq),
+                stale: state.stale.from(seq),
+                requests: state.requests.from(seq),
+            };
             match track.active_from {
                 None => {
-                    let Some(report) = (rule.fires)(&inputs, from(window, track.counts_from))
-                    else {
+                    let Some(report) = (rule.fires)(&inputs, recent(track.counts_from)) else {
                         continue;
                     };
                     let raised = self.board.raise(ActiveFinding {
@@ -168,7 +269,7 @@ impl Diagnosis {
                     track.active_from = Some(next);
                 }
                 Some(active_from) => {
-                    let Some(report) = (rule.clears)(&inputs, from(window, active_from)) else {
+                    let Some(report) = (rule.clears)(&inputs, recent(active_from)) else {
                         continue;
                     };
                     self.board
@@ -190,7 +291,7 @@ impl Evaluate for Diagnosis {
 }
 
 impl State {
-    fn admit(&mut self, seq: u64, observation: Observation) {
+    fn admit(&mut self, seq: u64, observation: Observation, settings: &Settings) {
         if let Event::Connect {
             outcome: ConnectOutcome::Connected,
             ms,
@@ -201,27 +302,36 @@ impl State {
                 self.cold_connect_ms.push(ms);
             }
         }
-        if self.window.len() == WINDOW_EVENTS {
-            self.window.pop_front();
-        }
-        self.window.push_back(Entry { seq, observation });
+        let window = match observation.event {
+            Event::Connect { .. } => &mut self.connects,
+            Event::DnsUpstream { .. } => &mut self.dns,
+            Event::StaleConnection { .. } => &mut self.stale,
+            Event::Request { .. } => &mut self.requests,
+        };
+        let facts = Facts::of(&observation.event, settings);
+        window.push(Entry {
+            seq,
+            observation,
+            facts,
+        });
     }
 
-    fn age_out(&mut self) {
-        while self
-            .window
-            .front()
-            .is_some_and(|e| e.observation.at.elapsed() > WINDOW_AGE)
-        {
-            self.window.pop_front();
-        }
+    fn age_out(&mut self) -> bool {
+        // Not short-circuited: every window ages.
+        self.connects.age_out()
+            | self.dns.age_out()
+            | self.stale.age_out()
+            | self.requests.age_out()
     }
 }
 
-/// The events of `window` (in sequence order) from sequence number `seq` on.
-fn from(window: &[Entry], seq: u64) -> Events<'_> {
-    let start = window.partition_point(|e| e.seq < seq);
-    Events(&window[start..])
+/// What a rule reads: per kind, the window's events from some sequence number on.
+#[derive(Clone, Copy)]
+pub(crate) struct Recent<'a> {
+    pub connects: Events<'a>,
+    pub dns: Events<'a>,
+    pub stale: Events<'a>,
+    pub requests: Events<'a>,
 }
 
 /// A run of window events, as the rules read them.
@@ -229,7 +339,15 @@ fn from(window: &[Entry], seq: u64) -> Events<'_> {
 pub(crate) struct Events<'a>(&'a [Entry]);
 
 impl<'a> Events<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &'a Observation> + 'a {
         self.0.iter().map(|e| &e.observation)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.0.iter()
     }
 }

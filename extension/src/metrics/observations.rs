@@ -93,8 +93,13 @@ impl super::Recorder {
     /// Notes an event stamped with the latest known invocation count (see
     /// [`super::Recorder::note`] when the caller knows it).
     pub fn note_current(&self, event: Event) {
-        let invocation = self.journal().current_invocation;
-        self.note(invocation, event);
+        let mut journal = self.journal();
+        let invocation = journal.current_invocation;
+        journal.push(Observation {
+            invocation,
+            at: Instant::now(),
+            event,
+        });
     }
 
     /// Tells the journal how many INVOKEs have arrived, for [`super::Recorder::note_current`].
@@ -172,5 +177,29 @@ mod tests {
         assert_eq!(late.events.len(), JOURNAL_CAPACITY);
         assert_eq!(late.missed, 10);
         assert_eq!(late.next, read.next + JOURNAL_CAPACITY as u64 + 10);
+    }
+
+    #[test]
+    fn events_noted_without_a_clock_get_the_latest_invocation() {
+        let recorder = crate::metrics::Recorder::new();
+        let event = || Event::DnsUpstream {
+            outcome: DnsOutcome::Answered,
+            ms: 1.0,
+        };
+        recorder.note_current(event());
+        recorder.mark_invocation(3);
+        recorder.note_current(event());
+        recorder.note(5, event());
+        recorder.note_current(event());
+        // An older count announced late does not move it back.
+        recorder.mark_invocation(4);
+        recorder.note_current(event());
+        let stamps: Vec<u64> = recorder
+            .observations_since(0)
+            .events
+            .iter()
+            .map(|o| o.invocation)
+            .collect();
+        assert_eq!(stamps, [0, 3, 5, 5, 5]);
     }
 }

@@ -5,7 +5,7 @@ use super::{
     BURST_SPAN_S, BURST_TIMEOUT_SHARE, COLD_EXTRA_MS, COLD_RATIO, MIN_ADDR_NOT_AVAILABLE,
     MIN_BURST_TIMEOUTS, MIN_COLD_CONNECTS, MIN_STEADY_CONNECTS,
 };
-use crate::diagnose::Events;
+use crate::diagnose::Recent;
 use crate::metrics::ConnectOutcome;
 use serde_json::json;
 use std::collections::HashMap;
@@ -14,11 +14,11 @@ use std::time::Instant;
 
 // ---- eni_cold_path -----------------------------------------------------------------------
 
-pub(super) fn eni_cold_path(inputs: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn eni_cold_path(inputs: &Inputs, recent: Recent) -> Option<Report> {
     if inputs.cold_connect_ms.len() < MIN_COLD_CONNECTS {
         return None;
     }
-    let mut steady: Vec<f64> = connects(events)
+    let mut steady: Vec<f64> = connects(recent.connects)
         .filter(|c| c.outcome == ConnectOutcome::Connected && !is_cold(c.invocation))
         .map(|c| c.ms)
         .collect();
@@ -68,10 +68,10 @@ struct Destination {
     last: Instant,
 }
 
-pub(super) fn nat_port_exhaustion(_: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn nat_port_exhaustion(_: &Inputs, recent: Recent) -> Option<Report> {
     let mut total = Tally::default();
     let mut exhausted = Vec::new();
-    for c in connects(events) {
+    for c in connects(recent.connects) {
         total.add(c.outcome);
         if c.outcome == ConnectOutcome::AddrNotAvailable {
             example(&mut exhausted, || format!("{} ({})", c.host, c.addr));
@@ -105,7 +105,7 @@ pub(super) fn nat_port_exhaustion(_: &Inputs, events: Events) -> Option<Report> 
         return None;
     }
     let mut by_addr: HashMap<SocketAddr, Destination> = HashMap::new();
-    for c in connects(events) {
+    for c in connects(recent.connects) {
         let d = by_addr.entry(c.addr).or_insert(Destination {
             tally: Tally::default(),
             first: c.at,
@@ -143,9 +143,9 @@ pub(super) fn nat_port_exhaustion(_: &Inputs, events: Events) -> Option<Report> 
     })
 }
 
-pub(super) fn new_connections_work(_: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn new_connections_work(_: &Inputs, recent: Recent) -> Option<Report> {
     let mut total = Tally::default();
-    for c in connects(events) {
+    for c in connects(recent.connects) {
         total.add(c.outcome);
     }
     let healthy = total.addr_not_available == 0

@@ -4,7 +4,7 @@ use super::{
     percentile, round1, share, Inputs, Report, DNS_FAILURE_SHARE, DNS_P95_MS, MIN_DNS_ANSWERS,
     MIN_DNS_FAILURES,
 };
-use crate::diagnose::Events;
+use crate::diagnose::{Events, Recent};
 use crate::metrics::{DnsOutcome, Event};
 use serde_json::{json, Value};
 
@@ -53,8 +53,8 @@ impl DnsTally {
     }
 }
 
-pub(super) fn dns_throttled(_: &Inputs, events: Events) -> Option<Report> {
-    let mut t = DnsTally::of(events);
+pub(super) fn dns_throttled(_: &Inputs, recent: Recent) -> Option<Report> {
+    let mut t = DnsTally::of(recent.dns);
     let failing =
         t.failures() >= MIN_DNS_FAILURES && share(t.failures(), t.queries) >= DNS_FAILURE_SHARE;
     let p95 = percentile(&mut t.answer_ms, 0.95);
@@ -87,8 +87,8 @@ pub(super) fn dns_throttled(_: &Inputs, events: Events) -> Option<Report> {
     })
 }
 
-pub(super) fn dns_works(_: &Inputs, events: Events) -> Option<Report> {
-    let mut t = DnsTally::of(events);
+pub(super) fn dns_works(_: &Inputs, recent: Recent) -> Option<Report> {
+    let mut t = DnsTally::of(recent.dns);
     let p95 = percentile(&mut t.answer_ms, 0.95);
     let healthy = t.answer_ms.len() >= MIN_DNS_ANSWERS
         && share(t.failures(), t.queries) < 0.05

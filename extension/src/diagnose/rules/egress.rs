@@ -1,16 +1,16 @@
 //! `no_egress_route` and `aws_endpoint_unreachable`: connects that get no answer.
 
-use super::{connects, example, is_public, share, Inputs, Report, Tally, CLEAR_CONNECTED};
-use crate::aws::{aws_endpoint_of, AwsEndpoint};
-use crate::diagnose::Events;
+use super::{connects, example, share, Inputs, Report, Tally, CLEAR_CONNECTED};
+use crate::aws::AwsEndpoint;
+use crate::diagnose::{Events, Recent};
 use crate::metrics::ConnectOutcome;
 use serde_json::{json, Value};
 
-pub(super) fn no_egress_route(inputs: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn no_egress_route(inputs: &Inputs, recent: Recent) -> Option<Report> {
     let (mut public, mut private) = (Tally::default(), Tally::default());
     let mut destinations = Vec::new();
-    for c in connects(events) {
-        if is_public(c.addr.ip(), inputs.settings) {
+    for c in connects(recent.connects) {
+        if c.public {
             public.add(c.outcome);
             if c.outcome == ConnectOutcome::Timeout {
                 example(&mut destinations, || format!("{} ({})", c.host, c.addr));
@@ -54,9 +54,9 @@ pub(super) fn no_egress_route(inputs: &Inputs, events: Events) -> Option<Report>
     })
 }
 
-pub(super) fn public_egress_works(inputs: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn public_egress_works(_: &Inputs, recent: Recent) -> Option<Report> {
     let mut public = Tally::default();
-    for c in connects(events).filter(|c| is_public(c.addr.ip(), inputs.settings)) {
+    for c in connects(recent.connects).filter(|c| c.public) {
         public.add(c.outcome);
     }
     (public.connected >= CLEAR_CONNECTED).then(|| Report {
@@ -84,18 +84,19 @@ struct ServiceTally<'a> {
 fn aws_tallies<'a>(events: Events<'a>) -> Vec<ServiceTally<'a>> {
     let mut services: Vec<ServiceTally<'a>> = Vec::new();
     for c in connects(events) {
-        let Some(endpoint) = aws_endpoint_of(c.host) else {
+        let Some(endpoint) = c.aws else {
             continue;
         };
+        let (service, region) = (endpoint.service.as_str(), endpoint.region.as_deref());
         let at = services
             .iter()
-            .position(|s| s.service == endpoint.service && s.region == endpoint.region);
+            .position(|s| s.service == service && s.region == region);
         let entry = match at {
             Some(i) => &mut services[i],
             None => {
                 services.push(ServiceTally {
-                    service: endpoint.service,
-                    region: endpoint.region,
+                    service,
+                    region,
                     host: c.host,
                     tally: Tally::default(),
                 });
@@ -108,9 +109,9 @@ fn aws_tallies<'a>(events: Events<'a>) -> Vec<ServiceTally<'a>> {
     services
 }
 
-pub(super) fn aws_endpoint_unreachable(inputs: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn aws_endpoint_unreachable(inputs: &Inputs, recent: Recent) -> Option<Report> {
     let home = inputs.settings.home_region.as_deref();
-    let failing: Vec<ServiceTally> = aws_tallies(events)
+    let failing: Vec<ServiceTally> = aws_tallies(recent.connects)
         .into_iter()
         .filter(|s| s.tally.unanswered_path())
         .collect();
@@ -165,9 +166,9 @@ pub(super) fn aws_endpoint_unreachable(inputs: &Inputs, events: Events) -> Optio
     })
 }
 
-pub(super) fn aws_endpoints_work(_: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn aws_endpoints_work(_: &Inputs, recent: Recent) -> Option<Report> {
     let mut total = Tally::default();
-    for s in aws_tallies(events) {
+    for s in aws_tallies(recent.connects) {
         total.connected += s.tally.connected;
         total.attempts += s.tally.attempts;
         total.timeouts += s.tally.timeouts;

@@ -3,15 +3,15 @@
 use super::{
     example, percentile, round1, share, Inputs, Report, CLEAR_REQUESTS, MIN_RESETS, RESET_SHARE,
 };
-use crate::diagnose::Events;
-use crate::metrics::Event;
+use crate::diagnose::Recent;
+use crate::metrics::{Event, Observation};
 use serde_json::json;
 
-pub(super) fn idle_reset(inputs: &Inputs, events: Events) -> Option<Report> {
+pub(super) fn idle_reset(inputs: &Inputs, recent: Recent) -> Option<Report> {
     let (mut stale, mut resets, mut caught) = (0u64, 0u64, 0u64);
     let mut idle_s = Vec::new();
     let mut hosts = Vec::new();
-    for o in events.iter() {
+    for o in recent.stale.iter() {
         if let Event::StaleConnection {
             host,
             idle,
@@ -62,15 +62,12 @@ pub(super) fn idle_reset(inputs: &Inputs, events: Events) -> Option<Report> {
     })
 }
 
-pub(super) fn no_more_resets(_: &Inputs, events: Events) -> Option<Report> {
-    let mut requests = 0u64;
-    for o in events.iter() {
-        match &o.event {
-            Event::StaleConnection { reset: true, .. } => return None,
-            Event::Request { .. } => requests += 1,
-            _ => {}
-        }
+pub(super) fn no_more_resets(_: &Inputs, recent: Recent) -> Option<Report> {
+    let reset = |o: &Observation| matches!(o.event, Event::StaleConnection { reset: true, .. });
+    if recent.stale.iter().any(reset) {
+        return None;
     }
+    let requests = recent.requests.len() as u64;
     (requests >= CLEAR_REQUESTS).then(|| Report {
         summary: format!("{requests} requests without a reset connection"),
         evidence: json!({ "requests": requests, "resets": 0 }),

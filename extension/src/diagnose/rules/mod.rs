@@ -11,15 +11,15 @@ mod egress;
 mod idle;
 mod region;
 
-use super::{Events, Settings};
-use crate::metrics::{ConnectOutcome, Event, Observation};
+use super::{AwsService, Entry, Events, Recent, Settings};
+use crate::metrics::{ConnectOutcome, Event};
 use connects::{eni_cold_path, nat_port_exhaustion, new_connections_work};
 use dns::{dns_throttled, dns_works};
 use egress::{aws_endpoint_unreachable, aws_endpoints_work, no_egress_route, public_egress_works};
 use idle::{idle_reset, no_more_resets};
 use region::{cross_region, cross_region_gone};
 use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// What a rule reads besides the events.
@@ -36,7 +36,7 @@ pub(super) struct Report {
     pub fix: String,
 }
 
-pub(super) type Judge = fn(&Inputs, Events) -> Option<Report>;
+pub(super) type Judge = fn(&Inputs, Recent) -> Option<Report>;
 
 pub(super) struct Rule {
     pub name: &'static str,
@@ -158,30 +158,33 @@ struct Connect<'a> {
     ms: f64,
     invocation: u64,
     at: Instant,
+    /// Outside the VPC ranges.
+    public: bool,
+    aws: Option<&'a AwsService>,
 }
 
 fn connects(events: Events<'_>) -> impl Iterator<Item = Connect<'_>> {
-    events.iter().filter_map(|o: &Observation| match &o.event {
-        Event::Connect {
-            host,
-            addr,
-            outcome,
-            ms,
-            ..
-        } => Some(Connect {
-            host,
-            addr: *addr,
-            outcome: *outcome,
-            ms: *ms,
-            invocation: o.invocation,
-            at: o.at,
-        }),
-        _ => None,
-    })
-}
-
-fn is_public(ip: IpAddr, settings: &Settings) -> bool {
-    !settings.vpc_cidrs.iter().any(|net| net.contains(&ip))
+    events
+        .entries()
+        .filter_map(|e: &Entry| match &e.observation.event {
+            Event::Connect {
+                host,
+                addr,
+                outcome,
+                ms,
+                ..
+            } => Some(Connect {
+                host,
+                addr: *addr,
+                outcome: *outcome,
+                ms: *ms,
+                invocation: e.observation.invocation,
+                at: e.observation.at,
+                public: e.facts.public,
+                aws: e.facts.aws.as_ref(),
+            }),
+            _ => None,
+        })
 }
 
 fn share(part: u64, whole: u64) -> f64 {
@@ -222,6 +225,6 @@ fn example(list: &mut Vec<String>, item: impl FnOnce() -> String) {
     }
 }
 
-fn never(_: &Inputs, _: Events) -> Option<Report> {
+fn never(_: &Inputs, _: Recent) -> Option<Report> {
     None
 }

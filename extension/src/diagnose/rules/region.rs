@@ -2,7 +2,7 @@
 
 use super::{percent, share, Inputs, Report, CROSS_REGION_SHARE, MIN_CROSS_REGION, MIN_REQUESTS};
 use crate::aws::aws_region_of;
-use crate::diagnose::Events;
+use crate::diagnose::{Events, Recent};
 use crate::metrics::Event;
 use serde_json::{json, Value};
 
@@ -36,8 +36,8 @@ impl<'a> RegionTally<'a> {
     }
 }
 
-pub(super) fn cross_region(inputs: &Inputs, events: Events) -> Option<Report> {
-    let mut t = RegionTally::of(events);
+pub(super) fn cross_region(inputs: &Inputs, recent: Recent) -> Option<Report> {
+    let mut t = RegionTally::of(recent.requests);
     if t.requests < MIN_REQUESTS
         || t.cross < MIN_CROSS_REGION
         || share(t.cross, t.requests) <= CROSS_REGION_SHARE
@@ -92,8 +92,8 @@ pub(super) fn cross_region(inputs: &Inputs, events: Events) -> Option<Report> {
     })
 }
 
-pub(super) fn cross_region_gone(_: &Inputs, events: Events) -> Option<Report> {
-    let t = RegionTally::of(events);
+pub(super) fn cross_region_gone(_: &Inputs, recent: Recent) -> Option<Report> {
+    let t = RegionTally::of(recent.requests);
     let healthy =
         t.requests >= 2 * MIN_REQUESTS && share(t.cross, t.requests) <= CROSS_REGION_SHARE / 2.0;
     healthy.then(|| Report {

@@ -4,7 +4,7 @@
 mod proxy_tests;
 mod rules_tests;
 
-use super::{Diagnosis, Settings};
+use super::{Diagnosis, Entry, Facts, Settings, Window};
 use crate::context::{Findings, InvocationClock};
 use crate::metrics::{ConnectOutcome, ConnectPurpose, DnsOutcome, Event, Recorder};
 use std::net::SocketAddr;
@@ -126,4 +126,27 @@ pub(super) fn stale(idle_s: u64, reset: bool, caught: bool) -> Event {
         reset,
         caught,
     }
+}
+
+#[test]
+fn windows_keep_the_most_recent_events_in_order() {
+    let mut window = Window::new(4);
+    for seq in 0..11 {
+        window.push(Entry {
+            seq,
+            observation: crate::metrics::Observation {
+                invocation: 0,
+                at: std::time::Instant::now(),
+                event: dns(DnsOutcome::Answered, seq as f64),
+            },
+            facts: Facts::default(),
+        });
+        let held: Vec<u64> = window.from(0).0.iter().map(|e| e.seq).collect();
+        let expected: Vec<u64> = (seq.saturating_sub(3)..=seq).collect();
+        assert_eq!(held, expected);
+    }
+    let from_9: Vec<u64> = window.from(9).0.iter().map(|e| e.seq).collect();
+    assert_eq!(from_9, [9, 10]);
+    assert!(window.entries.len() < 2 * 4, "compacted");
+    assert!(!window.age_out(), "nothing is old yet");
 }

@@ -387,28 +387,32 @@ fn a_healthy_network_under_load_gives_no_finding() {
 #[test]
 fn evaluation_is_cheap() {
     let mut f = Fixture::new();
+    f.invoke_until(2);
     f.evaluate();
-    let mut slowest = std::time::Duration::ZERO;
-    for round in 0..10 {
-        for i in 0..300 {
+    let mut times = Vec::new();
+    for round in 0..21 {
+        for i in 0..75 {
+            let ms = 2.0 + (i % 5) as f64;
+            f.note(connect("api.example.com", PUBLIC, Connected, ms));
             f.note(connect(
-                "api.example.com",
-                PUBLIC,
+                "s3.us-east-1.amazonaws.com",
+                PUBLIC_2,
                 Connected,
-                2.0 + (i % 5) as f64,
+                ms,
             ));
             f.note(request("api.example.com", false));
+            f.note(dns(DnsOutcome::Answered, ms));
         }
         let started = std::time::Instant::now();
         f.diagnosis.run();
         if round > 0 {
-            slowest = slowest.max(started.elapsed());
+            times.push(started.elapsed());
         }
     }
-    // Well under a millisecond in release builds; generous here for debug builds on a
-    // busy machine.
-    assert!(
-        slowest < std::time::Duration::from_millis(20),
-        "{slowest:?}"
-    );
+    times.sort();
+    let median = times[times.len() / 2];
+    // Tens of microseconds in release builds; generous here for debug builds on a busy
+    // machine.
+    assert!(median < std::time::Duration::from_millis(20), "{median:?}");
+    assert!(f.evaluate().is_empty());
 }
