@@ -489,14 +489,21 @@ async fn assert_flushed_on_invoke(emu: &mut Emulator, requests: f64, denied: f64
 }
 
 /// The proxy's decision line for one request (`<kind> <decision> <host:port>`, `connect` for a
-/// CONNECT tunnel).
-fn decision_line(emu: &Emulator, prefix: &str) -> String {
-    let lines = emu.stderr_lines(EXTENSION_NAME);
-    lines
-        .iter()
-        .find(|l| l.contains(prefix))
-        .cloned()
-        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{}", lines.join("\n")))
+/// CONNECT tunnel). The line is written before the answer goes out, but reaches the emulator
+/// through a pipe, so it may arrive after the client has its answer: waited for, briefly.
+async fn decision_line(emu: &Emulator, prefix: &str) -> String {
+    let found = emu
+        .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |l| {
+            l.text.contains(prefix)
+        })
+        .await;
+    match found {
+        Some(line) => line.text,
+        None => panic!(
+            "no {prefix:?} line in:\n{}",
+            emu.stderr_lines(EXTENSION_NAME).join("\n")
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,17 +531,17 @@ async fn observe_mode_lets_a_denied_host_through_logs_and_counts_it() {
         let (out, err) = fetch(false, &format!("http://allowed.test:{port}/allowed"));
         assert!(out.contains("/allowed"), "{out} {err}");
 
-        let tunnel = decision_line(&emu, &format!("connect observed denied.test:{port}"));
+        let tunnel = decision_line(&emu, &format!("connect observed denied.test:{port}")).await;
         assert!(
             tunnel.contains(r#"reason="deny_rule""#) && tunnel.contains("status=200"),
             "{tunnel}"
         );
-        let forward = decision_line(&emu, &format!("forward observed denied.test:{port}"));
+        let forward = decision_line(&emu, &format!("forward observed denied.test:{port}")).await;
         assert!(
             forward.contains(r#"reason="deny_rule""#) && forward.contains("status=200"),
             "{forward}"
         );
-        let allowed = decision_line(&emu, &format!("forward allowed allowed.test:{port}"));
+        let allowed = decision_line(&emu, &format!("forward allowed allowed.test:{port}")).await;
         assert!(
             !allowed.contains("reason=") && allowed.contains("status=200"),
             "{allowed}"
@@ -582,12 +589,12 @@ async fn enforce_mode_refuses_a_denied_host_with_403_and_the_rule() {
         );
         assert_eq!((status, error), (200, None), "{body}");
 
-        let tunnel = decision_line(&emu, &format!("connect denied {target}"));
+        let tunnel = decision_line(&emu, &format!("connect denied {target}")).await;
         assert!(
             tunnel.contains(r#"reason="deny_rule""#) && tunnel.contains("status=403"),
             "{tunnel}"
         );
-        let forward = decision_line(&emu, &format!("forward denied {target}"));
+        let forward = decision_line(&emu, &format!("forward denied {target}")).await;
         assert!(
             forward.contains(r#"reason="deny_rule""#) && forward.contains("status=403"),
             "{forward}"
