@@ -94,44 +94,7 @@ pub fn bind_with(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
-    let config = &ctx.config;
-    let dialer = Arc::new(connect::Dialer {
-        dns: dns.clone(),
-        policy: policy::Policy::new(
-            config.policy.clone(),
-            vec![local_addr.port(), config.dns_port],
-        ),
-        connect_timeout: config.connect_timeout,
-        recorder: ctx.recorder.clone(),
-        clock: ctx.clock.clone(),
-    });
-    let pools = Arc::new(pool_stats::PoolStats::default());
-    let connector = connector::WardenConnector {
-        dialer: dialer.clone(),
-        tls: Arc::new(tls::TlsSetup::new(config.ca_bundle.clone())),
-        pools: pools.clone(),
-        parked: Arc::new(prewarmed::Prewarmed::new(
-            config.pool_idle,
-            ctx.recorder.clone(),
-            ctx.clock.clone(),
-        )),
-        registry: liveness::Registry::new(ctx.recorder.clone(), ctx.clock.clone()),
-    };
-    let proxy = Arc::new(service::Proxy::new(service::ProxyParts {
-        ctx: ctx.clone(),
-        dialer,
-        upstreams: upstreams::Upstreams::new(connector, config.pool_idle),
-        breakers: breaker::Breakers::new(breaker::FAILURES_TO_OPEN, breaker::OPEN_FOR),
-        pools,
-        sockets: prewarmed::Prewarmed::new(
-            config.pool_idle,
-            ctx.recorder.clone(),
-            ctx.clock.clone(),
-        ),
-        dns,
-        port: local_addr.port(),
-        timeouts,
-    }));
+    let proxy = Arc::new(service::Proxy::new(ctx, dns, local_addr.port(), timeouts));
     let task = tokio::spawn(listener::serve(listener, proxy.clone()));
     tracing::info!("proxy listening on {local_addr}");
     Ok(ProxyHandle {

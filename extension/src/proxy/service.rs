@@ -3,18 +3,22 @@
 //! [`Proxy::refuse`] or [`Proxy::relay`] (tunnels: [`Proxy::commit`]), which count it once.
 
 use super::body::ProxyBody;
-use super::breaker::Breakers;
+use super::breaker::{Breakers, FAILURES_TO_OPEN, OPEN_FOR};
 use super::connect::{ms_since, Dialer};
-use super::connector::ConnInfo;
+use super::connector::{ConnInfo, WardenConnector};
 use super::headers::{has_looped, strip_hop_by_hop};
 use super::limits::{ConnPhase, Timeouts};
+use super::liveness::Registry;
 use super::outcome::Refusal;
+use super::policy::Policy;
 use super::pool_stats::PoolStats;
 use super::prewarmed::{ParkedSocket, Prewarmed};
 use super::record::{record_end, Kind, RequestRecord};
+use super::tls::TlsSetup;
 use super::upstreams::Upstreams;
 use super::{forward, route, status, tunnel};
 use crate::context::Context;
+use crate::dns::DnsCache;
 use crate::metrics::{Counter, Gauge};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -33,7 +37,7 @@ pub(crate) struct Proxy {
     pub pools: Arc<PoolStats>,
     /// Pre-connected sockets for `CONNECT` targets, by `host:port`.
     pub sockets: Prewarmed<ParkedSocket>,
-    pub dns: Arc<crate::dns::DnsCache>,
+    pub dns: Arc<DnsCache>,
     /// The port actually bound (the configured one, or the ephemeral one for port 0).
     pub port: u16,
     pub started: Instant,
@@ -58,35 +62,43 @@ impl Drop for ConnSlot {
     }
 }
 
-pub(crate) struct ProxyParts {
-    pub ctx: Context,
-    pub dialer: Arc<Dialer>,
-    pub upstreams: Upstreams,
-    pub breakers: Breakers,
-    pub pools: Arc<PoolStats>,
-    pub sockets: Prewarmed<ParkedSocket>,
-    pub dns: Arc<crate::dns::DnsCache>,
-    pub port: u16,
-    pub timeouts: Timeouts,
-}
-
 impl Proxy {
-    pub(crate) fn new(parts: ProxyParts) -> Proxy {
-        let retry_max = parts.ctx.config.retry_max;
-        let max_connections = parts.ctx.config.max_connections.max(1);
+    /// The proxy's state for a listener bound on `port`: resolve-check-connect, the pooled
+    /// client with its TLS, parked and checked connections, breakers.
+    pub(crate) fn new(ctx: &Context, dns: Arc<DnsCache>, port: u16, timeouts: Timeouts) -> Proxy {
+        let config = &ctx.config;
+        let dialer = Arc::new(Dialer {
+            dns: dns.clone(),
+            policy: Policy::new(config.policy.clone(), vec![port, config.dns_port]),
+            connect_timeout: config.connect_timeout,
+            recorder: ctx.recorder.clone(),
+            clock: ctx.clock.clone(),
+        });
+        let pools = Arc::new(PoolStats::default());
+        let connector = WardenConnector {
+            dialer: dialer.clone(),
+            tls: Arc::new(TlsSetup::new(config.ca_bundle.clone())),
+            pools: pools.clone(),
+            parked: Arc::new(Prewarmed::new(
+                config.pool_idle,
+                ctx.recorder.clone(),
+                ctx.clock.clone(),
+            )),
+            registry: Registry::new(ctx.recorder.clone(), ctx.clock.clone()),
+        };
         Proxy {
-            ctx: parts.ctx,
-            dialer: parts.dialer,
-            upstreams: parts.upstreams,
-            breakers: parts.breakers,
-            pools: parts.pools,
-            sockets: parts.sockets,
-            dns: parts.dns,
-            port: parts.port,
+            ctx: ctx.clone(),
+            dialer,
+            upstreams: Upstreams::new(connector, config.pool_idle),
+            breakers: Breakers::new(FAILURES_TO_OPEN, OPEN_FOR),
+            pools,
+            sockets: Prewarmed::new(config.pool_idle, ctx.recorder.clone(), ctx.clock.clone()),
+            dns,
+            port,
             started: Instant::now(),
-            timeouts: parts.timeouts,
-            retry_max,
-            max_connections,
+            timeouts,
+            retry_max: config.retry_max,
+            max_connections: config.max_connections.max(1),
             active: Arc::new(AtomicUsize::new(0)),
         }
     }
