@@ -100,6 +100,17 @@ impl<T: Parkable> Prewarmed<T> {
         entries.get(key).map_or(0, VecDeque::len)
     }
 
+    /// Parked connections by key, for the status page (not checked: a peek per entry on
+    /// every status request would cost more than it tells).
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let by_key: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(key, queue)| (key.clone(), queue.len().into()))
+            .collect();
+        serde_json::Value::Object(by_key)
+    }
+
     /// Checks everything parked and drops what is dead or too old: (checked, dropped).
     pub(crate) fn purge(&self) -> (usize, usize) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

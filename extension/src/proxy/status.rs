@@ -1,5 +1,6 @@
 //! `GET /_warden/status`: what the proxy is configured to do and how it is doing — config
-//! summary (no secrets), policy rules, pools, DNS cache, breakers, findings.
+//! summary (no secrets), policy rules, pools, warmed connections, DNS cache, breakers,
+//! findings.
 
 use super::body::ProxyBody;
 use super::service::Proxy;
@@ -22,6 +23,12 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
             "policy": proxy.dialer.policy.describe(),
         },
         "pools": proxy.pools.describe(),
+        // Warmed connections not taken yet: sockets for CONNECT by host:port, TLS
+        // connections for routes by upstream.
+        "warm": {
+            "sockets": proxy.sockets.describe(),
+            "routes": proxy.upstreams.connector().parked.describe(),
+        },
         "dns": proxy.dns.status(),
         "breakers": proxy.breakers.describe(),
         "findings": proxy.ctx.findings.describe(),

@@ -167,9 +167,17 @@ async fn connect_takes_the_socket_warmed_during_init() {
     let snap = proxy.take();
     assert_eq!(count(&snap, Counter::WarmConnections), 2);
     assert_eq!(snap.timings[&Timing::WarmMs].count(), 1);
+    let page = raw(
+        proxy.addr,
+        b"GET /_warden/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("status page");
+    let page: serde_json::Value = serde_json::from_str(&page.body).expect("status JSON");
+    let target = format!("warm.test:{port}");
+    assert_eq!(page["warm"]["sockets"][&target], 2, "{page}");
 
     // The first two CONNECTs take the warmed sockets: no new connection upstream.
-    let target = format!("warm.test:{port}");
     let (reply, mut first) = connect(proxy.addr, &target).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     echoes(&mut first, b"hello").await;
