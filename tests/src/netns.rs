@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,23 @@ use crate::warden::workspace_root;
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Why labs cannot be built here, if they cannot (not root, no `ip netns`, no `nft`).
+/// A throw-away CA and a certificate for the lab's names (`*.lab.test`) in `dir`:
+/// `ca.pem`, `server.pem`, `server.key`.
+pub fn make_lab_certs(dir: &Path) -> Result<(), String> {
+    let ok = Command::new("sh")
+        .arg(workspace_root().join("tests/proxy/make-certs.sh"))
+        .arg(dir)
+        .arg("DNS:api.lab.test,DNS:*.lab.test")
+        .status()
+        .map_err(|e| format!("make-certs.sh: {e}"))?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err("make-certs.sh failed".into())
+    }
+}
+
 pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("network-namespace lab needs root".into());

@@ -560,7 +560,7 @@ async fn an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_st
     }
     bounded(async {
         let certs = tempfile::tempdir().expect("tmp");
-        make_certs(certs.path());
+        netns::make_lab_certs(certs.path()).expect("lab certificates");
         let mut lab = Lab::new("idle").expect("lab");
         let (private, dns) = (lab.private_ip(11), lab.private_ip(53));
         for a in [private, dns] {
@@ -669,7 +669,7 @@ async fn a_healthy_lab_under_the_same_load_raises_no_finding() {
     }
     bounded(async {
         let certs = tempfile::tempdir().expect("tmp");
-        make_certs(certs.path());
+        netns::make_lab_certs(certs.path()).expect("lab certificates");
         let mut lab = Lab::new("healthy").expect("lab");
         let (public, private, api, dns) = (
             lab.public_ip(10),
@@ -748,15 +748,4 @@ async fn a_healthy_lab_under_the_same_load_raises_no_finding() {
         assert!(symptoms.is_empty(), "{symptoms:?}");
     })
     .await
-}
-
-fn make_certs(dir: &std::path::Path) {
-    let script = warden_tests::warden::workspace_root().join("tests/netns/make-certs.sh");
-    let ok = Command::new("sh")
-        .arg(script)
-        .arg(dir)
-        .status()
-        .expect("make-certs.sh")
-        .success();
-    assert!(ok, "make-certs.sh failed");
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::netns::{self, Lab};
-use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{free_port, ExtensionsDir, EXTENSION_NAME};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const RTT_MS: u32 = 20;
@@ -41,16 +41,6 @@ fn skipped(test: &str) -> bool {
         eprintln!("{test}: skipped: {reason}");
     }
     reason.is_some()
-}
-
-fn make_certs(dir: &Path) {
-    let ok = Command::new("sh")
-        .arg(workspace_root().join("tests/netns/make-certs.sh"))
-        .arg(dir)
-        .status()
-        .expect("make-certs.sh")
-        .success();
-    assert!(ok, "make-certs.sh failed");
 }
 
 /// curl (bounded); returns (HTTP status, seconds curl measured for the whole transfer, body).
@@ -149,7 +139,7 @@ async fn a_warmed_route_answers_its_first_request_in_a_third_of_the_cold_time() 
             .unwrap_or(3)
             .clamp(1, 50);
         let certs = tempfile::tempdir().expect("tmp");
-        make_certs(certs.path());
+        netns::make_lab_certs(certs.path()).expect("lab certificates");
         let ca = certs.path().join("ca.pem");
         let mut lab = Lab::new("warm").expect("lab");
         lab.delay_line(RTT_MS).expect("delay line");
@@ -213,7 +203,7 @@ async fn after_a_freeze_connections_the_peer_reset_never_reach_the_client() {
     }
     bounded(async {
         let certs = tempfile::tempdir().expect("tmp");
-        make_certs(certs.path());
+        netns::make_lab_certs(certs.path()).expect("lab certificates");
         let ca = certs.path().join("ca.pem");
         let mut lab = Lab::new("freeze").expect("lab");
         let (api, plain, dns) = (lab.private_ip(11), lab.private_ip(12), lab.private_ip(53));
