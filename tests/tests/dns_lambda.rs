@@ -8,59 +8,40 @@
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use warden_tests::blocking_http;
+use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// dnsmasq on 127.0.0.1 answering `real.test` from its own records and logging each query.
-struct Dnsmasq {
-    child: Child,
+/// dnsmasq answering `real.test` from its own records and logging each query.
+struct LoggingDnsmasq {
+    server: Dnsmasq,
     log: PathBuf,
-    port: u16,
 }
 
-impl Dnsmasq {
-    fn start() -> Dnsmasq {
-        let port = free_port();
+impl LoggingDnsmasq {
+    fn start() -> LoggingDnsmasq {
         let log = std::env::temp_dir().join(format!(
-            "warden-dns-lambda-{}-{port}.log",
-            std::process::id()
+            "warden-dns-lambda-{}-{}.log",
+            std::process::id(),
+            free_port()
         ));
         let _ = std::fs::remove_file(&log);
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                "--pid-file=",
-                "--local=/test/",
-                "--local-ttl=120",
-                "--host-record=real.test,192.0.2.7",
-                "--log-queries",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-facility={}", log.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq is installed (apt-get install dnsmasq)");
-        let d = Dnsmasq { child, log, port };
-        assert!(
-            wait_until(Duration::from_secs(5), || ask(d.port, 1).is_some()),
-            "dnsmasq did not start"
-        );
-        d
+        let server = Dnsmasq::start(&[
+            "--local-ttl=120".to_owned(),
+            "--host-record=real.test,192.0.2.7".to_owned(),
+            "--log-queries".to_owned(),
+            format!("--log-facility={}", log.display()),
+        ])
+        .expect("dnsmasq");
+        LoggingDnsmasq { server, log }
     }
 
     fn queries(&self, name: &str) -> usize {
@@ -73,10 +54,8 @@ impl Dnsmasq {
     }
 }
 
-impl Drop for Dnsmasq {
+impl Drop for LoggingDnsmasq {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
 }
@@ -138,7 +117,7 @@ fn dnspython(port: u16, name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
     tokio::time::timeout(LIMIT, async {
-        let upstream = tokio::task::spawn_blocking(Dnsmasq::start)
+        let upstream = tokio::task::spawn_blocking(LoggingDnsmasq::start)
             .await
             .expect("dnsmasq");
         // The readiness probe asked once already.
@@ -150,7 +129,7 @@ async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
             .env("EGRESS_WARDEN_DNS_PORT", dns.to_string())
             .env(
                 "EGRESS_WARDEN_DNS_UPSTREAMS",
-                format!("127.0.0.1:{}", upstream.port),
+                format!("127.0.0.1:{}", upstream.server.port),
             );
         let mut emu = Emulator::start(cfg).await.expect("emulator");
         emu.wait_init()
@@ -194,7 +173,7 @@ async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
         assert_eq!(status["dns"]["misses"], 1, "{status}");
         assert_eq!(
             status["dns"]["upstreams"][0]["address"],
-            format!("127.0.0.1:{}", upstream.port)
+            format!("127.0.0.1:{}", upstream.server.port)
         );
 
         assert!(emu.invoke("{}").await.expect("invoke").is_success());

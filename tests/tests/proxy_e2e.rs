@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
 use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
@@ -410,51 +411,24 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
     .await
 }
 
-/// dnsmasq on 127.0.0.1 answering `denied.test` and `allowed.test` with 127.0.0.2 (where the
-/// upstreams listen), so a DENY rule can name a host as users write them.
-fn dnsmasq() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--user=root",
-            "--pid-file=",
-            "--local=/test/",
-            "--host-record=denied.test,127.0.0.2",
-            "--host-record=allowed.test,127.0.0.2",
-        ])
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq is installed (apt-get install dnsmasq)");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new("dig")
-            .args(["+short", "+time=1", "+tries=1", "-p", &port.to_string()])
-            .args(["@127.0.0.1", "allowed.test", "A"])
-            .output()
-            .expect("dig");
-        if String::from_utf8_lossy(&out.stdout).contains("127.0.0.2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "dnsmasq did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (proc, port)
+/// dnsmasq answering `denied.test` and `allowed.test` with 127.0.0.2 (where the upstreams
+/// listen), so a DENY rule can name a host as users write them.
+fn dnsmasq() -> Dnsmasq {
+    Dnsmasq::start(&[
+        "--host-record=denied.test,127.0.0.2".to_owned(),
+        "--host-record=allowed.test,127.0.0.2".to_owned(),
+    ])
+    .expect("dnsmasq")
 }
 
 /// The extension with `EGRESS_WARDEN_DENY=denied.test` under `policy`, resolving through
 /// dnsmasq; returns it with the proxy's and the plain upstream's ports, and what must outlive it.
-async fn denied_host_under(policy: &str) -> (Emulator, u16, u16, (Vec<Proc>, ExtensionsDir)) {
+async fn denied_host_under(
+    policy: &str,
+) -> (Emulator, u16, u16, (Vec<Proc>, Dnsmasq, ExtensionsDir)) {
     let (plain, plain_port) = upstream("plain", None);
-    let (dns, dns_port) = dnsmasq();
+    let dns = dnsmasq();
+    let dns_port = dns.port;
     let d = ExtensionsDir::with_warden();
     let proxy = free_port();
     let cfg = base_config(&d, proxy)
@@ -468,7 +442,7 @@ async fn denied_host_under(policy: &str) -> (Emulator, u16, u16, (Vec<Proc>, Ext
     emu.wait_init()
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
-    (emu, proxy, plain_port, (vec![plain, dns], d))
+    (emu, proxy, plain_port, (vec![plain], dns, d))
 }
 
 /// After the next INVOKE the EMF holds exactly `requests` requests, `denied` of them in
