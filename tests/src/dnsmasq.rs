@@ -1,13 +1,16 @@
 //! A real dnsmasq on 127.0.0.1 as a test's DNS upstream: authoritative for `.test` (nothing
-//! is ever forwarded), with the host records and options the test gives. Stopped on drop.
+//! is ever forwarded), with the records and options the test gives, and a query log that tells
+//! how often it was asked. Stopped (and its log removed) on drop.
 
 use crate::warden::free_port;
 use std::net::UdpSocket;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Dnsmasq {
     child: Child,
+    log: PathBuf,
     pub port: u16,
 }
 
@@ -16,6 +19,9 @@ impl Dnsmasq {
     /// bounded, until it answers.
     pub fn start(options: &[String]) -> Result<Dnsmasq, String> {
         let port = free_port();
+        let log =
+            std::env::temp_dir().join(format!("warden-dnsmasq-{}-{port}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
         let child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
@@ -27,14 +33,16 @@ impl Dnsmasq {
                 "--user=root",
                 "--pid-file=",
                 "--local=/test/",
+                "--log-queries",
             ])
             .arg(format!("--port={port}"))
+            .arg(format!("--log-facility={}", log.display()))
             .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("dnsmasq (apt-get install dnsmasq): {e}"))?;
-        let dnsmasq = Dnsmasq { child, port };
+        let dnsmasq = Dnsmasq { child, log, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if answers(port) {
@@ -46,10 +54,23 @@ impl Dnsmasq {
     }
 }
 
+impl Dnsmasq {
+    /// How many `query[RTYPE] name` lines dnsmasq has logged.
+    pub fn queries(&self, rtype: &str, name: &str) -> usize {
+        let needle = format!("query[{rtype}] {name} from");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+}
+
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

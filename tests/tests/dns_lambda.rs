@@ -7,7 +7,6 @@
 //! the lifecycle tests find it (`EGRESS_WARDEN_BIN`, else the target directory).
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,44 +19,13 @@ use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_N
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// dnsmasq answering `real.test` from its own records and logging each query.
-struct LoggingDnsmasq {
-    server: Dnsmasq,
-    log: PathBuf,
-}
-
-impl LoggingDnsmasq {
-    fn start() -> LoggingDnsmasq {
-        let log = std::env::temp_dir().join(format!(
-            "warden-dns-lambda-{}-{}.log",
-            std::process::id(),
-            free_port()
-        ));
-        let _ = std::fs::remove_file(&log);
-        let server = Dnsmasq::start(&[
-            "--local-ttl=120".to_owned(),
-            "--host-record=real.test,192.0.2.7".to_owned(),
-            "--log-queries".to_owned(),
-            format!("--log-facility={}", log.display()),
-        ])
-        .expect("dnsmasq");
-        LoggingDnsmasq { server, log }
-    }
-
-    fn queries(&self, name: &str) -> usize {
-        let needle = format!("query[A] {name} from");
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .count()
-    }
-}
-
-impl Drop for LoggingDnsmasq {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// dnsmasq answering `real.test` from its own records.
+fn dnsmasq() -> Dnsmasq {
+    Dnsmasq::start(&[
+        "--local-ttl=120".to_owned(),
+        "--host-record=real.test,192.0.2.7".to_owned(),
+    ])
+    .expect("dnsmasq")
 }
 
 fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -117,11 +85,9 @@ fn dnspython(port: u16, name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
     tokio::time::timeout(LIMIT, async {
-        let upstream = tokio::task::spawn_blocking(LoggingDnsmasq::start)
-            .await
-            .expect("dnsmasq");
+        let upstream = tokio::task::spawn_blocking(dnsmasq).await.expect("dnsmasq");
         // The readiness probe asked once already.
-        let probes = upstream.queries("real.test");
+        let probes = upstream.queries("A", "real.test");
         let d = ExtensionsDir::with_warden();
         let (proxy, dns) = (free_port(), free_port());
         let cfg = EmulatorConfig::with_extensions_dir(d.path())
@@ -129,7 +95,7 @@ async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
             .env("EGRESS_WARDEN_DNS_PORT", dns.to_string())
             .env(
                 "EGRESS_WARDEN_DNS_UPSTREAMS",
-                format!("127.0.0.1:{}", upstream.server.port),
+                format!("127.0.0.1:{}", upstream.port),
             );
         let mut emu = Emulator::start(cfg).await.expect("emulator");
         emu.wait_init()
@@ -148,10 +114,10 @@ async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
         assert_eq!(python["answer"][0]["data"], "192.0.2.7");
         // dnsmasq may write its log a moment late.
         wait_until(Duration::from_secs(2), || {
-            upstream.queries("real.test") > probes
+            upstream.queries("A", "real.test") > probes
         });
         assert_eq!(
-            upstream.queries("real.test") - probes,
+            upstream.queries("A", "real.test") - probes,
             1,
             "six asks, one upstream query"
         );
@@ -173,7 +139,7 @@ async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
         assert_eq!(status["dns"]["misses"], 1, "{status}");
         assert_eq!(
             status["dns"]["upstreams"][0]["address"],
-            format!("127.0.0.1:{}", upstream.server.port)
+            format!("127.0.0.1:{}", upstream.port)
         );
 
         assert!(emu.invoke("{}").await.expect("invoke").is_success());
