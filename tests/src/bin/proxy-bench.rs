@@ -4,7 +4,7 @@
 //! ```text
 //! proxy-bench --extension [NAME=]BIN... [--proxy NAME=ADDR:PID]... [--samples N]
 //!             [--seconds S] [--concurrency C] [--log-dir DIR]
-//!             [--only keepalive,connect-tls,tunnel,tunnel-bulk]
+//!             [--only keepalive,connect-tls,tunnel,tunnel-bulk] [--cpu-quota F]
 //! ```
 //!
 //! `--extension` may be repeated to compare two builds of egress-warden in the same run
@@ -22,6 +22,11 @@
 //! makes it; direct is the same without CONNECT), `tunnel` (requests inside one long CONNECT
 //! tunnel), `tunnel-bulk` (the same with 1 MiB answers: its req/s are MiB/s, its CPU per
 //! request is CPU per MiB).
+//!
+//! `--cpu-quota F` adds a capacity column: each proxy's throughput again with the proxy held
+//! to F of a CPU by a CFS quota (a cgroup of its own, v1 `cpu` or v2), as Lambda holds a
+//! function and its extensions to a fraction of a vCPU by memory size (0.25 ≈ 450 MB). The
+//! proxy, not the load generator, is then the bottleneck, so the figure is its capacity.
 
 use std::io;
 use std::net::SocketAddr;
@@ -76,6 +81,7 @@ struct Args {
     concurrency: usize,
     log_dir: String,
     only: Vec<String>,
+    cpu_quota: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -87,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 8,
         log_dir: std::env::temp_dir().display().to_string(),
         only: Vec::new(),
+        cpu_quota: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +113,13 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => a.concurrency = val()?.parse().map_err(|_| "bad --concurrency")?,
             "--log-dir" => a.log_dir = val()?,
             "--only" => a.only = val()?.split(',').map(str::to_string).collect(),
+            "--cpu-quota" => {
+                let f: f64 = val()?.parse().map_err(|_| "bad --cpu-quota")?;
+                if !(0.01..=64.0).contains(&f) {
+                    return Err("--cpu-quota takes a fraction of a CPU, 0.01..64".into());
+                }
+                a.cpu_quota = Some(f);
+            }
             "--proxy" => {
                 let v = val()?;
                 let (name, rest) = v.split_once('=').ok_or("--proxy NAME=ADDR:PID")?;
@@ -545,6 +559,8 @@ struct Row {
     p99_us: f64,
     rps: f64,
     cpu_us_per_req: Option<f64>,
+    /// Throughput with the proxy held to `--cpu-quota` of a CPU.
+    capped_rps: Option<f64>,
 }
 
 /// Sequential request latency for every target, interleaved in rounds so that a noisy
@@ -678,6 +694,15 @@ async fn run(args: Args) -> io::Result<()> {
         for (t, (p50, p99)) in targets.iter().zip(lat) {
             let (rps, cpu) =
                 throughput(t, &upstreams, scenario, args.seconds, args.concurrency).await?;
+            let capped_rps = match (args.cpu_quota, t.pid) {
+                (Some(quota), Some(pid)) => {
+                    let _held = CpuQuota::hold(pid, quota, &t.name)?;
+                    let (capped, _) =
+                        throughput(t, &upstreams, scenario, args.seconds, args.concurrency).await?;
+                    Some(capped)
+                }
+                _ => None,
+            };
             eprintln!(
                 "{:<12} {:<14} p50 {p50:>8.1} us  p99 {p99:>8.1} us  {rps:>9.0} req/s",
                 scenario.name(),
@@ -690,11 +715,19 @@ async fn run(args: Args) -> io::Result<()> {
                 p99_us: p99,
                 rps,
                 cpu_us_per_req: cpu,
+                capped_rps,
             });
         }
     }
-    println!("| scenario | target | p50 µs | p99 µs | added p50 µs | added p99 µs | req/s ({} clients) | proxy CPU µs/req |", args.concurrency);
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let capacity = match args.cpu_quota {
+        Some(q) => format!(" req/s at {q} CPU |"),
+        None => String::new(),
+    };
+    println!("| scenario | target | p50 µs | p99 µs | added p50 µs | added p99 µs | req/s ({} clients) | proxy CPU µs/req |{capacity}", args.concurrency);
+    println!(
+        "|---|---|---:|---:|---:|---:|---:|---:|{}",
+        if capacity.is_empty() { "" } else { "---:|" }
+    );
     for r in &rows {
         let direct = rows
             .iter()
@@ -709,10 +742,92 @@ async fn run(args: Args) -> io::Result<()> {
         let cpu = r
             .cpu_us_per_req
             .map_or("–".to_string(), |c| format!("{c:.1}"));
+        let capped = match (args.cpu_quota, r.capped_rps) {
+            (None, _) => String::new(),
+            (Some(_), None) => " – |".to_string(),
+            (Some(_), Some(c)) => format!(" {c:.0} |"),
+        };
         println!(
-            "| {} | {} | {:.1} | {:.1} | {added50} | {added99} | {:.0} | {cpu} |",
+            "| {} | {} | {:.1} | {:.1} | {added50} | {added99} | {:.0} | {cpu} |{capped}",
             r.scenario, r.target, r.p50_us, r.p99_us, r.rps
         );
     }
     Ok(())
+}
+
+/// A proxy process held to a fraction of a CPU while this lives: a cgroup of its own with a
+/// CFS quota (cgroup v1 `cpu` controller, else v2 with `cpu` enabled). Dropping it moves the
+/// process back to the root group and removes the group.
+struct CpuQuota {
+    group: std::path::PathBuf,
+    root: std::path::PathBuf,
+    /// v1 lists threads in `tasks`; v2 moves whole processes through `cgroup.procs`.
+    v1: bool,
+    pid: u32,
+}
+
+impl CpuQuota {
+    /// CFS period: short, so a held proxy is throttled in small slices, not 100 ms stalls.
+    const PERIOD_US: u64 = 10_000;
+
+    fn hold(pid: u32, fraction: f64, name: &str) -> io::Result<CpuQuota> {
+        use std::path::Path;
+        let quota = ((fraction * Self::PERIOD_US as f64) as u64).max(1000);
+        let (root, v1) = if Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() {
+            (Path::new("/sys/fs/cgroup/cpu").to_path_buf(), true)
+        } else if std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        {
+            (Path::new("/sys/fs/cgroup").to_path_buf(), false)
+        } else {
+            return Err(io::Error::other(
+                "--cpu-quota needs a writable cpu cgroup (v1 cpu controller, or v2 with +cpu)",
+            ));
+        };
+        let group = root.join(format!("proxy-bench-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&group)?;
+        let held = CpuQuota {
+            group,
+            root,
+            v1,
+            pid,
+        };
+        if v1 {
+            std::fs::write(
+                held.group.join("cpu.cfs_period_us"),
+                Self::PERIOD_US.to_string(),
+            )?;
+            std::fs::write(held.group.join("cpu.cfs_quota_us"), quota.to_string())?;
+            for tid in threads(pid)? {
+                // A thread that just ended cannot be moved: nothing to hold.
+                let _ = std::fs::write(held.group.join("tasks"), tid.to_string());
+            }
+        } else {
+            std::fs::write(
+                held.group.join("cpu.max"),
+                format!("{quota} {}", Self::PERIOD_US),
+            )?;
+            std::fs::write(held.group.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(held)
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        if self.v1 {
+            for tid in threads(self.pid).unwrap_or_default() {
+                let _ = std::fs::write(self.root.join("tasks"), tid.to_string());
+            }
+        } else {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        }
+        let _ = std::fs::remove_dir(&self.group);
+    }
+}
+
+fn threads(pid: u32) -> io::Result<Vec<u32>> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
 }
