@@ -328,6 +328,7 @@ async fn serve_events(
             None
         }
     };
+    let rewarm = warm::Rewarm::default();
     loop {
         let event = tokio::select! {
             event = api.next_event() => event,
@@ -345,7 +346,7 @@ async fn serve_events(
             } => {
                 let gap = ctx.clock.begin_invocation(deadline_ms);
                 if let Some(warmer) = warmer {
-                    warm::after_thaw(ctx, warmer, gap);
+                    warm::after_thaw(ctx, warmer, &rewarm, gap);
                 }
                 ctx.recorder.incr(Counter::Invocations);
                 tracing::debug!(%request_id, "INVOKE");
