@@ -1,4 +1,5 @@
-//! Finding the egress-warden binary and staging it as `/opt/extensions/egress-warden` would be.
+//! Finding the egress-warden binary and staging it as `/opt/extensions/egress-warden` would be;
+//! the demo function; where the extension tells the exec wrapper its proxy listens.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,33 @@ pub fn warden_binary() -> PathBuf {
         Ok(p) => p,
         Err(m) => panic!("{m}"),
     }
+}
+
+/// The demo function (`sam/demo-function`, built as `bootstrap` in the same target directory),
+/// panicking with a build hint if absent.
+pub fn demo_function_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let p = target.join("debug").join("bootstrap");
+    assert!(
+        p.is_file(),
+        "demo function not found at {}: build it first: cargo build -p demo-function",
+        p.display()
+    );
+    p
+}
+
+/// The exec wrapper of the layer (`layer/egress-warden-wrapper`).
+pub fn wrapper_script() -> PathBuf {
+    workspace_root().join("layer").join("egress-warden-wrapper")
+}
+
+/// Where the extension writes `<port> <pid>` once its proxy listens on `port`, and the exec
+/// wrapper looks before exporting the proxy variables.
+pub fn ready_file(port: u16) -> PathBuf {
+    PathBuf::from(format!("/tmp/.egress-warden/proxy-{port}"))
 }
 
 /// A temporary `extensions/` directory; removed on drop.

@@ -4,15 +4,14 @@
 //! The binary is found through `EGRESS_WARDEN_BIN`, else `$CARGO_TARGET_DIR/debug/egress-warden`,
 //! else `<workspace>/target/debug/egress-warden` (build it first: `cargo build -p egress-warden`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use warden_tests::emf::{EmfDocument, EmfValidator};
 use warden_tests::emulator::{
-    Emulator, EmulatorConfig, InitFailure, ProtocolEvent, Runtime, ShutdownReason,
+    Emulator, EmulatorConfig, InitFailure, ProtocolEvent, ShutdownReason,
 };
-use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{free_port, ExtensionsDir, EXTENSION_NAME};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const FUNCTION: &str = "warden-lifecycle-fn";
@@ -369,69 +368,6 @@ async fn listeners_are_ready_when_init_ends_and_status_answers() {
             "DNS listener bound on {dns_port}"
         );
         emu.shutdown(ShutdownReason::Spindown).await;
-    })
-    .await
-}
-
-fn demo_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let p = target.join("debug").join("bootstrap");
-    assert!(
-        p.is_file(),
-        "demo function not found at {}: build it first: cargo build -p demo-function",
-        p.display()
-    );
-    p
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_function_through_the_wrapper_and_proxy() {
-    bounded(async {
-        // A loopback origin answering 200.
-        let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin_addr = origin.local_addr().unwrap();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((mut s, _)) = origin.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let _ = s.read(&mut buf).await;
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        )
-                        .await;
-                });
-            }
-        });
-        let d = ExtensionsDir::with_warden();
-        let (cfg, _, _) = config(&d);
-        let wrapper = workspace_root().join("layer").join("egress-warden-wrapper");
-        let cfg = cfg
-            .runtime(Runtime::command(demo_binary()))
-            .env("AWS_LAMBDA_EXEC_WRAPPER", wrapper.display().to_string())
-            // Loopback is denied by default; this test's origin lives there.
-            .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8");
-        let mut emu = Emulator::start(cfg).await.unwrap();
-        emu.wait_init().await.unwrap();
-        let url = format!("http://{origin_addr}/hello");
-        let out = emu.invoke_json(&json!({"urls": [url]})).await.unwrap();
-        let body = out
-            .response_json()
-            .unwrap_or_else(|| panic!("{:?}\nruntime: {:?}", out.result, emu.output("runtime")));
-        let r = &body["results"][0];
-        assert_eq!(r["via"], "proxy", "{body}");
-        assert_eq!(r["status"], 200, "{body}");
-        assert!(emu.invoke("{}").await.unwrap().is_success());
-        emu.shutdown(ShutdownReason::Spindown).await;
-        let docs = emf_documents(&emu);
-        assert!(
-            total(&docs, "requests") >= 1.0,
-            "the proxied request is counted"
-        );
     })
     .await
 }

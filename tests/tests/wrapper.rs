@@ -1,16 +1,92 @@
 //! The exec wrapper (`layer/egress-warden-wrapper`, `AWS_LAMBDA_EXEC_WRAPPER`), run for real
 //! with `sh` (and `bash`, the /bin/sh of Amazon Linux) in front of `env`, exactly as Lambda
-//! runs it in front of the runtime's command line.
+//! runs it in front of the runtime's command line; then in front of the demo function under
+//! the emulator, with the real extension listening, or not.
+//!
+//! The wrapper exports the proxy only when the extension's readiness file
+//! (`/tmp/.egress-warden/proxy-<port>`, "<port> <pid>") names a live process. The tests of the
+//! variables themselves publish that file for a port they hold, naming this test process.
 
 use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-const PROXY: &str = "http://127.0.0.1:3128";
+use serde_json::{json, Value};
+use warden_tests::emf::EmfValidator;
+use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason, RUNTIME_NAME};
+use warden_tests::warden::{
+    demo_function_binary, free_port, ready_file, wrapper_script, ExtensionsDir, EXTENSION_NAME,
+};
+
+const DEFAULT_PORT: u16 = 3128;
 
 fn wrapper() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../layer/egress-warden-wrapper")
+    wrapper_script()
+}
+
+/// A proxy port that is "listening" for the wrapper: a listener held on it (so no other test
+/// picks it) and its readiness file naming this process; the file goes when dropped.
+struct Ready {
+    port: u16,
+    _listener: Option<TcpListener>,
+}
+
+impl Ready {
+    fn new() -> Ready {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local addr").port();
+        Ready::publish(port, Some(listener))
+    }
+
+    /// The default port, 3128: only the file (whatever listens there, if anything).
+    fn default_port() -> Ready {
+        Ready::publish(DEFAULT_PORT, None)
+    }
+
+    fn publish(port: u16, listener: Option<TcpListener>) -> Ready {
+        let file = ready_file(port);
+        let dir = file.parent().expect("ready dir");
+        std::fs::create_dir_all(dir).expect("create the readiness directory");
+        let tmp = dir.join(format!(".test-{port}.{}", std::process::id()));
+        std::fs::write(&tmp, format!("{port} {}\n", std::process::id())).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+        Ready {
+            port,
+            _listener: listener,
+        }
+    }
+
+    fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The base environment, with `EGRESS_WARDEN_PROXY_PORT` naming this port.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        self.with(&[])
+    }
+
+    fn with(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let port = self.port.to_string();
+        let mut v = with(&[("EGRESS_WARDEN_PROXY_PORT", port.as_str())]);
+        for (k, val) in extra {
+            v.retain(|(key, _)| key != k);
+            v.push((*k, val.to_string()));
+        }
+        v
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let file = ready_file(self.port);
+        let ours = format!("{} {}\n", self.port, std::process::id());
+        if std::fs::read_to_string(&file).is_ok_and(|c| c == ours) {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 /// Shells to run the wrapper with: `sh` always, `bash` too where it is installed.
@@ -90,6 +166,47 @@ fn plain_env(shell: &str, vars: &[(&str, String)]) -> BTreeMap<String, String> {
     parse_env0(&out.stdout)
 }
 
+/// The environment the runtime gets when the wrapper leaves it direct: exactly what the shell
+/// passes on without the wrapper, and the one line on stderr saying why (returned).
+fn direct_env(shell: &str, vars: &[(&str, String)]) -> String {
+    let out = run_with(shell, vars, &["env", "-0"]);
+    assert!(out.status.success(), "wrapper under {shell}: {out:?}");
+    assert_eq!(
+        parse_env0(&out.stdout),
+        plain_env(shell, vars),
+        "{shell}: environment changed although the proxy is not listening"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{shell}: one line on stderr: {stderr:?}"
+    );
+    assert!(
+        stderr.starts_with("egress-warden-wrapper: proxy not listening on 127.0.0.1:")
+            && stderr.trim_end().ends_with("; leaving HTTP clients direct"),
+        "{shell}: {stderr:?}"
+    );
+    stderr
+}
+
+/// Removes a file when the test ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A PID that was just in use and no longer is.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("reap true");
+    pid
+}
+
 fn with(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut v = base_env();
     for (k, val) in extra {
@@ -124,14 +241,15 @@ fn wrapper_is_an_executable_posix_sh_script() {
         "wrapper must start with #!/bin/sh"
     );
     // Lambda execs the wrapper path itself: the shebang must work.
+    let ready = Ready::new();
     let out = Command::new(&path)
         .args(["env", "-0"])
         .env_clear()
-        .envs(base_env())
+        .envs(ready.env())
         .output()
         .expect("exec the wrapper directly");
     assert!(out.status.success(), "{:?}", out);
-    assert_eq!(get(&parse_env0(&out.stdout), "HTTPS_PROXY"), PROXY);
+    assert_eq!(get(&parse_env0(&out.stdout), "HTTPS_PROXY"), ready.proxy());
     for shell in shells() {
         let out = Command::new(shell)
             .args(["-n"])
@@ -147,11 +265,13 @@ fn wrapper_is_an_executable_posix_sh_script() {
 }
 
 #[test]
-fn exports_proxy_settings_by_default() {
+fn exports_proxy_settings_when_the_proxy_listens() {
+    let ready = Ready::new();
+    let port = ready.port;
     for shell in shells() {
-        let env = wrapped_env(shell, &base_env());
+        let env = wrapped_env(shell, &ready.env());
         for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            assert_eq!(get(&env, k), PROXY, "{k} under {shell}");
+            assert_eq!(get(&env, k), ready.proxy(), "{k} under {shell}");
         }
         for k in ["NO_PROXY", "no_proxy"] {
             let entries = list(get(&env, k));
@@ -168,10 +288,10 @@ fn exports_proxy_settings_by_default() {
         assert_eq!(get(&env, "NODE_USE_ENV_PROXY"), "1");
         let jto = get(&env, "JAVA_TOOL_OPTIONS");
         for want in [
-            "-Dhttp.proxyHost=127.0.0.1",
-            "-Dhttp.proxyPort=3128",
-            "-Dhttps.proxyHost=127.0.0.1",
-            "-Dhttps.proxyPort=3128",
+            "-Dhttp.proxyHost=127.0.0.1".to_string(),
+            format!("-Dhttp.proxyPort={port}"),
+            "-Dhttps.proxyHost=127.0.0.1".to_string(),
+            format!("-Dhttps.proxyPort={port}"),
         ] {
             assert!(
                 jto.split(' ').any(|o| o == want),
@@ -197,21 +317,101 @@ fn exports_proxy_settings_by_default() {
 
 #[test]
 fn port_comes_from_egress_warden_proxy_port() {
+    let ready = Ready::new();
+    let port = ready.port.to_string();
+    let padded = format!("00{port}");
     for shell in shells() {
-        let env = wrapped_env(shell, &with(&[("EGRESS_WARDEN_PROXY_PORT", "4567")]));
-        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            assert_eq!(get(&env, k), "http://127.0.0.1:4567", "{k} under {shell}");
+        for value in [&port, &padded] {
+            let env = wrapped_env(shell, &with(&[("EGRESS_WARDEN_PROXY_PORT", value)]));
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                assert_eq!(get(&env, k), ready.proxy(), "{k} under {shell}");
+            }
+            let jto = get(&env, "JAVA_TOOL_OPTIONS");
+            assert!(
+                jto.contains(&format!("-Dhttp.proxyPort={port}"))
+                    && jto.contains(&format!("-Dhttps.proxyPort={port}"))
+            );
         }
-        let jto = get(&env, "JAVA_TOOL_OPTIONS");
-        assert!(jto.contains("-Dhttp.proxyPort=4567") && jto.contains("-Dhttps.proxyPort=4567"));
-        // An empty value means the default, like an unset one.
-        let env = wrapped_env(shell, &with(&[("EGRESS_WARDEN_PROXY_PORT", "")]));
-        assert_eq!(get(&env, "HTTPS_PROXY"), PROXY);
+    }
+}
+
+#[test]
+fn the_default_port_is_3128() {
+    let _ready = Ready::default_port();
+    for shell in shells() {
+        // Unset, or empty (which means the default too).
+        for vars in [base_env(), with(&[("EGRESS_WARDEN_PROXY_PORT", "")])] {
+            let env = wrapped_env(shell, &vars);
+            assert_eq!(get(&env, "HTTPS_PROXY"), "http://127.0.0.1:3128");
+            assert!(get(&env, "JAVA_TOOL_OPTIONS").contains("-Dhttp.proxyPort=3128"));
+        }
+    }
+}
+
+#[test]
+fn without_the_extensions_readiness_file_clients_stay_direct() {
+    // The port is held, as a foreign listener would: only the file says the proxy is ours.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let file = ready_file(port);
+    let _ = std::fs::remove_file(&file);
+    let vars = with(&[
+        ("EGRESS_WARDEN_PROXY_PORT", &port.to_string()),
+        ("NO_PROXY", "a.example"),
+        ("JAVA_TOOL_OPTIONS", "-Xss1m"),
+    ]);
+    for shell in shells() {
+        let why = direct_env(shell, &vars);
+        assert!(
+            why.contains(&format!("127.0.0.1:{port} "))
+                && why.contains(&file.display().to_string()),
+            "{why:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_readiness_file_keeps_clients_direct() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let file = ready_file(port);
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("dir");
+    let _cleanup = RemoveOnDrop(file.clone());
+    let vars = with(&[("EGRESS_WARDEN_PROXY_PORT", &port.to_string())]);
+    let me = std::process::id();
+    let dead = dead_pid();
+    let cases = [
+        // The extension that wrote it is gone (crashed, or an earlier life).
+        (format!("{port} {dead}\n"), format!("pid {dead}")),
+        // Written for another port.
+        (
+            format!("{} {me}\n", port.wrapping_add(1)),
+            "names port".to_string(),
+        ),
+        // Not a process id (kill -0 -1 would succeed for any process).
+        (format!("{port} -1\n"), "names no process".to_string()),
+        (format!("{port} 0\n"), "names no process".to_string()),
+        (format!("{port}\n"), "names no process".to_string()),
+        (String::new(), "names port none".to_string()),
+    ];
+    for (contents, reason) in &cases {
+        std::fs::write(&file, contents).expect("write the stale file");
+        for shell in shells() {
+            let why = direct_env(shell, &vars);
+            assert!(why.contains(reason.as_str()), "{contents:?}: {why:?}");
+        }
+    }
+    // The same file naming a live process is trusted (no trailing newline needed).
+    std::fs::write(&file, format!("{port} {me}")).expect("write");
+    for shell in shells() {
+        let env = wrapped_env(shell, &vars);
+        assert_eq!(get(&env, "HTTP_PROXY"), format!("http://127.0.0.1:{port}"));
     }
 }
 
 #[test]
 fn no_proxy_keeps_the_runtime_api_host_direct() {
+    let ready = Ready::new();
     let cases = [
         ("169.254.100.1:9001", "169.254.100.1"),
         ("runtime.internal:9001", "runtime.internal"),
@@ -220,7 +420,7 @@ fn no_proxy_keeps_the_runtime_api_host_direct() {
     ];
     for shell in shells() {
         for (api, host) in cases {
-            let env = wrapped_env(shell, &with(&[("AWS_LAMBDA_RUNTIME_API", api)]));
+            let env = wrapped_env(shell, &ready.with(&[("AWS_LAMBDA_RUNTIME_API", api)]));
             for k in ["NO_PROXY", "no_proxy"] {
                 let v = get(&env, k);
                 assert!(
@@ -234,10 +434,11 @@ fn no_proxy_keeps_the_runtime_api_host_direct() {
 
 #[test]
 fn user_no_proxy_is_appended_to_not_replaced() {
+    let ready = Ready::new();
     for shell in shells() {
         let env = wrapped_env(
             shell,
-            &with(&[("NO_PROXY", ".corp.example,10.0.0.0/8,localhost")]),
+            &ready.with(&[("NO_PROXY", ".corp.example,10.0.0.0/8,localhost")]),
         );
         for k in ["NO_PROXY", "no_proxy"] {
             let entries = list(get(&env, k));
@@ -252,7 +453,7 @@ fn user_no_proxy_is_appended_to_not_replaced() {
         // Both spellings set by the user: each keeps its own list.
         let env = wrapped_env(
             shell,
-            &with(&[("NO_PROXY", "upper.example"), ("no_proxy", "lower.example")]),
+            &ready.with(&[("NO_PROXY", "upper.example"), ("no_proxy", "lower.example")]),
         );
         assert!(get(&env, "NO_PROXY").starts_with("upper.example,"));
         assert!(get(&env, "no_proxy").starts_with("lower.example,"));
@@ -262,24 +463,29 @@ fn user_no_proxy_is_appended_to_not_replaced() {
 
 #[test]
 fn user_proxy_settings_are_never_overridden() {
+    let ready = Ready::new();
+    let port = ready.port;
     for shell in shells() {
         // The user's HTTPS_PROXY wins, for both spellings, and Java gets no https proxy of ours.
-        let env = wrapped_env(shell, &with(&[("HTTPS_PROXY", "http://corp-proxy:8080")]));
+        let env = wrapped_env(
+            shell,
+            &ready.with(&[("HTTPS_PROXY", "http://corp-proxy:8080")]),
+        );
         assert_eq!(get(&env, "HTTPS_PROXY"), "http://corp-proxy:8080");
         assert_eq!(get(&env, "https_proxy"), "http://corp-proxy:8080");
-        assert_eq!(get(&env, "HTTP_PROXY"), PROXY);
-        assert_eq!(get(&env, "http_proxy"), PROXY);
+        assert_eq!(get(&env, "HTTP_PROXY"), ready.proxy());
+        assert_eq!(get(&env, "http_proxy"), ready.proxy());
         let jto = get(&env, "JAVA_TOOL_OPTIONS");
         assert!(!jto.contains("-Dhttps.proxy"), "{jto:?}");
         assert!(jto.contains("-Dhttp.proxyHost=127.0.0.1"), "{jto:?}");
 
         // Lower-case only, and both spellings with different values: all kept as set.
-        let env = wrapped_env(shell, &with(&[("http_proxy", "http://lower:1")]));
+        let env = wrapped_env(shell, &ready.with(&[("http_proxy", "http://lower:1")]));
         assert_eq!(get(&env, "http_proxy"), "http://lower:1");
         assert_eq!(get(&env, "HTTP_PROXY"), "http://lower:1");
         let env = wrapped_env(
             shell,
-            &with(&[
+            &ready.with(&[
                 ("HTTP_PROXY", "http://upper:1"),
                 ("http_proxy", "http://lower:2"),
             ]),
@@ -288,22 +494,27 @@ fn user_proxy_settings_are_never_overridden() {
         assert_eq!(get(&env, "http_proxy"), "http://lower:2");
 
         // NODE_USE_ENV_PROXY the user set (even to 0) stays.
-        let env = wrapped_env(shell, &with(&[("NODE_USE_ENV_PROXY", "0")]));
+        let env = wrapped_env(shell, &ready.with(&[("NODE_USE_ENV_PROXY", "0")]));
         assert_eq!(get(&env, "NODE_USE_ENV_PROXY"), "0");
 
         // JAVA_TOOL_OPTIONS: appended to; a property group the user set is not added again.
         let user = "-Xmx512m -Dhttps.proxyHost=corp -Dhttps.proxyPort=8443 -Dfoo=a\\ b";
-        let env = wrapped_env(shell, &with(&[("JAVA_TOOL_OPTIONS", user)]));
+        let env = wrapped_env(shell, &ready.with(&[("JAVA_TOOL_OPTIONS", user)]));
         let jto = get(&env, "JAVA_TOOL_OPTIONS");
         assert!(jto.starts_with(user), "{jto:?}");
         assert_eq!(jto.matches("-Dhttps.proxyHost=").count(), 1, "{jto:?}");
-        assert!(!jto.contains("-Dhttps.proxyPort=3128"), "{jto:?}");
         assert!(
-            jto.contains("-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=3128"),
+            !jto.contains(&format!("-Dhttps.proxyPort={port}")),
+            "{jto:?}"
+        );
+        assert!(
+            jto.contains(&format!(
+                "-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort={port}"
+            )),
             "{jto:?}"
         );
         let user = "-Dhttp.nonProxyHosts=*.corp";
-        let env = wrapped_env(shell, &with(&[("JAVA_TOOL_OPTIONS", user)]));
+        let env = wrapped_env(shell, &ready.with(&[("JAVA_TOOL_OPTIONS", user)]));
         let jto = get(&env, "JAVA_TOOL_OPTIONS");
         assert_eq!(jto.matches("-Dhttp.nonProxyHosts=").count(), 1, "{jto:?}");
         assert!(jto.contains("-Dhttps.proxyHost=127.0.0.1"), "{jto:?}");
@@ -312,6 +523,7 @@ fn user_proxy_settings_are_never_overridden() {
 
 #[test]
 fn disabled_or_port_zero_passes_everything_through_untouched() {
+    let ready = Ready::new();
     let user = [
         ("HTTPS_PROXY", "http://corp:1"),
         ("NO_PROXY", "a.example"),
@@ -347,13 +559,14 @@ fn disabled_or_port_zero_passes_everything_through_untouched() {
             }
         }
         // DISABLE=false is the default behaviour.
-        let env = wrapped_env(shell, &with(&[("EGRESS_WARDEN_DISABLE", "false")]));
-        assert_eq!(get(&env, "HTTPS_PROXY"), PROXY);
+        let env = wrapped_env(shell, &ready.with(&[("EGRESS_WARDEN_DISABLE", "false")]));
+        assert_eq!(get(&env, "HTTPS_PROXY"), ready.proxy());
     }
 }
 
 #[test]
 fn arguments_are_passed_intact_and_the_command_replaces_the_wrapper() {
+    let ready = Ready::new();
     let args = [
         "a b",
         "",
@@ -365,7 +578,12 @@ fn arguments_are_passed_intact_and_the_command_replaces_the_wrapper() {
         "-e",
     ];
     for shell in shells() {
-        for vars in [base_env(), with(&[("EGRESS_WARDEN_DISABLE", "true")])] {
+        for vars in [
+            ready.env(),
+            with(&[("EGRESS_WARDEN_DISABLE", "true")]),
+            // Not listening: left direct, arguments intact all the same.
+            with(&[("EGRESS_WARDEN_PROXY_PORT", "1")]),
+        ] {
             let mut cmd = vec!["printf", "[%s]\\n"];
             cmd.extend(args);
             let out = run_with(shell, &vars, &cmd);
@@ -379,7 +597,7 @@ fn arguments_are_passed_intact_and_the_command_replaces_the_wrapper() {
             .arg(wrapper())
             .args(["sh", "-c", "echo $$; exit 7"])
             .env_clear()
-            .envs(base_env())
+            .envs(ready.env())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -397,8 +615,178 @@ fn arguments_are_passed_intact_and_the_command_replaces_the_wrapper() {
         );
 
         // No helper variables or functions leak into the runtime's environment.
-        let env = wrapped_env(shell, &base_env());
+        let env = wrapped_env(shell, &ready.env());
         let leaked: Vec<&String> = env.keys().filter(|k| k.starts_with("ew_")).collect();
         assert!(leaked.is_empty(), "{leaked:?}");
     }
+}
+
+// --- In front of the demo function, under the emulator, with the real extension --------------
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took too long")
+}
+
+/// A loopback origin answering 200 `ok` to every request.
+async fn origin() -> std::net::SocketAddr {
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the origin");
+    let addr = origin.local_addr().expect("origin addr");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// egress-warden on `proxy_port` and the demo function behind the wrapper.
+fn demo_config(d: &ExtensionsDir, proxy_port: u16) -> EmulatorConfig {
+    EmulatorConfig::with_extensions_dir(d.path())
+        .env("EGRESS_WARDEN_PROXY_PORT", proxy_port.to_string())
+        .env("EGRESS_WARDEN_DNS_PORT", free_port().to_string())
+        .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
+        // Loopback is denied by default; the test's origin lives there.
+        .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
+        .env("AWS_LAMBDA_EXEC_WRAPPER", wrapper().display().to_string())
+        .runtime(Runtime::command(demo_function_binary()))
+}
+
+/// The demo's answer to `{"urls": [url]}`.
+async fn fetch_through_the_function(emu: &mut Emulator, url: &str) -> Value {
+    let out = emu
+        .invoke_json(&json!({ "urls": [url] }))
+        .await
+        .expect("invoke");
+    out.response_json()
+        .unwrap_or_else(|| panic!("{:?}\nruntime: {:?}", out.result, emu.output(RUNTIME_NAME)))
+}
+
+fn wrapper_lines(emu: &Emulator) -> Vec<String> {
+    emu.stderr_lines(RUNTIME_NAME)
+        .into_iter()
+        .filter(|l| l.starts_with("egress-warden-wrapper:"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_extension_listening_the_function_goes_through_the_proxy() {
+    bounded(async {
+        let origin = origin().await;
+        let d = ExtensionsDir::with_warden();
+        let proxy = free_port();
+        let mut emu = Emulator::start(demo_config(&d, proxy))
+            .await
+            .expect("emulator");
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        // Written before registering, so before the runtime (and the wrapper) started.
+        let pid = emu.pid(EXTENSION_NAME).expect("extension pid");
+        assert_eq!(
+            std::fs::read_to_string(ready_file(proxy)).expect("readiness file"),
+            format!("{proxy} {pid}\n")
+        );
+
+        let body = fetch_through_the_function(&mut emu, &format!("http://{origin}/hello")).await;
+        assert_eq!(body["proxy"], format!("http://127.0.0.1:{proxy}"), "{body}");
+        let r = &body["results"][0];
+        assert_eq!(r["via"], "proxy", "{body}");
+        assert_eq!(r["status"], 200, "{body}");
+        assert!(emu.invoke("{}").await.expect("invoke").is_success());
+        assert_eq!(wrapper_lines(&emu), Vec::<String>::new());
+
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(
+            report
+                .extension(EXTENSION_NAME)
+                .expect("exit")
+                .before_deadline
+        );
+        assert!(
+            !ready_file(proxy).exists(),
+            "the readiness file is removed when the extension ends"
+        );
+        // The request went through the proxy: it is counted.
+        let v = EmfValidator::new();
+        let requests: f64 = emu
+            .stdout_lines(EXTENSION_NAME)
+            .iter()
+            .filter_map(|l| v.validate_line(l).ok())
+            .filter_map(|d| d.metric_total("requests"))
+            .sum();
+        assert!(requests >= 1.0, "the proxied request is counted");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_proxy_port_taken_the_function_goes_direct_and_its_calls_succeed() {
+    bounded(async {
+        let origin = origin().await;
+        // Another process listens on the proxy port: egress-warden cannot bind it.
+        let squatter = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = squatter.local_addr().expect("addr").port();
+        // A file left by an earlier life whose PID is alive again (here: this test process)
+        // must not survive: the extension clears it before binding.
+        std::fs::create_dir_all(ready_file(proxy).parent().expect("dir")).expect("dir");
+        std::fs::write(
+            ready_file(proxy),
+            format!("{proxy} {}\n", std::process::id()),
+        )
+        .expect("stale file");
+        let _cleanup = RemoveOnDrop(ready_file(proxy));
+
+        let d = ExtensionsDir::with_warden();
+        let mut emu = Emulator::start(demo_config(&d, proxy))
+            .await
+            .expect("emulator");
+        emu.wait_init()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        let log = emu.stderr_lines(EXTENSION_NAME).join("\n");
+        assert!(log.contains("the proxy is disabled"), "{log}");
+        assert!(!ready_file(proxy).exists(), "stale readiness file cleared");
+
+        let body = fetch_through_the_function(&mut emu, &format!("http://{origin}/direct")).await;
+        assert_eq!(
+            body["proxy"],
+            Value::Null,
+            "no HTTP_PROXY for the runtime: {body}"
+        );
+        let r = &body["results"][0];
+        assert_eq!(r["via"], "direct", "{body}");
+        assert_eq!(r["status"], 200, "{body}");
+        let lines = wrapper_lines(&emu);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains(&format!("proxy not listening on 127.0.0.1:{proxy} "))
+                && lines[0].ends_with("leaving HTTP clients direct"),
+            "{lines:?}"
+        );
+
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(
+            report
+                .extension(EXTENSION_NAME)
+                .expect("exit")
+                .before_deadline
+        );
+        drop(squatter);
+    })
+    .await
 }

@@ -1,12 +1,15 @@
 //! The extension's life: bind the listeners, register, do the INIT work, then follow
 //! Lambda's events until SHUTDOWN (or SIGTERM), flushing metrics on each INVOKE and at the end.
 //!
-//! Order matters: Lambda starts the runtime's INIT as soon as we register, so the proxy and
-//! DNS listeners are bound first and the function's first request finds them ready.
+//! Order matters: Lambda starts the runtime's INIT as soon as every extension has registered,
+//! so the proxy and DNS listeners are bound first and the function's first request finds them
+//! ready; the readiness file ([`ready`]) is written before registering too, so the exec wrapper
+//! that starts the runtime finds it.
 
 mod extensions_api;
 mod logging;
 mod panics;
+mod ready;
 
 use crate::config::{Config, MetricsSink, Problem};
 use crate::context::{Context, InvocationClock};
@@ -16,6 +19,7 @@ use crate::metrics::{Counter, EmfWriter, Recorder, Snapshot, Timing};
 use crate::proxy::{self, ProxyHandle, Warmer};
 use crate::warm;
 use extensions_api::{Event, ExtensionsApi};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -78,6 +82,8 @@ async fn register(name: &str) -> Result<String, lambda_extension::Error> {
 struct Services {
     _dns_server: Option<DnsServerHandle>,
     proxy: Option<ProxyHandle>,
+    /// Tells the exec wrapper the proxy listens; removed when dropped.
+    _ready: Option<ready::ReadyFile>,
 }
 
 /// Starts what the configuration asks for. A listener that cannot bind is switched off with
@@ -115,9 +121,26 @@ async fn start_services(ctx: &Context) -> Services {
             ),
         },
     }
+    let ready_file = match &proxy_handle {
+        Some(_) => match ready::ReadyFile::publish(Path::new(ready::DIR), port) {
+            Ok(file) => {
+                tracing::debug!("proxy readiness written to {}", file.path().display());
+                Some(file)
+            }
+            Err(err) => {
+                tracing::error!(
+                    "cannot write {}/proxy-{port}: the exec wrapper will leave HTTP clients direct: {err}",
+                    ready::DIR
+                );
+                None
+            }
+        },
+        None => None,
+    };
     Services {
         _dns_server: dns_server,
         proxy: proxy_handle,
+        _ready: ready_file,
     }
 }
 
@@ -217,7 +240,12 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     // Runs when the board is refreshed: on INVOKE and at the end, before each flush.
     let _diagnosis = crate::diagnose::Diagnosis::start(&ctx);
 
-    // Kept alive until the end of `run`: dropping the handles closes the listeners.
+    // Whatever an earlier life left: the wrapper must not trust it.
+    if config.proxy_port != 0 {
+        ready::clear(Path::new(ready::DIR), config.proxy_port);
+    }
+    // Kept alive until the end of `run`: dropping the handles closes the listeners (and
+    // removes the readiness file).
     let services = if config.disable || fail_init {
         None
     } else {
@@ -300,6 +328,7 @@ async fn serve_events(
             None
         }
     };
+    let rewarm = warm::Rewarm::default();
     loop {
         let event = tokio::select! {
             event = api.next_event() => event,
@@ -317,7 +346,7 @@ async fn serve_events(
             } => {
                 let gap = ctx.clock.begin_invocation(deadline_ms);
                 if let Some(warmer) = warmer {
-                    warm::after_thaw(ctx, warmer, gap);
+                    warm::after_thaw(ctx, warmer, &rewarm, gap);
                 }
                 ctx.recorder.incr(Counter::Invocations);
                 tracing::debug!(%request_id, "INVOKE");

@@ -8,7 +8,8 @@
 //!   finishes in the background.
 //! - After a freeze ([`after_thaw`]): on an INVOKE that follows a long gap, idle connections
 //!   are checked and dead ones dropped before a request can get one, and the targets are
-//!   topped up again in the background.
+//!   topped up again in the background. A target whose top-up failed sits out the next
+//!   thaws, twice as many after each consecutive failure ([`Rewarm`]).
 //!
 //! This module drives; the proxy owns the sockets ([`Warmer`]).
 
@@ -16,6 +17,7 @@ use crate::config::WarmTarget;
 use crate::context::Context;
 use crate::metrics::{Counter, Timing};
 use crate::proxy::{WarmError, Warmed, Warmer};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -83,10 +85,91 @@ pub async fn during_init(ctx: &Context, warmer: &Warmer) -> WarmReport {
     report
 }
 
+/// The most thaws a failing target sits out in a row: after 1, 2, 4 … failures it skips 1, 2,
+/// 4 … thaws, up to this. Counted in thaws, not time, so the retry rate follows the function's
+/// own traffic: a dead target costs at most one connect attempt per 64 thaws once it has
+/// failed seven times in a row (about one an hour for a function woken every minute), and a
+/// target that comes back is warm again within 64 thaws. A request never waits for this: the
+/// proxy connects on demand whatever the warm-up did.
+pub const MAX_SKIPPED_THAWS: u32 = 64;
+
+/// Backoff of one target's re-warm after thaws.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Backoff {
+    /// Consecutive failed re-warms.
+    failures: u32,
+    /// Thaws still to sit out.
+    skip: u32,
+    /// A re-warm is running (a thaw may come before the previous one's connects end).
+    busy: bool,
+}
+
+impl Backoff {
+    /// On a thaw where the target needs connections: whether to re-warm it now. A thaw sat
+    /// out counts down the backoff.
+    fn try_now(&mut self) -> bool {
+        if self.busy {
+            return false;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        self.busy = true;
+        true
+    }
+
+    /// The re-warm ended: with at least one connection ready (success), or none.
+    fn done(&mut self, success: bool) {
+        self.busy = false;
+        if success {
+            self.failures = 0;
+            self.skip = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            let doublings = (self.failures - 1).min(MAX_SKIPPED_THAWS.trailing_zeros());
+            self.skip = 1 << doublings;
+        }
+    }
+}
+
+/// The re-warm state of every warm target, for the extension's life (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct Rewarm {
+    /// By index in `EGRESS_WARDEN_WARM`.
+    targets: Arc<Mutex<Vec<Backoff>>>,
+}
+
+impl Rewarm {
+    fn lock(&self) -> MutexGuard<'_, Vec<Backoff>> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_now(&self, index: usize) -> bool {
+        let mut targets = self.lock();
+        if targets.len() <= index {
+            targets.resize(index + 1, Backoff::default());
+        }
+        targets[index].try_now()
+    }
+
+    fn done(&self, index: usize, success: bool) -> u32 {
+        let mut targets = self.lock();
+        match targets.get_mut(index) {
+            Some(b) => {
+                b.done(success);
+                b.skip
+            }
+            None => 0,
+        }
+    }
+}
+
 /// Called on every INVOKE with the gap since the previous one. After a long gap: checks
 /// every idle connection now (dead ones are dropped and noted), then tops the configured
-/// targets up in the background. Returns whether it did.
-pub fn after_thaw(ctx: &Context, warmer: &Warmer, gap: Option<Duration>) -> bool {
+/// targets up in the background, except those backing off after failed re-warms
+/// (`rewarm`). Returns whether it did.
+pub fn after_thaw(ctx: &Context, warmer: &Warmer, rewarm: &Rewarm, gap: Option<Duration>) -> bool {
     if gap.is_none_or(|g| g < THAW_GAP) {
         return false;
     }
@@ -98,15 +181,24 @@ pub fn after_thaw(ctx: &Context, warmer: &Warmer, gap: Option<Duration>) -> bool
             "after a pause: dropped upstream connections the peer had closed"
         );
     }
-    for target in &ctx.config.warm {
+    for (index, target) in ctx.config.warm.iter().enumerate() {
         let missing = wanted(target).saturating_sub(open(warmer, target));
         if missing == 0 {
             continue;
         }
-        let (ctx, warmer, target) = (ctx.clone(), warmer.clone(), target.clone());
-        tokio::spawn(
-            async move { warm_target(&ctx, &warmer, &target, missing, Phase::Thaw).await },
-        );
+        if !rewarm.try_now(index) {
+            tracing::debug!(host = %label(target), "warm-up target backing off after failures");
+            continue;
+        }
+        let (ctx, warmer, target, rewarm) =
+            (ctx.clone(), warmer.clone(), target.clone(), rewarm.clone());
+        tokio::spawn(async move {
+            let report = warm_target(&ctx, &warmer, &target, missing, Phase::Thaw).await;
+            let skip = rewarm.done(index, report.ready > 0);
+            if skip > 0 {
+                tracing::debug!(host = %report.target, skip, "warm-up target: next thaws skipped");
+            }
+        });
     }
     true
 }
@@ -214,4 +306,75 @@ async fn warm_target(
         tracing::warn!(host = %report.target, outcome, ready, wanted = n, ms = ms.round(), addr, error, "warm-up target");
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which of `thaws` consecutive thaws try the target, each try ending as `outcome` says.
+    fn tries(b: &mut Backoff, thaws: u32, mut outcome: impl FnMut(u32) -> bool) -> Vec<u32> {
+        let mut tried = Vec::new();
+        for thaw in 0..thaws {
+            if b.try_now() {
+                tried.push(thaw);
+                b.done(outcome(thaw));
+            }
+        }
+        tried
+    }
+
+    #[test]
+    fn a_failing_target_sits_out_1_2_4_and_up_to_64_thaws() {
+        let mut b = Backoff::default();
+        let tried = tries(&mut b, 200, |_| false);
+        assert_eq!(tried, [0, 2, 5, 10, 19, 36, 69, 134, 199]);
+        let gaps: Vec<u32> = tried.windows(2).map(|w| w[1] - w[0] - 1).collect();
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 64, 64]);
+        assert_eq!(b.failures, 9);
+    }
+
+    #[test]
+    fn a_healthy_target_is_tried_on_every_thaw() {
+        let mut b = Backoff::default();
+        assert_eq!(tries(&mut b, 5, |_| true), [0, 1, 2, 3, 4]);
+        assert_eq!(b, Backoff::default());
+    }
+
+    #[test]
+    fn success_resets_the_backoff() {
+        let mut b = Backoff::default();
+        // Fails on thaws 0, 2, 5 and 10; succeeds from thaw 19 on.
+        let tried = tries(&mut b, 25, |thaw| thaw >= 19);
+        assert_eq!(tried, [0, 2, 5, 10, 19, 20, 21, 22, 23, 24]);
+        b.done(false);
+        assert_eq!(
+            b.skip, 1,
+            "one failure after a success: back to a skip of 1"
+        );
+    }
+
+    #[test]
+    fn a_thaw_during_a_running_rewarm_neither_starts_another_nor_counts_down() {
+        let mut b = Backoff::default();
+        assert!(b.try_now());
+        assert!(!b.try_now(), "still running");
+        assert!(!b.try_now());
+        b.done(false);
+        assert_eq!(b.skip, 1);
+        assert!(!b.try_now());
+        assert!(b.try_now());
+    }
+
+    #[test]
+    fn targets_back_off_independently() {
+        let rewarm = Rewarm::default();
+        assert!(rewarm.try_now(1));
+        assert!(rewarm.try_now(0));
+        assert_eq!(rewarm.done(1, false), 1);
+        assert_eq!(rewarm.done(0, true), 0);
+        assert!(!rewarm.try_now(1));
+        assert!(rewarm.try_now(0));
+        assert_eq!(rewarm.done(7, false), 0, "an unknown index is ignored");
+    }
 }

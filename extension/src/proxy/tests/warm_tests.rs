@@ -344,6 +344,7 @@ async fn after_a_pause_dead_sockets_are_dropped_and_targets_warmed_again() {
     let target = format!("127.0.0.1:{}", up.addr.port());
     let proxy = start(&[("EGRESS_WARDEN_WARM", &format!("{target}*2"))]).await;
     let warmer = proxy.warmer();
+    let rewarm = warm::Rewarm::default();
     warm::during_init(&proxy.ctx, &warmer).await;
     assert_eq!(warmer.parked_host_port("127.0.0.1", up.addr.port()), 2);
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -352,14 +353,16 @@ async fn after_a_pause_dead_sockets_are_dropped_and_targets_warmed_again() {
     assert!(!warm::after_thaw(
         &proxy.ctx,
         &warmer,
+        &rewarm,
         Some(Duration::from_millis(20))
     ));
-    assert!(!warm::after_thaw(&proxy.ctx, &warmer, None));
+    assert!(!warm::after_thaw(&proxy.ctx, &warmer, &rewarm, None));
     assert!(stale_caught(&proxy).is_empty());
 
     assert!(warm::after_thaw(
         &proxy.ctx,
         &warmer,
+        &rewarm,
         Some(Duration::from_secs(30))
     ));
     assert_eq!(stale_caught(&proxy).len(), 2, "both dead sockets noted");
