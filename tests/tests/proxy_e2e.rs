@@ -585,3 +585,104 @@ async fn enforce_mode_refuses_a_denied_host_with_403_and_the_rule() {
     })
     .await
 }
+
+/// How the extension is stopped after a burst of requests.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// Lambda's SHUTDOWN event.
+    Shutdown,
+    /// SIGTERM straight to the extension's process.
+    Sigterm,
+}
+
+/// Nothing logged is lost at the end: a burst of proxied requests, then the end of the
+/// process right after the last answer, and every decision line is on stderr, whole, before
+/// the line that says the extension is exiting (the last one it writes).
+async fn every_decision_line_of_a_burst_is_on_stderr_at(stop: Stop) {
+    const CLIENTS: usize = 4;
+    const EACH: usize = 120;
+    let (_plain, port) = upstream("plain", None);
+    let d = ExtensionsDir::with_warden();
+    let proxy = free_port();
+    let mut emu = Emulator::start(base_config(&d, proxy))
+        .await
+        .expect("emulator");
+    emu.wait_init().await.expect("init");
+    let proxy_url = format!("http://127.0.0.1:{proxy}");
+    // Each curl fetches its URLs one after the other on one kept-alive connection.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = format!("http://127.0.0.2:{port}/burst/{c}/[1-{EACH}]");
+            let proxy_url = proxy_url.clone();
+            std::thread::spawn(move || curl(&["-sS", "--max-time", "60", "-x", &proxy_url, &url]))
+        })
+        .collect();
+    for client in clients {
+        let (out, err) = client.join().expect("curl thread");
+        assert_eq!(out.matches("\"path\": \"/burst/").count(), EACH, "{err}");
+    }
+
+    // Every answer is out, so every decision line has been logged: stop at once.
+    let last = match stop {
+        Stop::Shutdown => {
+            let report = emu.shutdown(ShutdownReason::Spindown).await;
+            let exit = report.extension(EXTENSION_NAME).expect("exit");
+            assert!(exit.before_deadline && !exit.killed, "{exit:?}");
+            "SHUTDOWN: flushing and exiting"
+        }
+        Stop::Sigterm => {
+            let pid = emu.pid(EXTENSION_NAME).expect("pid") as libc::pid_t;
+            // SAFETY: kill(2) on the extension's own pid, a child of this test.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            let exit = emu
+                .wait_exit(EXTENSION_NAME, Duration::from_secs(10))
+                .await
+                .expect("exits on SIGTERM");
+            assert_eq!(exit.code, Some(0), "{exit:?}");
+            "SIGTERM: flushing and exiting"
+        }
+    };
+    // The pipe reader may still be catching up with what the process wrote before it went.
+    let seen = emu
+        .wait_for_line(EXTENSION_NAME, Duration::from_secs(10), |l| {
+            l.text.contains(last)
+        })
+        .await;
+    let lines = emu.stderr_lines(EXTENSION_NAME);
+    assert!(seen.is_some(), "{stop:?}: no {last:?} line");
+    let decision = format!("forward allowed 127.0.0.2:{port}");
+    let decisions = lines.iter().filter(|l| l.contains(&decision)).count();
+    assert_eq!(decisions, CLIENTS * EACH, "{stop:?}: decision lines");
+    let exiting = lines.iter().position(|l| l.contains(last));
+    let last_decision = lines.iter().rposition(|l| l.contains(&decision));
+    assert!(
+        exiting > last_decision,
+        "{stop:?}: {last:?} comes after every decision line: {exiting:?}, {last_decision:?}"
+    );
+    // Whole lines only: none was cut or run into another.
+    for line in lines.iter().filter(|l| l.contains(&decision)) {
+        assert!(
+            line.matches(" INFO ").count() == 1 && line.matches(&decision).count() == 1,
+            "{stop:?}: not one whole line: {line}"
+        );
+    }
+    if let Stop::Sigterm = stop {
+        emu.shutdown(ShutdownReason::Spindown).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_line_is_on_stderr_when_shutdown_ends_a_burst() {
+    bounded(every_decision_line_of_a_burst_is_on_stderr_at(
+        Stop::Shutdown,
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_line_is_on_stderr_when_sigterm_ends_a_burst() {
+    bounded(every_decision_line_of_a_burst_is_on_stderr_at(
+        Stop::Sigterm,
+    ))
+    .await
+}
