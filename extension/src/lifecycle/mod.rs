@@ -10,6 +10,7 @@ mod extensions_api;
 mod logging;
 mod panics;
 mod ready;
+mod workers;
 
 use crate::config::{Config, MetricsSink, Problem};
 use crate::context::{Context, InvocationClock};
@@ -37,7 +38,9 @@ pub fn main() -> ExitCode {
     for problem in &problems {
         tracing::error!(variable = %problem.variable, "{problem}");
     }
+    let workers = workers::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing::debug!(workers, "async runtime started");
     let code = runtime.block_on(run(config, problems, started));
     // Listeners and tasks close with the runtime; don't wait long for stragglers.
     runtime.shutdown_timeout(Duration::from_millis(100));
