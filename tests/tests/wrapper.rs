@@ -184,7 +184,9 @@ fn direct_env(shell: &str, vars: &[(&str, String)]) -> String {
     );
     assert!(
         stderr.starts_with("egress-warden-wrapper: proxy not listening on 127.0.0.1:")
-            && stderr.trim_end().ends_with("; leaving HTTP clients direct"),
+            && stderr
+                .trim_end()
+                .ends_with("; not pointing HTTP clients at it"),
         "{shell}: {stderr:?}"
     );
     stderr
@@ -775,7 +777,7 @@ async fn with_the_proxy_port_taken_the_function_goes_direct_and_its_calls_succee
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
             lines[0].contains(&format!("proxy not listening on 127.0.0.1:{proxy} "))
-                && lines[0].ends_with("leaving HTTP clients direct"),
+                && lines[0].ends_with("not pointing HTTP clients at it"),
             "{lines:?}"
         );
 
