@@ -117,6 +117,16 @@ impl ExtensionsDir {
             .expect("stage egress-warden");
         d
     }
+
+    /// The emulator with this directory and egress-warden's proxy on `proxy`, its DNS listener
+    /// on a free port with a dead upstream, and loopback allowed (test origins live there).
+    pub fn proxy_config(&self, proxy: u16) -> crate::emulator::EmulatorConfig {
+        crate::emulator::EmulatorConfig::with_extensions_dir(self.path())
+            .env("EGRESS_WARDEN_PROXY_PORT", proxy.to_string())
+            .env("EGRESS_WARDEN_DNS_PORT", free_port().to_string())
+            .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
+            .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
+    }
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (TCP and UDP).

@@ -181,12 +181,7 @@ fn emf_total(emu: &Emulator, metric: &str) -> f64 {
 }
 
 fn base_config(d: &ExtensionsDir, proxy: u16) -> EmulatorConfig {
-    EmulatorConfig::with_extensions_dir(d.path())
-        .env("EGRESS_WARDEN_PROXY_PORT", proxy.to_string())
-        .env("EGRESS_WARDEN_DNS_PORT", free_port().to_string())
-        .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
-        .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
-        .timeout(Duration::from_secs(60))
+    d.proxy_config(proxy).timeout(Duration::from_secs(60))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -658,12 +658,7 @@ async fn origin() -> std::net::SocketAddr {
 
 /// egress-warden on `proxy_port` and the demo function behind the wrapper.
 fn demo_config(d: &ExtensionsDir, proxy_port: u16) -> EmulatorConfig {
-    EmulatorConfig::with_extensions_dir(d.path())
-        .env("EGRESS_WARDEN_PROXY_PORT", proxy_port.to_string())
-        .env("EGRESS_WARDEN_DNS_PORT", free_port().to_string())
-        .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
-        // Loopback is denied by default; the test's origin lives there.
-        .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
+    d.proxy_config(proxy_port)
         .env("AWS_LAMBDA_EXEC_WRAPPER", wrapper().display().to_string())
         .runtime(Runtime::command(demo_function_binary()))
 }
