@@ -129,6 +129,19 @@ impl ExtensionsDir {
     }
 }
 
+/// The emulator started and through INIT; panics with egress-warden's log if either fails.
+pub async fn started_through_init(
+    cfg: crate::emulator::EmulatorConfig,
+) -> crate::emulator::Emulator {
+    let mut emu = crate::emulator::Emulator::start(cfg)
+        .await
+        .expect("emulator");
+    if let Err(e) = emu.wait_init().await {
+        panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n"));
+    }
+    emu
+}
+
 /// A port that was free a moment ago on 127.0.0.1 (TCP and UDP).
 pub fn free_port() -> u16 {
     for _ in 0..50 {

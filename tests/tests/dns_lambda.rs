@@ -14,8 +14,10 @@ use serde_json::Value;
 use warden_tests::blocking_http;
 use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emf::EmfValidator;
-use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
-use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::emulator::{EmulatorConfig, ShutdownReason};
+use warden_tests::warden::{
+    free_port, started_through_init, workspace_root, ExtensionsDir, EXTENSION_NAME,
+};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -97,10 +99,7 @@ async fn the_real_extension_caches_dns_reports_it_and_stops_at_shutdown() {
                 "EGRESS_WARDEN_DNS_UPSTREAMS",
                 format!("127.0.0.1:{}", upstream.port),
             );
-        let mut emu = Emulator::start(cfg).await.expect("emulator");
-        emu.wait_init()
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        let mut emu = started_through_init(cfg).await;
 
         let (answers, python) = tokio::task::spawn_blocking(move || {
             let answers: Vec<String> = (0..5).map(|_| dig_short(dns, "real.test")).collect();

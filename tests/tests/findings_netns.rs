@@ -14,7 +14,7 @@ use serde_json::Value;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::netns::{self, Lab};
-use warden_tests::warden::{free_port, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{free_port, started_through_init, ExtensionsDir, EXTENSION_NAME};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -63,10 +63,7 @@ impl Warden {
         for (k, v) in env {
             cfg = cfg.env(*k, v.clone());
         }
-        let mut emu = Emulator::start(cfg).await.expect("emulator");
-        emu.wait_init()
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        let emu = started_through_init(cfg).await;
         (Warden { emu, proxy, dns }, d)
     }
 

@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
-use warden_tests::warden::{free_port, workspace_root, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{
+    free_port, started_through_init, workspace_root, ExtensionsDir, EXTENSION_NAME,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -214,10 +216,7 @@ async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_req
                 program: PathBuf::from(python()),
                 args: vec![proxy_dir().join("runtime.py").display().to_string()],
             });
-        let mut emu = Emulator::start(cfg).await.expect("emulator");
-        emu.wait_init()
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        let mut emu = started_through_init(cfg).await;
 
         let route = |path: &str| format!("http://127.0.0.1:{proxy}/{path}");
         let https = format!("https://127.0.0.2:{tls_port}");
@@ -433,10 +432,7 @@ async fn denied_host_under(
         )
         .env("EGRESS_WARDEN_POLICY", policy)
         .env("EGRESS_WARDEN_DENY", "denied.test");
-    let mut emu = Emulator::start(cfg).await.expect("emulator");
-    emu.wait_init()
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+    let emu = started_through_init(cfg).await;
     (emu, proxy, plain_port, (vec![plain], dns, d))
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::netns::{self, Lab};
-use warden_tests::warden::{free_port, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{free_port, started_through_init, ExtensionsDir, EXTENSION_NAME};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const RTT_MS: u32 = 20;
@@ -93,10 +93,7 @@ async fn start_warden(
     for (k, v) in env {
         cfg = cfg.env(*k, v.clone());
     }
-    let mut emu = Emulator::start(cfg).await.expect("emulator");
-    emu.wait_init()
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+    let emu = started_through_init(cfg).await;
     (emu, proxy, d)
 }
 

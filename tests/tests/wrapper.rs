@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason, RUNTIME_NAME};
 use warden_tests::warden::{
-    demo_function_binary, free_port, ready_file, wrapper_script, ExtensionsDir, EXTENSION_NAME,
+    demo_function_binary, free_port, ready_file, started_through_init, wrapper_script,
+    ExtensionsDir, EXTENSION_NAME,
 };
 
 const DEFAULT_PORT: u16 = 3128;
@@ -686,12 +687,7 @@ async fn with_the_extension_listening_the_function_goes_through_the_proxy() {
         let origin = origin().await;
         let d = ExtensionsDir::with_warden();
         let proxy = free_port();
-        let mut emu = Emulator::start(demo_config(&d, proxy))
-            .await
-            .expect("emulator");
-        emu.wait_init()
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        let mut emu = started_through_init(demo_config(&d, proxy)).await;
         // Written before registering, so before the runtime (and the wrapper) started.
         let pid = emu.pid(EXTENSION_NAME).expect("extension pid");
         assert_eq!(
@@ -749,12 +745,7 @@ async fn with_the_proxy_port_taken_the_function_goes_direct_and_its_calls_succee
         let _cleanup = RemoveOnDrop(ready_file(proxy));
 
         let d = ExtensionsDir::with_warden();
-        let mut emu = Emulator::start(demo_config(&d, proxy))
-            .await
-            .expect("emulator");
-        emu.wait_init()
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n")));
+        let mut emu = started_through_init(demo_config(&d, proxy)).await;
         let log = emu.stderr_lines(EXTENSION_NAME).join("\n");
         assert!(log.contains("the proxy is disabled"), "{log}");
         assert!(!ready_file(proxy).exists(), "stale readiness file cleared");
