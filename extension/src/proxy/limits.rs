@@ -123,6 +123,11 @@ impl<T> GuardedIo<T> {
         }
     }
 
+    /// The io itself, for a tunnel that takes the connection over.
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// Re-arms the deadline when the phase changed since the last read.
     fn track_phase(&mut self) {
         let phase = self.phase.get();

@@ -6,12 +6,10 @@
 use super::limits::{GuardedIo, MAX_HEADERS, MAX_HEADER_BYTES};
 use super::outcome::ERROR_HEADER;
 use super::record::{Kind, RequestRecord};
-use super::relay::ClientFd;
 use super::service::{dispatch, ConnSlot, Proxy};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,14 +58,11 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     slot: Arc<ConnSlot>,
 ) {
-    // A CONNECT tunnel takes the socket over from hyper by its descriptor (see relay.rs).
-    let client_fd = ClientFd(stream.as_raw_fd());
     let io = TokioIo::new(GuardedIo::new(stream, slot.phase.clone(), proxy.timeouts));
     let service = {
         let proxy = proxy.clone();
         let slot = slot.clone();
-        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(client_fd);
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
             dispatch(proxy.clone(), slot.clone(), req)
         })
     };

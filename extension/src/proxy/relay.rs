@@ -1,27 +1,26 @@
 //! Moves a CONNECT tunnel's bytes both ways until either side is done.
 //!
 //! When the client connection is the listener's own TCP socket (always, in practice), the
-//! tunnel takes both sockets over from tokio's stream types and moves bulk data with
-//! `splice(2)` through a pipe: the kernel hands pages from one socket to the other without
-//! copying them through user space (what HAProxy does). Small messages (request/response
-//! traffic) go through a buffer instead: a short `read(2)` shows the socket is drained, so the
-//! relay waits for the next readiness event without one more call that would only answer
-//! EAGAIN — a short splice does not show that (it may be bounded by the pipe). A direction
-//! switches to splice after a read fills the buffer and back after a short splice.
-//! Anything else (another client io, no pipe) falls back to tokio's buffered copy.
+//! tunnel takes it back from hyper, still registered with tokio's event loop, and moves bulk
+//! data with `splice(2)` through a pipe: the kernel hands pages from one socket to the other
+//! without copying them through user space (what HAProxy does). Small messages
+//! (request/response traffic) go through a buffer instead: a short read shows the socket is
+//! drained (tokio then waits for the next readiness event without one more call that would
+//! only answer EAGAIN) — a short splice does not show that (it may be bounded by the pipe). A
+//! direction switches to splice after a read fills the buffer and back after a short splice.
+//! Anything else (another client io) falls back to tokio's buffered copy.
 
 use super::limits::GuardedIo;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// Buffer per direction for small messages (and for the fallback copy): a read that fills it
@@ -29,11 +28,6 @@ use tokio::net::TcpStream;
 const BUF: usize = 32 * 1024;
 /// Pipe size asked for: more data per splice call (the default pipe holds 64 KiB).
 const PIPE_SIZE: libc::c_int = 512 * 1024;
-
-/// The client socket's descriptor, attached to each request by the listener so that a
-/// tunnel can take the socket over once hyper hands the connection back.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ClientFd(pub(crate) RawFd);
 
 /// What a finished tunnel moved, and how it ended.
 #[derive(Debug, Default)]
@@ -52,67 +46,30 @@ pub(crate) struct Relayed {
 /// The io the listener gives hyper (see `listener.rs`).
 type ClientIo = TokioIo<GuardedIo<TcpStream>>;
 
-pub(crate) async fn relay(client: Upgraded, fd: Option<ClientFd>, upstream: TcpStream) -> Relayed {
-    let (client, read_ahead) = match take_socket(client, fd) {
-        Ok(taken) => taken,
-        Err(client) => return copy(client, upstream).await,
-    };
-    let upstream = match upstream.into_std() {
-        Ok(u) => u,
-        Err(err) => return failed(err),
-    };
-    relay_sockets(client, read_ahead, upstream).await
-}
-
-/// The client's socket (a duplicate of its descriptor; hyper's copy is closed) and the bytes
-/// hyper had read past the CONNECT head. Gives the connection back if it is not ours.
-fn take_socket(
-    client: Upgraded,
-    fd: Option<ClientFd>,
-) -> Result<(std::net::TcpStream, Bytes), Upgraded> {
-    let Some(ClientFd(fd)) = fd else {
-        return Err(client);
-    };
-    // SAFETY: the listener attached `fd` to this connection's requests: it is the descriptor
-    // of the socket that `client` (hyper's io for this connection) owns, open while it lives.
-    let Ok(dup) = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned() else {
-        return Err(client);
-    };
-    let parts = client.downcast::<ClientIo>()?;
-    drop(parts.io);
-    Ok((std::net::TcpStream::from(dup), parts.read_buf))
-}
-
-fn failed(err: io::Error) -> Relayed {
-    Relayed {
-        error: Some(err),
-        ..Relayed::default()
+pub(crate) async fn relay(client: Upgraded, upstream: TcpStream) -> Relayed {
+    match client.downcast::<ClientIo>() {
+        // The client's socket and the bytes hyper had read past the CONNECT head.
+        Ok(parts) => {
+            let client = parts.io.into_inner().into_inner();
+            relay_sockets(client, parts.read_buf, upstream).await
+        }
+        Err(client) => copy(client, upstream).await,
     }
 }
 
 /// Both directions at once, in this task (no cross-task wake-ups per message).
 pub(crate) async fn relay_sockets(
-    client: std::net::TcpStream,
+    mut client: TcpStream,
     read_ahead: Bytes,
-    upstream: std::net::TcpStream,
+    mut upstream: TcpStream,
 ) -> Relayed {
-    let registered = client
-        .set_nonblocking(true)
-        .and_then(|()| upstream.set_nonblocking(true))
-        .and_then(|()| {
-            // SAFETY: each std socket owns its descriptor, which stays open (and the same)
-            // until the AsyncFd holding it is dropped.
-            unsafe { Ok((AsyncFd::register(client)?, AsyncFd::register(upstream)?)) }
-        });
-    let (client, upstream) = match registered {
-        Ok(pair) => pair,
-        Err(err) => return failed(err),
-    };
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
     let mut out = Flow::default();
     let mut back = Flow::default();
     let ended = tokio::try_join!(
-        pump(&client, &upstream, read_ahead, &mut out),
-        pump(&upstream, &client, Bytes::new(), &mut back),
+        pump(client_read, upstream_write, read_ahead, &mut out),
+        pump(upstream_read, client_write, Bytes::new(), &mut back),
     );
     Relayed {
         out: out.bytes,
@@ -140,15 +97,19 @@ impl Flow {
     }
 }
 
-type Socket = AsyncFd<std::net::TcpStream>;
-
 /// One direction: `from` → `to` until `from` ends, then half-closes `to`.
-async fn pump(from: &Socket, to: &Socket, read_ahead: Bytes, flow: &mut Flow) -> io::Result<()> {
+async fn pump(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    read_ahead: Bytes,
+    flow: &mut Flow,
+) -> io::Result<()> {
     if !read_ahead.is_empty() {
         flow.moved(read_ahead.len());
-        write_all(to, &read_ahead).await?;
+        to.write_all(&read_ahead).await?;
     }
-    let mut buf = vec![0u8; BUF];
+    // Read into spare capacity: nothing to zero for a tunnel that only says a few words.
+    let mut buf: Vec<u8> = Vec::with_capacity(BUF);
     // Made on the first bulk read; None after a failure (then buffered for good).
     let mut pipe: Option<Pipe> = None;
     let mut splice_ok = true;
@@ -159,12 +120,12 @@ async fn pump(from: &Socket, to: &Socket, read_ahead: Bytes, flow: &mut Flow) ->
                 pipe = Pipe::new().ok();
             }
             if let Some(p) = &pipe {
-                match splice_in(from, p).await {
+                match splice_in(from.as_ref(), p).await {
                     Ok(0) => break,
                     Ok(n) => {
                         flow.moved(n);
                         flow.spliced += n as u64;
-                        splice_out(p, to, n).await?;
+                        splice_out(p, to.as_ref(), n).await?;
                         bulk = n >= BUF;
                         continue;
                     }
@@ -175,16 +136,17 @@ async fn pump(from: &Socket, to: &Socket, read_ahead: Bytes, flow: &mut Flow) ->
                 splice_ok = false;
             }
         }
-        let n = read(from, &mut buf).await?;
+        buf.clear();
+        let n = from.read_buf(&mut buf).await?;
         if n == 0 {
             break;
         }
         flow.moved(n);
-        write_all(to, &buf[..n]).await?;
-        bulk = n == buf.len();
+        to.write_all(&buf).await?;
+        bulk = n >= BUF;
     }
     // The other side may still talk: pass the end on, as a TCP half-close.
-    match to.get_ref().shutdown(Shutdown::Write) {
+    match to.shutdown().await {
         Err(err) if err.kind() != io::ErrorKind::NotConnected => Err(err),
         _ => Ok(()),
     }
@@ -198,54 +160,29 @@ fn unsupported(err: &io::Error) -> bool {
     )
 }
 
-async fn read(from: &Socket, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        let mut ready = from.readable().await?;
-        if let Ok(read) = ready.try_io(|s| s.get_ref().read(buf)) {
-            let n = read?;
-            // A short read drained the socket: wait for the next event, not for EAGAIN.
-            if n > 0 && n < buf.len() {
-                ready.clear_ready();
-            }
-            return Ok(n);
-        }
-    }
-}
-
-async fn write_all(to: &Socket, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let mut ready = to.writable().await?;
-        if let Ok(written) = ready.try_io(|s| s.get_ref().write(data)) {
-            match written? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                n => data = &data[n..],
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Socket → pipe: what the socket holds, up to the pipe's size (the pipe is empty here).
-async fn splice_in(from: &Socket, pipe: &Pipe) -> io::Result<usize> {
+async fn splice_in(from: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+    let (fd, into) = (from.as_raw_fd(), pipe.write.as_raw_fd());
     loop {
-        let mut ready = from.readable().await?;
-        let fd = from.as_raw_fd();
-        if let Ok(moved) = ready.try_io(|_| splice(fd, pipe.write.as_raw_fd(), pipe.size)) {
-            return moved;
+        from.readable().await?;
+        // tokio clears the readiness on EAGAIN, so the next `readable()` waits for an event.
+        match from.try_io(Interest::READABLE, || splice(fd, into, pipe.size)) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            moved => return moved,
         }
     }
 }
 
 /// Pipe → socket: all `n` bytes the pipe holds.
-async fn splice_out(pipe: &Pipe, to: &Socket, mut n: usize) -> io::Result<()> {
+async fn splice_out(pipe: &Pipe, to: &TcpStream, mut n: usize) -> io::Result<()> {
+    let (fd, from) = (to.as_raw_fd(), pipe.read.as_raw_fd());
     while n > 0 {
-        let mut ready = to.writable().await?;
-        let fd = to.as_raw_fd();
-        if let Ok(moved) = ready.try_io(|_| splice(pipe.read.as_raw_fd(), fd, n)) {
-            match moved? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                m => n -= m,
-            }
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || splice(from, fd, n)) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => n -= m,
         }
     }
     Ok(())
@@ -375,19 +312,18 @@ mod tests {
     use crate::metrics::Counter;
     use crate::proxy::tests::{count, start};
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     const LIMIT: Duration = Duration::from_secs(30);
 
     /// A connected loopback pair: (the end the test drives, the end the relay gets).
-    async fn pair() -> (TcpStream, std::net::TcpStream) {
+    async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let near = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (far, _) = listener.accept().await.unwrap();
-        (near, far.into_std().unwrap())
+        (near, far)
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -16,7 +16,7 @@ use super::body::ProxyBody;
 use super::host::Target;
 use super::outcome::Refusal;
 use super::record::{record_bytes_out, record_end, Kind, RequestRecord};
-use super::relay::{relay, ClientFd};
+use super::relay::relay;
 use super::service::{ConnSlot, Proxy};
 use crate::metrics::Event;
 use http::{Request, Response, StatusCode};
@@ -85,7 +85,6 @@ pub(crate) async fn handle(
     tokio::spawn(async move {
         // Keeps the client connection counted (max connections, active gauge) while tunnelling.
         let _slot = slot;
-        let client_fd = req.extensions().get::<ClientFd>().copied();
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(err) => {
@@ -111,7 +110,7 @@ pub(crate) async fn handle(
             }
             None => (upgraded, upstream, Early::default()),
         };
-        let relayed = relay(upgraded, client_fd, upstream).await;
+        let relayed = relay(upgraded, upstream).await;
         match &relayed.error {
             Some(err) => tracing::debug!(destination, "tunnel ended: {err}"),
             None => tracing::debug!(destination, spliced = relayed.spliced, "tunnel closed"),
