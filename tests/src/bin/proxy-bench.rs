@@ -2,13 +2,15 @@
 //! loopback, in one run (driven by `scripts/bench.d/proxy`).
 //!
 //! ```text
-//! proxy-bench --extension [NAME=]BIN... [--proxy NAME=ADDR:PID]... [--samples N]
+//! proxy-bench --extension [NAME=]BIN... [--proxy NAME=ADDR:PID]...
+//!             [--tunnel-proxy NAME=ADDR:PID]... [--samples N]
 //!             [--seconds S] [--concurrency C] [--log-dir DIR]
 //!             [--only keepalive,connect-tls,tunnel,tunnel-bulk] [--cpu-quota F]
 //! ```
 //!
 //! `--extension` may be repeated to compare two builds of egress-warden in the same run
-//! (the first is named `egress-warden` unless given a NAME).
+//! (the first is named `egress-warden` unless given a NAME). A `--tunnel-proxy` only speaks
+//! CONNECT (the bench's bare relay): it is measured in the tunnel scenarios only.
 //!
 //! Starts egress-warden (BIN) as a real process behind a minimal Extensions API stub, an
 //! HTTP/1.1 upstream and an HTTPS one (rustls, a throw-away CA from `tests/proxy/make-certs.sh`)
@@ -47,6 +49,8 @@ struct Target {
     /// None: straight to the upstream.
     proxy: Option<SocketAddr>,
     pid: Option<u32>,
+    /// Speaks only CONNECT: left out of the keep-alive scenario.
+    tunnel_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -120,14 +124,16 @@ fn parse_args() -> Result<Args, String> {
                 }
                 a.cpu_quota = Some(f);
             }
-            "--proxy" => {
+            "--proxy" | "--tunnel-proxy" => {
                 let v = val()?;
-                let (name, rest) = v.split_once('=').ok_or("--proxy NAME=ADDR:PID")?;
-                let (addr, pid) = rest.rsplit_once(':').ok_or("--proxy NAME=ADDR:PID")?;
+                let usage = format!("{flag} NAME=ADDR:PID");
+                let (name, rest) = v.split_once('=').ok_or(&usage)?;
+                let (addr, pid) = rest.rsplit_once(':').ok_or(&usage)?;
                 a.proxies.push(Target {
                     name: name.to_string(),
                     proxy: Some(addr.parse().map_err(|_| format!("bad address {addr}"))?),
                     pid: Some(pid.parse().map_err(|_| format!("bad pid {pid}"))?),
+                    tunnel_only: flag == "--tunnel-proxy",
                 });
             }
             other => return Err(format!("unknown argument {other}")),
@@ -365,6 +371,7 @@ async fn start_warden(name: &str, bin: &str, log_dir: &str) -> io::Result<(Warde
             name: name.into(),
             proxy: Some(addr),
             pid: Some(pid),
+            tunnel_only: false,
         },
     ))
 }
@@ -672,6 +679,7 @@ async fn run(args: Args) -> io::Result<()> {
         name: "direct".into(),
         proxy: None,
         pid: None,
+        tunnel_only: false,
     }];
     let mut _wardens = Vec::new();
     for (name, bin) in &args.extensions {
@@ -690,6 +698,11 @@ async fn run(args: Args) -> io::Result<()> {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == scenario.name()) {
             continue;
         }
+        let targets: Vec<Target> = targets
+            .iter()
+            .filter(|t| scenario.tunnel() || !t.tunnel_only)
+            .cloned()
+            .collect();
         let lat = latencies(&targets, &upstreams, scenario, args.samples).await?;
         for (t, (p50, p99)) in targets.iter().zip(lat) {
             let (rps, cpu) =
