@@ -337,7 +337,7 @@ async fn start_warden(name: &str, bin: &str, log_dir: &str) -> io::Result<(Warde
     if let Ok(n) = std::env::var("TOKIO_WORKER_THREADS") {
         cmd.env("TOKIO_WORKER_THREADS", n);
     }
-    let child = cmd
+    let mut child = cmd
         .env("PATH", "/usr/bin:/bin")
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
@@ -353,8 +353,14 @@ async fn start_warden(name: &str, bin: &str, log_dir: &str) -> io::Result<(Warde
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(Stdio::piped())
         .spawn()?;
+    // stderr is a pipe, as in the Lambda sandbox, whose log agent reads it (a file would
+    // charge the proxy a filesystem write per decision line); drained here into the log file.
+    if let Some(mut pipe) = child.stderr.take() {
+        let mut log = log;
+        std::thread::spawn(move || std::io::copy(&mut pipe, &mut log));
+    }
     let pid = child.id();
     let warden = Warden(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
