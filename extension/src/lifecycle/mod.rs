@@ -41,6 +41,7 @@ pub fn main() -> ExitCode {
     let workers = workers::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .on_thread_park(logging::worker_parks)
         .enable_all()
         .build()
     {
@@ -54,6 +55,7 @@ pub fn main() -> ExitCode {
     let code = runtime.block_on(run(config, problems, started));
     // Listeners and tasks close with the runtime; don't wait long for stragglers.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    logging::flush_all();
     code
 }
 
@@ -337,6 +339,7 @@ async fn serve_events(
         let event = tokio::select! {
             event = api.next_event() => event,
             Some(()) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => None } } => {
+                logging::flush_all();
                 tracing::info!("SIGTERM: flushing and exiting");
                 ctx.findings.refresh();
                 flusher.finish(None).await;
@@ -362,6 +365,7 @@ async fn serve_events(
                 reason,
             } => {
                 let left = deadline_ms.saturating_sub(epoch_ms());
+                logging::flush_all();
                 tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
                 ctx.findings.refresh();
                 flusher.finish(Some(deadline_ms)).await;
