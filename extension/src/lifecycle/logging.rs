@@ -2,7 +2,7 @@
 //! log format is JSON so CloudWatch Logs can filter on fields.
 //!
 //! stderr is a pipe the Lambda sandbox reads, and one `write(2)` per line wakes its reader
-//! each time: with a decision line per proxied request that was a fifth of a request's CPU. So
+//! each time: with a decision line per proxied request that was a quarter of its CPU. So
 //! the async runtime's worker threads gather their lines and write them together when the
 //! worker runs out of work (tokio's park hook), before a batch would pass `PIPE_BUF` (so a
 //! write stays atomic between threads), and when the extension exits ([`flush_all`]). Other
