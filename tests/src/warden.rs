@@ -142,6 +142,26 @@ pub async fn started_through_init(
     emu
 }
 
+/// Sends SHUTDOWN (spindown) and checks egress-warden ended as it should: by itself, with
+/// code 0, before the deadline; panics with its log otherwise.
+pub async fn shut_down_cleanly(
+    emu: &mut crate::emulator::Emulator,
+) -> crate::emulator::ShutdownReport {
+    let report = emu
+        .shutdown(crate::emulator::ShutdownReason::Spindown)
+        .await;
+    let log = || emu.stderr_lines(EXTENSION_NAME).join("\n");
+    let Some(exit) = report.extension(EXTENSION_NAME) else {
+        panic!("no exit report for {EXTENSION_NAME}\n{}", log());
+    };
+    assert!(
+        exit.before_deadline && !exit.killed && exit.exit.and_then(|x| x.code) == Some(0),
+        "{exit:?}\n{}",
+        log()
+    );
+    report
+}
+
 /// A port that was free a moment ago on 127.0.0.1 (TCP and UDP).
 pub fn free_port() -> u16 {
     for _ in 0..50 {

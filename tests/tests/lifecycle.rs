@@ -11,7 +11,7 @@ use warden_tests::emf::{EmfDocument, EmfValidator};
 use warden_tests::emulator::{
     Emulator, EmulatorConfig, InitFailure, ProtocolEvent, ShutdownReason,
 };
-use warden_tests::warden::{free_port, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{free_port, shut_down_cleanly, ExtensionsDir, EXTENSION_NAME};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const FUNCTION: &str = "warden-lifecycle-fn";
@@ -217,10 +217,7 @@ async fn bad_config_in_default_mode_keeps_running_and_names_each_variable_once()
             .protocol_log()
             .iter()
             .any(|e| matches!(e.event, ProtocolEvent::ExtensionInitError { .. })));
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        let exit = report.extension(EXTENSION_NAME).unwrap();
-        assert_eq!(exit.exit.and_then(|x| x.code), Some(0));
-        assert!(exit.before_deadline);
+        shut_down_cleanly(&mut emu).await;
         assert_one_line_per_bad_variable(
             &emu,
             &["EGRESS_WARDEN_PROXY_PORT", "EGRESS_WARDEN_POLICY"],

@@ -18,7 +18,8 @@ use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
 use warden_tests::warden::{
-    free_port, started_through_init, workspace_root, ExtensionsDir, EXTENSION_NAME,
+    free_port, shut_down_cleanly, started_through_init, workspace_root, ExtensionsDir,
+    EXTENSION_NAME,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -284,8 +285,7 @@ async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_req
         assert_eq!(breaker[3]["status"], 403);
         assert_eq!(breaker[3]["error_header"], "deny_rule");
 
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(report.extension(EXTENSION_NAME).expect("exit").before_deadline);
+        shut_down_cleanly(&mut emu).await;
         assert_eq!(emf_total(&emu, "requests"), made, "every request is in the EMF by SHUTDOWN");
         assert_eq!(emf_total(&emu, "policy_denied"), 1.0);
         // GET and keyed POST: 2 each; svc/one: 2 refused connects; svc/two: 2 before the fallback.
@@ -388,13 +388,7 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
         // counts equal, nothing lost. (The per-invoke accounting is asserted by the test
         // above; here a rejected request's count can land one flush later.)
         assert!(emu.invoke("{}").await.expect("invoke").is_success());
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(
-            report
-                .extension(EXTENSION_NAME)
-                .expect("exit")
-                .before_deadline
-        );
+        shut_down_cleanly(&mut emu).await;
         assert_eq!(
             emf_total(&emu, "requests"),
             made,
@@ -513,13 +507,7 @@ async fn observe_mode_lets_a_denied_host_through_logs_and_counts_it() {
         );
 
         assert_flushed_on_invoke(&mut emu, 3.0, 2.0).await;
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(
-            report
-                .extension(EXTENSION_NAME)
-                .expect("exit")
-                .before_deadline
-        );
+        shut_down_cleanly(&mut emu).await;
     })
     .await
 }
@@ -566,13 +554,7 @@ async fn enforce_mode_refuses_a_denied_host_with_403_and_the_rule() {
         );
 
         assert_flushed_on_invoke(&mut emu, 3.0, 2.0).await;
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(
-            report
-                .extension(EXTENSION_NAME)
-                .expect("exit")
-                .before_deadline
-        );
+        shut_down_cleanly(&mut emu).await;
     })
     .await
 }
@@ -616,9 +598,7 @@ async fn every_decision_line_of_a_burst_is_on_stderr_at(stop: Stop) {
     // Every answer is out, so every decision line has been logged: stop at once.
     let last = match stop {
         Stop::Shutdown => {
-            let report = emu.shutdown(ShutdownReason::Spindown).await;
-            let exit = report.extension(EXTENSION_NAME).expect("exit");
-            assert!(exit.before_deadline && !exit.killed, "{exit:?}");
+            shut_down_cleanly(&mut emu).await;
             "SHUTDOWN: flushing and exiting"
         }
         Stop::Sigterm => {

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use warden_tests::emf::EmfValidator;
-use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason, RUNTIME_NAME};
+use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, RUNTIME_NAME};
 use warden_tests::warden::{
-    demo_function_binary, free_port, ready_file, started_through_init, wrapper_script,
-    ExtensionsDir, EXTENSION_NAME,
+    demo_function_binary, free_port, ready_file, shut_down_cleanly, started_through_init,
+    wrapper_script, ExtensionsDir, EXTENSION_NAME,
 };
 
 const DEFAULT_PORT: u16 = 3128;
@@ -703,13 +703,7 @@ async fn with_the_extension_listening_the_function_goes_through_the_proxy() {
         assert!(emu.invoke("{}").await.expect("invoke").is_success());
         assert_eq!(wrapper_lines(&emu), Vec::<String>::new());
 
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(
-            report
-                .extension(EXTENSION_NAME)
-                .expect("exit")
-                .before_deadline
-        );
+        shut_down_cleanly(&mut emu).await;
         assert!(
             !ready_file(proxy).exists(),
             "the readiness file is removed when the extension ends"
@@ -767,13 +761,7 @@ async fn with_the_proxy_port_taken_the_function_goes_direct_and_its_calls_succee
             "{lines:?}"
         );
 
-        let report = emu.shutdown(ShutdownReason::Spindown).await;
-        assert!(
-            report
-                .extension(EXTENSION_NAME)
-                .expect("exit")
-                .before_deadline
-        );
+        shut_down_cleanly(&mut emu).await;
         drop(squatter);
     })
     .await
