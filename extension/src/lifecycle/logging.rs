@@ -89,10 +89,10 @@ impl Write for LineWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let gathered = BATCH
             .try_with(|cell| {
-                let Some(batch) = cell.try_borrow().ok().and_then(|c| c.clone()) else {
+                let Ok(cell) = cell.try_borrow() else {
                     return false;
                 };
-                let Ok(mut lines) = batch.lock() else {
+                let Some(Ok(mut lines)) = cell.as_ref().map(|batch| batch.lock()) else {
                     return false;
                 };
                 gather(&mut lines, line, &mut io::stderr())
