@@ -57,24 +57,35 @@ pub enum Freshness {
     Expired,
 }
 
+/// One cached answer. A hit reads the first 64 bytes (`block` to `refreshing`) and the block
+/// they point to, nothing else: the layout keeps a lookup to two cache lines, because between
+/// two hits on a name the kernel's datagram work evicts most of what the last one touched.
+#[repr(C, align(64))]
 pub struct Answer {
-    /// The response with ID 0, the question in lower case, and no OPT record.
-    wire: Box<[u8]>,
-    qname_len: usize,
-    /// Offset and stored value of every record's TTL field.
-    ttls: Box<[(u16, u32)]>,
-    pub kind: Kind,
+    /// The response with ID 0, the question in lower case, and no OPT record (`wire_len`
+    /// bytes), then the table of its records' TTLs: per record, the TTL field's offset (u16)
+    /// and the stored value (u32), big-endian, [`TTL_ENTRY`] bytes each.
+    block: Box<[u8]>,
+    stored_at: Instant,
+    wire_len: u16,
+    qname_len: u16,
     /// Freshness lifetime in seconds; 0 means "use once, do not cache".
     ttl: u32,
-    stored_at: Instant,
-    stale_until: Instant,
+    pub kind: Kind,
     /// CLOCK's second-chance bit, set by every hit.
     referenced: AtomicBool,
     /// A refresh (prefetch) has been started for this answer.
     refreshing: AtomicBool,
+    stale_until: Instant,
     /// When the last refresh failed, as ms after `stored_at` plus one; 0 = never.
     refresh_failed_at: AtomicU64,
 }
+
+// What a hit reads stays within the first cache line.
+const _: () = assert!(std::mem::offset_of!(Answer, refreshing) < 64);
+
+/// Bytes per entry of an answer's TTL table.
+const TTL_ENTRY: usize = 6;
 
 impl Answer {
     /// Prepares an upstream response to `question` (which must be the one sent upstream, name
@@ -149,20 +160,10 @@ impl Answer {
         msg.metadata.recursion_available = true;
         msg.add_query(question.clone());
         Answer::from_message(&msg, Kind::Failure, 0, Duration::ZERO, now).unwrap_or_else(|| {
-            Answer {
-                // Only reachable if hickory cannot encode a one-question message: answer with a
-                // bare header, which render() still fills in.
-                wire: header_only(u16::from(rcode)),
-                qname_len: 0,
-                ttls: Box::new([]),
-                kind: Kind::Failure,
-                ttl: 0,
-                stored_at: now,
-                stale_until: now,
-                referenced: AtomicBool::new(false),
-                refreshing: AtomicBool::new(false),
-                refresh_failed_at: AtomicU64::new(0),
-            }
+            // Only reachable if hickory cannot encode a one-question message: answer with a
+            // bare header, which render() still fills in.
+            let header = header_only(u16::from(rcode));
+            Answer::assemble(&header, 0, &[], Kind::Failure, 0, now, now)
         })
     }
 
@@ -178,30 +179,74 @@ impl Answer {
             return None;
         }
         let qname_len = wire::question_name_end(&wire, HEADER_LEN)? - HEADER_LEN;
-        let ttls = wire::records(&wire)?
+        let ttls: Vec<(u16, u32)> = wire::records(&wire)?
             .into_iter()
             .filter(|(_, r)| r.rtype != wire::TYPE_OPT)
             .map(|(_, r)| (r.ttl_offset() as u16, r.ttl))
             .collect();
         let fresh_for = Duration::from_secs(u64::from(ttl));
-        Some(Answer {
-            wire: wire.into_boxed_slice(),
-            qname_len,
-            ttls,
+        let stale_until = now + fresh_for + if ttl > 0 { stale } else { Duration::ZERO };
+        Some(Answer::assemble(
+            &wire,
+            qname_len as u16,
+            &ttls,
             kind,
             ttl,
-            stored_at: now,
-            stale_until: now + fresh_for + if ttl > 0 { stale } else { Duration::ZERO },
+            now,
+            stale_until,
+        ))
+    }
+
+    /// Packs the wire bytes and the TTL table into one block (`wire` is at most 64 KiB).
+    fn assemble(
+        wire: &[u8],
+        qname_len: u16,
+        ttls: &[(u16, u32)],
+        kind: Kind,
+        ttl: u32,
+        stored_at: Instant,
+        stale_until: Instant,
+    ) -> Answer {
+        let mut block = Vec::with_capacity(wire.len() + ttls.len() * TTL_ENTRY);
+        block.extend_from_slice(wire);
+        for &(offset, value) in ttls {
+            block.extend_from_slice(&offset.to_be_bytes());
+            block.extend_from_slice(&value.to_be_bytes());
+        }
+        Answer {
+            block: block.into_boxed_slice(),
+            stored_at,
+            wire_len: u16::try_from(wire.len()).unwrap_or(u16::MAX),
+            qname_len,
+            ttl,
+            kind,
             referenced: AtomicBool::new(false),
             refreshing: AtomicBool::new(false),
+            stale_until,
             refresh_failed_at: AtomicU64::new(0),
+        }
+    }
+
+    fn wire(&self) -> &[u8] {
+        &self.block[..usize::from(self.wire_len).min(self.block.len())]
+    }
+
+    /// The stored TTLs: (offset of the field in the wire bytes, value).
+    fn ttls(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        let table = self.block.get(usize::from(self.wire_len)..).unwrap_or(&[]);
+        table.chunks_exact(TTL_ENTRY).map(|e| {
+            (
+                usize::from(u16::from_be_bytes([e[0], e[1]])),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
         })
     }
 
     /// The cache key this answer belongs to (its question in wire form).
     pub fn key(&self) -> &[u8] {
-        let end = (HEADER_LEN + self.qname_len + 4).min(self.wire.len());
-        &self.wire[HEADER_LEN.min(end)..end]
+        let wire = self.wire();
+        let end = (HEADER_LEN + usize::from(self.qname_len) + 4).min(wire.len());
+        &wire[HEADER_LEN.min(end)..end]
     }
 
     pub fn cacheable(&self) -> bool {
@@ -209,7 +254,7 @@ impl Answer {
     }
 
     pub fn rcode(&self) -> u16 {
-        wire::read_u16(&self.wire, 2) & 0x000f
+        wire::read_u16(self.wire(), 2) & 0x000f
     }
 
     pub fn freshness(&self, now: Instant) -> Freshness {
@@ -260,7 +305,7 @@ impl Answer {
     }
 
     pub fn addresses(&self) -> Vec<IpAddr> {
-        wire::answer_addresses(&self.wire)
+        wire::answer_addresses(self.wire())
     }
 
     /// Writes the answer to `query` into `out`: ID, flags and the question's spelling from
@@ -275,22 +320,23 @@ impl Answer {
         out: &mut Vec<u8>,
     ) {
         out.clear();
-        out.extend_from_slice(&self.wire);
+        out.extend_from_slice(self.wire());
         wire::write_u16(out, 0, query.id);
         wire::write_u16(out, 2, wire::response_flags(query.flags, self.rcode()));
-        let qname_end = HEADER_LEN + self.qname_len;
-        if query.qname.len() == self.qname_len && out.len() >= qname_end {
+        let qname_len = usize::from(self.qname_len);
+        let qname_end = HEADER_LEN + qname_len;
+        if query.qname.len() == qname_len && out.len() >= qname_end {
             out[HEADER_LEN..qname_end].copy_from_slice(query.qname);
         }
         let age = u32::try_from(now.saturating_duration_since(self.stored_at).as_secs())
             .unwrap_or(u32::MAX);
-        for &(offset, ttl) in self.ttls.iter() {
+        for (offset, ttl) in self.ttls() {
             let ttl = if stale {
                 STALE_ANSWER_TTL
             } else {
                 ttl.saturating_sub(age)
             };
-            wire::write_u32(out, usize::from(offset), ttl);
+            wire::write_u32(out, offset, ttl);
         }
         let opt_len = if query.edns.is_some() { 11 } else { 0 };
         if out.len() + opt_len > limit && out.len() >= qname_end + 4 {

@@ -1,11 +1,14 @@
-//! The bounded answer store: sharded maps from question to prepared answer, each shard
+//! The bounded answer store: sharded hash tables from question to prepared answer, each shard
 //! evicting with CLOCK (second chance): a hit only sets a bit, so the hot path takes a read
 //! lock and writes nothing shared, while eviction still keeps what is being asked for.
-//! Answers past their stale window go first.
+//! Answers past their stale window go first. A table holds only pointers to answers and
+//! compares keys against the question inside each answer, with the hash computed once per
+//! lookup: a hit touches the table's slot, the answer, and its bytes.
 
 use super::answer::{Answer, Freshness};
+use hashbrown::HashTable;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -68,15 +71,15 @@ impl KeyHasher {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, Arc<Answer>, KeyHashState>,
+    map: HashTable<Arc<Answer>>,
     /// Every answer inserted, oldest first; entries replaced since are skipped lazily.
     clock: VecDeque<Arc<Answer>>,
 }
 
 pub struct Store {
     shards: Box<[RwLock<Shard>]>,
-    /// Picks the shard (the maps hash with their own seeds).
-    shard_hash: KeyHashState,
+    /// Hashes keys: the high bits pick the shard, the table uses the rest.
+    hasher: KeyHashState,
     per_shard: usize,
     evictions: AtomicU64,
 }
@@ -85,7 +88,7 @@ impl Store {
     pub fn new(capacity: usize) -> Store {
         Store {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
-            shard_hash: KeyHashState::default(),
+            hasher: KeyHashState::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             evictions: AtomicU64::new(0),
         }
@@ -94,32 +97,51 @@ impl Store {
     /// Runs `f` on the answer for `key` under the shard's read lock (no refcount traffic on
     /// the hot path); `f` should only copy bytes out.
     pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Answer) -> R) -> Option<R> {
-        let shard = self.read(key);
-        let answer = shard.map.get(key)?;
+        let hash = self.hash(key);
+        let shard = lock_read(self.shard(hash));
+        let answer = shard.map.find(hash, |a| a.key() == key)?;
         answer.touch();
         Some(f(answer))
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Arc<Answer>> {
-        let answer = self.read(key).map.get(key).cloned()?;
+        let hash = self.hash(key);
+        let answer = lock_read(self.shard(hash))
+            .map
+            .find(hash, |a| a.key() == key)
+            .cloned()?;
         answer.touch();
         Some(answer)
     }
 
     /// Stores a cacheable answer under its own key, evicting if the shard is full.
     pub fn insert(&self, answer: Arc<Answer>) {
-        let key: Box<[u8]> = answer.key().into();
-        let mut shard = self.write(&key);
-        if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
+        let hash = self.hash(answer.key());
+        let mut shard = lock_write(self.shard(hash));
+        let rehash = |a: &Arc<Answer>| self.hash(a.key());
+        let present = shard.map.find(hash, |a| a.key() == answer.key()).is_some();
+        if !present && shard.map.len() >= self.per_shard {
             self.evict_one(&mut shard);
         }
-        shard.map.insert(key, answer.clone());
+        match shard.map.entry(hash, |a| a.key() == answer.key(), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = answer.clone(),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(answer.clone());
+            }
+        }
         shard.clock.push_back(answer);
         // Replaced answers linger in the clock until passed; keep that bounded.
         if shard.clock.len() > 2 * self.per_shard + 16 {
             let Shard { map, clock } = &mut *shard;
-            clock.retain(|a| map.get(a.key()).is_some_and(|live| Arc::ptr_eq(live, a)));
+            clock.retain(|a| self.is_live(map, a));
         }
+    }
+
+    /// Whether `candidate` is still the stored answer for its key (not replaced or evicted).
+    fn is_live(&self, map: &HashTable<Arc<Answer>>, candidate: &Arc<Answer>) -> bool {
+        let key = candidate.key();
+        map.find(self.hash(key), |a| a.key() == key)
+            .is_some_and(|live| Arc::ptr_eq(live, candidate))
     }
 
     fn evict_one(&self, shard: &mut Shard) {
@@ -129,11 +151,7 @@ impl Store {
             let Some(candidate) = shard.clock.pop_front() else {
                 return;
             };
-            let live = shard
-                .map
-                .get(candidate.key())
-                .is_some_and(|a| Arc::ptr_eq(a, &candidate));
-            if !live {
+            if !self.is_live(&shard.map, &candidate) {
                 continue;
             }
             let dead = candidate.freshness(now) == Freshness::Expired;
@@ -141,7 +159,13 @@ impl Store {
                 shard.clock.push_back(candidate);
                 continue;
             }
-            shard.map.remove(candidate.key());
+            let key = candidate.key();
+            if let Ok(slot) = shard
+                .map
+                .find_entry(self.hash(key), |a| Arc::ptr_eq(a, &candidate))
+            {
+                slot.remove();
+            }
             self.evictions.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -160,27 +184,24 @@ impl Store {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    fn shard_of(&self, key: &[u8]) -> &RwLock<Shard> {
-        // The high bits: the low ones pick the bucket inside the map.
-        let hash = self.shard_hash.hash_one(key);
-        &self.shards[(hash >> 60) as usize % SHARDS]
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn read(&self, key: &[u8]) -> RwLockReadGuard<'_, Shard> {
-        lock_read(self.shard_of(key))
-    }
-
-    fn write(&self, key: &[u8]) -> RwLockWriteGuard<'_, Shard> {
-        // A panic while holding the lock leaves plain maps that are still consistent enough
-        // to serve from; refusing all DNS afterwards would be worse.
-        self.shard_of(key)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // Bits 52-55: the table takes its buckets from the low bits, its tags from the top seven.
+        &self.shards[(hash >> 52) as usize % SHARDS]
     }
 }
 
 fn lock_read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
     shard.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A panic while holding the lock leaves plain tables that are still consistent enough to
+/// serve from; refusing all DNS afterwards would be worse.
+fn lock_write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    shard.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
