@@ -115,11 +115,13 @@ impl Core {
     }
 
     /// The hot path: parses a packet and, when the answer is in memory, writes it to `out`
-    /// without allocating, awaiting or taking a write lock. `key` is the caller's scratch.
+    /// without allocating, awaiting or taking a write lock. `key` is the caller's scratch;
+    /// `now` is when the packet was received (one clock read serves a whole batch).
     pub fn handle(
         self: &Arc<Self>,
         packet: &[u8],
         transport: Transport,
+        now: Instant,
         key: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Handled {
@@ -161,7 +163,6 @@ impl Core {
             Transport::Tcp => usize::from(u16::MAX),
         };
         query.write_key(key);
-        let now = Instant::now();
         let recheck = self.tuning.failure_recheck;
         let hit = self.store.with(key, |answer| match answer.freshness(now) {
             Freshness::Fresh { prefetch_due } => {
