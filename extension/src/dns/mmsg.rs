@@ -248,16 +248,19 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
+    /// A loopback socket whose reads give up after 2 s instead of hanging the test.
+    fn loopback_socket() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        socket
+    }
+
     #[test]
     fn batches_come_in_and_go_out_with_one_call_each() {
-        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        server
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        client
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
+        let server = loopback_socket();
+        let client = loopback_socket();
         let to = server.local_addr().expect("addr");
         for i in 0..5u8 {
             client.send_to(&[i; 3], to).expect("send");
@@ -299,19 +302,9 @@ mod tests {
 
     #[test]
     fn headers_kept_between_calls_describe_each_new_batch() {
-        let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        server
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
+        let server = loopback_socket();
         let to = server.local_addr().expect("addr");
-        let clients: Vec<UdpSocket> = (0..2)
-            .map(|_| {
-                let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
-                c.set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                c
-            })
-            .collect();
+        let clients = [loopback_socket(), loopback_socket()];
         let mut inbox = Inbox::new(64);
         let mut outbox = Outbox::default();
         // A batch of three from one client, then one longer datagram from another: the second
