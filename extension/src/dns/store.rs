@@ -118,12 +118,13 @@ impl Store {
     pub fn insert(&self, answer: Arc<Answer>) {
         let hash = self.hash(answer.key());
         let mut shard = lock_write(self.shard(hash));
-        let rehash = |a: &Arc<Answer>| self.hash(a.key());
-        let present = shard.map.find(hash, |a| a.key() == answer.key()).is_some();
-        if !present && shard.map.len() >= self.per_shard {
+        let same_key = |a: &Arc<Answer>| a.key() == answer.key();
+        // Only a full shard asks whether the key is new (replacing an answer needs no room).
+        if shard.map.len() >= self.per_shard && shard.map.find(hash, same_key).is_none() {
             self.evict_one(&mut shard);
         }
-        match shard.map.entry(hash, |a| a.key() == answer.key(), rehash) {
+        let rehash = |a: &Arc<Answer>| self.hash(a.key());
+        match shard.map.entry(hash, same_key, rehash) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = answer.clone(),
             hashbrown::hash_table::Entry::Vacant(slot) => {
                 slot.insert(answer.clone());
