@@ -11,6 +11,7 @@
 
 mod answer;
 mod core;
+mod cpu_share;
 mod mmsg;
 mod store;
 mod tcp;
