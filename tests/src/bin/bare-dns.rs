@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 const BATCH: usize = 32;
 const TOGETHER: usize = BATCH / 2;
-const SHORT_FOR: Duration = Duration::from_millis(100);
+const SHORT_FOR: Duration = Duration::from_millis(20);
 const CHECK_EVERY: Duration = Duration::from_millis(10);
 const SLICE_WAIT_NS: u64 = 100_000;
 const MAX: usize = 512;
