@@ -81,6 +81,12 @@ impl InvocationClock {
         (previous != 0).then(|| Duration::from_millis(now.saturating_sub(previous)))
     }
 
+    /// An invocation the extension learned of without an INVOKE event (Managed Instances run
+    /// many at once, with no deadline the extension is told of).
+    pub fn note_invocation(&self) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn invocations(&self) -> u64 {
         self.invocations.load(Ordering::Relaxed)
     }

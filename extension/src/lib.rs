@@ -17,4 +17,5 @@ pub mod dns;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod telemetry;
 pub mod warm;

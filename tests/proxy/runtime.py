@@ -7,12 +7,19 @@ HTTP_PROXY / HTTPS_PROXY / NO_PROXY exactly as in Lambda.
 Event: {"calls": [call, ...]}; each call is one outbound request:
   {"kind": "requests", "method": "GET", "url": "...", "verify": "ca.pem", "headers": {...}, "data": "..."}
   {"kind": "boto3", "op": "put_metric_data" | "list_metrics", "endpoint": "http://127.0.0.2:PORT"}
+  {"kind": "tunnel", "host": "127.0.0.2", "port": N, "path": "/x"}: plain HTTP through a
+      CONNECT tunnel of the proxy in HTTP_PROXY (http.client's set_tunnel)
 Answer: {"results": [{"status": N} | {"error": "..."}], "proxies": {...}}
+
+WARDEN_TEST_RUNTIME_WORKERS=N runs N loops at once, each with its own `next` (as a runtime on
+Lambda Managed Instances serves several invocations at a time).
 """
 import http.client
 import json
 import os
 import sys
+import threading
+import urllib.parse
 
 import boto3
 import botocore.config
@@ -57,10 +64,28 @@ def one_call(call):
         else:
             cw.list_metrics(Namespace="WardenTest")
         return {"status": 200}
+    if kind == "tunnel":
+        proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+        conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=30)
+        conn.set_tunnel(call["host"], call["port"])
+        try:
+            conn.request("GET", call.get("path", "/"))
+            r = conn.getresponse()
+            return {"status": r.status, "body": r.read().decode(errors="replace")[:300]}
+        finally:
+            conn.close()
     return {"error": f"unknown kind {kind}"}
 
 
 def main():
+    workers = int(os.environ.get("WARDEN_TEST_RUNTIME_WORKERS") or 1)
+    threads = [threading.Thread(target=serve, daemon=True) for _ in range(workers - 1)]
+    for t in threads:
+        t.start()
+    serve()
+
+
+def serve():
     proxies = {k: os.environ.get(k) for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
     while True:
         res, data = runtime("GET", "/invocation/next")

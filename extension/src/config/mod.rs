@@ -36,6 +36,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub warm: Vec<WarmTarget>,
     pub warm_budget: Duration,
+    /// Time the warm-up may take after a SnapStart restore.
+    pub restore_budget: Duration,
+    /// Flush metrics on a timer as well; zero: only on INVOKE and SHUTDOWN.
+    pub flush_interval: Duration,
     pub connect_timeout: Duration,
     pub pool_idle: Duration,
     pub retry_max: u32,
@@ -141,6 +145,15 @@ pub enum InitType {
     OnDemand,
     ProvisionedConcurrency,
     SnapStart,
+    /// Lambda Managed Instances: many invocations at once, no INVOKE events for extensions.
+    ManagedInstances,
+}
+
+impl InitType {
+    /// Lambda sends INVOKE events to extensions (everywhere but on Managed Instances).
+    pub fn has_invoke_events(self) -> bool {
+        self != InitType::ManagedInstances
+    }
 }
 
 /// What Lambda tells the extension about the function through the environment.
@@ -213,6 +226,8 @@ impl Config {
             "routes": routes,
             "warm_targets": self.warm.len(),
             "warm_budget_ms": self.warm_budget.as_millis() as u64,
+            "restore_budget_ms": self.restore_budget.as_millis() as u64,
+            "flush_interval_s": self.flush_interval.as_secs(),
             "connect_timeout_ms": self.connect_timeout.as_millis() as u64,
             "pool_idle_s": self.pool_idle.as_secs(),
             "retry_max": self.retry_max,

@@ -31,6 +31,8 @@ const KNOWN: &[&str] = &[
     "METRICS_SINK",
     "METRICS_NAMESPACE",
     "CLOUDWATCH_ENDPOINT",
+    "FLUSH_INTERVAL_S",
+    "RESTORE_BUDGET_MS",
 ];
 
 const DEFAULT_VPC_CIDRS: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10";
@@ -179,6 +181,7 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
     let initialization_type = match lambda_var("AWS_LAMBDA_INITIALIZATION_TYPE").as_deref() {
         Some("provisioned-concurrency") => InitType::ProvisionedConcurrency,
         Some("snap-start") => InitType::SnapStart,
+        Some("lambda-managed-instances") => InitType::ManagedInstances,
         _ => InitType::OnDemand,
     };
     let log_json =
@@ -326,7 +329,9 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
     });
     let default_budget = match initialization_type {
         InitType::OnDemand => 1_000,
-        InitType::ProvisionedConcurrency | InitType::SnapStart => 5_000,
+        InitType::ProvisionedConcurrency | InitType::SnapStart | InitType::ManagedInstances => {
+            5_000
+        }
     };
     let warm_budget = r.number(
         "WARM_BUDGET_MS",
@@ -336,6 +341,20 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         default_budget,
         "using the default",
     );
+    // Managed Instances send no INVOKE events: the timer is the only flush before SHUTDOWN.
+    let default_flush = match initialization_type {
+        InitType::ManagedInstances => 30,
+        _ => 0,
+    };
+    let flush_interval = r.number(
+        "FLUSH_INTERVAL_S",
+        default_flush,
+        0,
+        3_600,
+        default_flush,
+        "using the default",
+    );
+    let restore_budget = r.number("RESTORE_BUDGET_MS", 1_000, 0, 10_000, 1_000, "using 1000");
     let connect_timeout = r.number("CONNECT_TIMEOUT_MS", 3_000, 1, 120_000, 3_000, "using 3000");
     let pool_idle = r.number(
         "POOL_IDLE_S",
@@ -421,6 +440,8 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         routes,
         warm,
         warm_budget: Duration::from_millis(warm_budget),
+        restore_budget: Duration::from_millis(restore_budget),
+        flush_interval: Duration::from_secs(flush_interval),
         connect_timeout: Duration::from_millis(connect_timeout),
         pool_idle: Duration::from_secs(pool_idle),
         retry_max,
@@ -730,6 +751,32 @@ mod tests {
             "provisioned-concurrency",
         )]));
         assert_eq!(c.warm_budget, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn managed_instances_flush_on_a_30_s_timer_and_others_only_on_events() {
+        let (c, problems) = Config::from_vars(&vars(&[(
+            "AWS_LAMBDA_INITIALIZATION_TYPE",
+            "lambda-managed-instances",
+        )]));
+        assert!(problems.is_empty());
+        assert_eq!(c.lambda.initialization_type, InitType::ManagedInstances);
+        assert!(!c.lambda.initialization_type.has_invoke_events());
+        assert_eq!(c.flush_interval, Duration::from_secs(30));
+        let (c, _) = Config::from_vars(&vars(&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")]));
+        assert_eq!(c.flush_interval, Duration::ZERO);
+        assert_eq!(c.restore_budget, Duration::from_millis(1000));
+        let (c, problems) = Config::from_vars(&vars(&[
+            ("EGRESS_WARDEN_FLUSH_INTERVAL_S", "5"),
+            ("EGRESS_WARDEN_RESTORE_BUDGET_MS", "250"),
+        ]));
+        assert!(problems.is_empty());
+        assert_eq!(c.flush_interval, Duration::from_secs(5));
+        assert_eq!(c.restore_budget, Duration::from_millis(250));
+        let (c, problems) = Config::from_vars(&vars(&[("EGRESS_WARDEN_FLUSH_INTERVAL_S", "-1")]));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].variable, "EGRESS_WARDEN_FLUSH_INTERVAL_S");
+        assert_eq!(c.flush_interval, Duration::ZERO);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use hickory_proto::serialize::binary::BinDecodable;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
 /// Cumulative counts for the status page (the recorder's counters reset at every flush).
@@ -40,6 +40,9 @@ pub(crate) struct Core {
     pub stats: Stats,
     /// Bounds the client queries waiting on upstreams (each holds sockets while it waits).
     pub miss_slots: Arc<Semaphore>,
+    /// Wall-clock time that passed without the monotonic clock seeing it (a restore from a
+    /// snapshot), in ms: added to every "now" the cache ages answers by.
+    unseen_ms: AtomicU64,
 }
 
 /// How a query reached us: UDP answers must fit the client's buffer, TCP ones 64 KiB.
@@ -111,7 +114,28 @@ impl Core {
             tuning,
             recorder,
             stats: Stats::default(),
+            unseen_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The cache's time at monotonic instant `at`.
+    pub fn cache_time(&self, at: Instant) -> Instant {
+        match self.unseen_ms.load(Ordering::Relaxed) {
+            0 => at,
+            ms => at + Duration::from_millis(ms),
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.cache_time(Instant::now())
+    }
+
+    /// Ages every stored answer by `gap`, time that passed while the process was a snapshot:
+    /// answers then expire by their wall-clock age, and stay servable stale within the stale
+    /// window.
+    pub fn age_by(&self, gap: Duration) {
+        let ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        self.unseen_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
     /// The hot path: parses a packet and, when the answer is in memory, writes it to `out`
@@ -208,7 +232,7 @@ impl Core {
         let resolved = self.resolve(&missed.key).await;
         resolved.answer.render(
             &missed.query(),
-            Instant::now(),
+            self.now(),
             resolved.stale,
             missed.limit,
             out,
@@ -218,7 +242,7 @@ impl Core {
     /// The answer for a question key: fresh from the store, else from the upstreams, else
     /// stale, else a failure.
     pub async fn resolve(self: &Arc<Self>, key: &[u8]) -> Resolved {
-        let now = Instant::now();
+        let now = self.now();
         let mut fallback = None;
         if let Some(answer) = self.store.get(key) {
             match answer.freshness(now) {
@@ -314,19 +338,19 @@ impl Core {
         let Some(question) = question_of(key) else {
             return Arc::new(failure_for(key, ResponseCode::ServFail));
         };
-        let answer = match self.upstreams.query(&question).await {
-            Ok(response) => {
-                Answer::from_upstream(&question, &response, &self.policy, Instant::now())
-            }
-            Err(UpstreamFailure::Rcode(rcode)) => Answer::failure(&question, rcode, Instant::now()),
-            Err(_) => Answer::failure(&question, ResponseCode::ServFail, Instant::now()),
+        let response = self.upstreams.query(&question).await;
+        let now = self.now();
+        let answer = match response {
+            Ok(response) => Answer::from_upstream(&question, &response, &self.policy, now),
+            Err(UpstreamFailure::Rcode(rcode)) => Answer::failure(&question, rcode, now),
+            Err(_) => Answer::failure(&question, ResponseCode::ServFail, now),
         };
         let answer = Arc::new(answer);
         if answer.cacheable() {
-            self.store.insert(answer.clone());
+            self.store.insert(answer.clone(), now);
         } else if answer.kind == Kind::Failure {
             if let Some(old) = self.store.get(key) {
-                old.note_refresh_failure(Instant::now());
+                old.note_refresh_failure(now);
             }
         }
         answer

@@ -114,6 +114,12 @@ impl DnsCache {
         }))
     }
 
+    /// After a restore from a snapshot: `gap` of wall-clock time passed that the monotonic
+    /// clock may not have seen; stored answers age by it.
+    pub fn age_by(&self, gap: Duration) {
+        self.core.age_by(gap);
+    }
+
     /// The addresses of `host` (IPv4 first), through the cache. Literal IPs return at once.
     /// Records `dns_ms`.
     pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {

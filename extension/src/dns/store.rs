@@ -115,13 +115,13 @@ impl Store {
     }
 
     /// Stores a cacheable answer under its own key, evicting if the shard is full.
-    pub fn insert(&self, answer: Arc<Answer>) {
+    pub fn insert(&self, answer: Arc<Answer>, now: Instant) {
         let hash = self.hash(answer.key());
         let mut shard = lock_write(self.shard(hash));
         let same_key = |a: &Arc<Answer>| a.key() == answer.key();
         // Only a full shard asks whether the key is new (replacing an answer needs no room).
         if shard.map.len() >= self.per_shard && shard.map.find(hash, same_key).is_none() {
-            self.evict_one(&mut shard);
+            self.evict_one(&mut shard, now);
         }
         let rehash = |a: &Arc<Answer>| self.hash(a.key());
         match shard.map.entry(hash, same_key, rehash) {
@@ -145,8 +145,7 @@ impl Store {
             .is_some_and(|live| Arc::ptr_eq(live, candidate))
     }
 
-    fn evict_one(&self, shard: &mut Shard) {
-        let now = Instant::now();
+    fn evict_one(&self, shard: &mut Shard, now: Instant) {
         // Each answer is passed at most twice (once to clear its bit), so this ends.
         for _ in 0..(2 * shard.clock.len() + 1) {
             let Some(candidate) = shard.clock.pop_front() else {
@@ -236,9 +235,9 @@ mod tests {
         let store = Store::new(SHARDS * 4);
         let hot = answer("hot.test.");
         let hot_key: Box<[u8]> = hot.key().into();
-        store.insert(hot);
+        store.insert(hot, Instant::now());
         for i in 0..2000 {
-            store.insert(answer(&format!("cold{i}.test.")));
+            store.insert(answer(&format!("cold{i}.test.")), Instant::now());
             assert!(
                 store.with(&hot_key, |_| ()).is_some(),
                 "hot name evicted after {i}"
@@ -252,7 +251,7 @@ mod tests {
     fn replacing_an_answer_keeps_one_entry() {
         let store = Store::new(64);
         for _ in 0..500 {
-            store.insert(answer("same.test."));
+            store.insert(answer("same.test."), Instant::now());
         }
         assert_eq!(store.len(), 1);
         let shard_clocks: usize = store.shards.iter().map(|s| lock_read(s).clock.len()).sum();

@@ -3,7 +3,7 @@
 
 use super::core::{Core, Handled, Transport};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -54,7 +54,7 @@ async fn serve(core: Arc<Core>, mut stream: TcpStream) {
         ) {
             return;
         }
-        match core.handle(&packet, Transport::Tcp, Instant::now(), &mut key, &mut out) {
+        match core.handle(&packet, Transport::Tcp, core.now(), &mut key, &mut out) {
             Handled::Reply => {}
             // Garbage on a stream: the framing can no longer be trusted.
             Handled::Ignore => return,

@@ -1,34 +1,44 @@
-//! The extension's life: bind the listeners, register, do the INIT work, then follow
-//! Lambda's events until SHUTDOWN (or SIGTERM), flushing metrics on each INVOKE and at the end.
+//! The extension's life: bind the listeners, register for what the execution model allows,
+//! subscribe to platform telemetry, do the INIT work, then follow Lambda's events
+//! ([`events`]) until SHUTDOWN (or SIGTERM), flushing metrics on each INVOKE, on the timer
+//! where one is set, and at the end.
 //!
 //! Order matters: Lambda starts the runtime's INIT as soon as every extension has registered,
 //! so the proxy and DNS listeners are bound first and the function's first request finds them
 //! ready; the readiness file ([`ready`]) is written before registering too, so the exec wrapper
 //! that starts the runtime finds it.
 
+mod events;
 mod extensions_api;
+mod flusher;
 mod logging;
 mod panics;
 mod ready;
+mod restore;
 mod workers;
 
-use crate::config::{Config, MetricsSink, Problem};
+use crate::config::{Config, InitType, Problem};
 use crate::context::{Context, InvocationClock};
 use crate::dns::{self, DnsCache, DnsServerHandle};
-use crate::metrics::cloudwatch::{self, CloudWatchSink};
-use crate::metrics::{Counter, EmfWriter, Recorder, Snapshot, Timing};
-use crate::proxy::{self, ProxyHandle, Warmer};
+use crate::metrics::cloudwatch::CloudWatchSink;
+use crate::metrics::{Counter, EmfWriter, Recorder, Timing};
+use crate::proxy::{self, ProxyHandle};
+use crate::telemetry::{self, TelemetryListener};
 use crate::warm;
-use extensions_api::{Event, ExtensionsApi};
+use events::EventLoop;
+use extensions_api::{ExtensionsApi, RegisterError};
+use flusher::Flusher;
+use restore::RestoreWatch;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
 
 const DEFAULT_NAME: &str = "egress-warden";
 const CONFIG_INVALID: &str = "Extension.ConfigInvalid";
+/// Telemetry batches are delivered at least this often (Lambda's default).
+const TELEMETRY_BUFFER_MS: u64 = 1_000;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -71,21 +81,90 @@ fn extension_name() -> String {
         .unwrap_or_else(|| DEFAULT_NAME.to_owned())
 }
 
-async fn register(name: &str) -> Result<String, lambda_extension::Error> {
-    let registered = lambda_extension::Extension::new()
-        .with_extension_name(name)
-        .with_events(&["INVOKE", "SHUTDOWN"])
-        .register()
-        .await?;
+/// The events this execution model lets an extension register for.
+fn events_for(init_type: InitType) -> &'static [&'static str] {
+    if init_type.has_invoke_events() {
+        &["INVOKE", "SHUTDOWN"]
+    } else {
+        &["SHUTDOWN"]
+    }
+}
+
+/// Registers for what the execution model allows. Refused anyway (an execution model we do
+/// not know of yet that refuses INVOKE), it registers again for SHUTDOWN only and carries on
+/// without INVOKE events. Returns the API and whether INVOKE events will come.
+async fn register(
+    runtime_api: &str,
+    name: &str,
+    init_type: InitType,
+) -> Result<(ExtensionsApi, bool), RegisterError> {
+    let events = events_for(init_type);
+    let (api, registered, events) = match ExtensionsApi::register(runtime_api, name, events).await {
+        Err(RegisterError::Refused { status, body }) if events.contains(&"INVOKE") => {
+            tracing::warn!(
+                "Lambda refused a registration for INVOKE ({status}: {body}); registering for SHUTDOWN only, metrics flush on the timer"
+            );
+            let fallback = events_for(InitType::ManagedInstances);
+            let (api, registered) = ExtensionsApi::register(runtime_api, name, fallback).await?;
+            (api, registered, fallback)
+        }
+        result => {
+            let (api, registered) = result?;
+            (api, registered, events)
+        }
+    };
     tracing::info!(
         function = %registered.function_name,
         version = %registered.function_version,
+        events = %events.join(","),
         "registered as {name}"
     );
-    Ok(registered.extension_id)
+    Ok((api, events.contains(&"INVOKE")))
+}
+
+/// Subscribes to the Telemetry API's platform records. Without them the extension still
+/// works: invocations on Managed Instances go uncounted, a SnapStart restore is noticed on
+/// the first event instead.
+async fn subscribe_telemetry(
+    api: &ExtensionsApi,
+    config: &Config,
+) -> Option<(
+    TelemetryListener,
+    mpsc::UnboundedReceiver<telemetry::Delivery>,
+)> {
+    let hold = config.restore_budget + Duration::from_millis(100);
+    let (listener, rx) = match TelemetryListener::bind(hold).await {
+        Ok(bound) => bound,
+        Err(err) => {
+            tracing::warn!("cannot listen for the Telemetry API: {err}");
+            return None;
+        }
+    };
+    let schema = match config.lambda.initialization_type {
+        InitType::ManagedInstances => telemetry::SCHEMA_MANAGED_INSTANCES,
+        _ => telemetry::SCHEMA,
+    };
+    match api
+        .subscribe_telemetry(schema, &["platform"], listener.uri(), TELEMETRY_BUFFER_MS)
+        .await
+    {
+        Ok(()) => {
+            tracing::debug!(
+                uri = listener.uri(),
+                schema,
+                "subscribed to platform telemetry"
+            );
+            Some((listener, rx))
+        }
+        Err(err) => {
+            tracing::warn!("the Telemetry API subscription failed: {err}");
+            None
+        }
+    }
 }
 
 struct Services {
+    cache: Option<Arc<DnsCache>>,
     _dns_server: Option<DnsServerHandle>,
     proxy: Option<ProxyHandle>,
     /// Tells the exec wrapper the proxy listens; removed when dropped.
@@ -144,80 +223,10 @@ async fn start_services(ctx: &Context) -> Services {
         None => None,
     };
     Services {
+        cache,
         _dns_server: dns_server,
         proxy: proxy_handle,
         _ready: ready_file,
-    }
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Writes everything recorded since the previous flush. A window that cannot be written is
-/// put back so the next flush carries it.
-struct Flusher {
-    recorder: Recorder,
-    emf: EmfWriter,
-    sink: MetricsSink,
-    /// Set for `cloudwatch` and `both` (in builds with the `cloudwatch` feature).
-    cloudwatch: Option<CloudWatchSink>,
-}
-
-impl Flusher {
-    /// On INVOKE. The CloudWatch send runs in the background: this returns without waiting
-    /// on the network, so `/event/next` is never delayed.
-    fn flush(&self) {
-        let snapshot = self.recorder.take();
-        if snapshot.is_empty() || self.sink == MetricsSink::Off {
-            return;
-        }
-        match (&self.cloudwatch, self.sink) {
-            (Some(cw), MetricsSink::CloudWatch) => cw.submit(snapshot),
-            // `both`: a window EMF could not take is put back whole and sent with the next.
-            (Some(cw), _) => {
-                if let Some(snapshot) = self.write_emf(snapshot) {
-                    cw.submit(snapshot);
-                }
-            }
-            (None, _) => {
-                self.write_emf(snapshot);
-            }
-        }
-    }
-
-    /// At SHUTDOWN or SIGTERM: everything left, the final CloudWatch send bounded by the
-    /// deadline (epoch ms, when Lambda gave one).
-    async fn finish(&self, deadline_ms: Option<u64>) {
-        let Some(cw) = &self.cloudwatch else {
-            return self.flush();
-        };
-        let mut snapshot = self.recorder.take();
-        if self.sink == MetricsSink::Both && !snapshot.is_empty() {
-            snapshot = self.write_emf(snapshot).unwrap_or_default();
-        }
-        let budget = cloudwatch::shutdown_budget(deadline_ms, epoch_ms());
-        cw.finish(snapshot, budget).await;
-    }
-
-    /// Returns the window when EMF took it; otherwise it is back in the recorder.
-    fn write_emf(&self, snapshot: Snapshot) -> Option<Snapshot> {
-        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.emf
-                .write(&snapshot, epoch_ms(), &mut std::io::stdout().lock())
-        }));
-        match written {
-            Ok(Ok(())) => return Some(snapshot),
-            Ok(Err(err)) => {
-                tracing::warn!("writing EMF failed, keeping the metrics for the next flush: {err}");
-            }
-            Err(_) => {}
-        }
-        self.recorder.restore(snapshot);
-        None
     }
 }
 
@@ -259,19 +268,11 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     };
 
     let name = extension_name();
-    let api = match register(&name).await {
-        Ok(id) => ExtensionsApi::new(&runtime_api, id),
+    let init_type = config.lambda.initialization_type;
+    let (api, invoke_events) = match register(&runtime_api, &name, init_type).await {
+        Ok(registered) => registered,
         Err(err) => {
             tracing::error!("registration with the Extensions API failed: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let api = match api {
-        Ok(api) => api,
-        Err(err) => {
-            tracing::error!(
-                "AWS_LAMBDA_RUNTIME_API={runtime_api:?} is not a usable address: {err}"
-            );
             return ExitCode::FAILURE;
         }
     };
@@ -290,8 +291,13 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     }
     if config.disable {
         tracing::info!("EGRESS_WARDEN_DISABLE=true: registered, idling until SHUTDOWN");
-        return idle(&api).await;
+        return events::idle(&api).await;
     }
+    // Kept until the end of `run`: dropping the listener stops deliveries.
+    let (_telemetry_listener, telemetry_rx) = match subscribe_telemetry(&api, &config).await {
+        Some((listener, rx)) => (Some(listener), Some(rx)),
+        None => (None, None),
+    };
     // INIT work, before the first /event/next.
     let warmer = services
         .as_ref()
@@ -299,6 +305,16 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         .map(ProxyHandle::warmer);
     if let Some(warmer) = &warmer {
         warm::during_init(&ctx, warmer).await;
+    }
+    let mut restore = RestoreWatch::new(init_type == InitType::SnapStart);
+    restore.init_done();
+    if restore.awaiting_restore() {
+        // The snapshot is taken once INIT ends: no connection from before it is ever handed
+        // out. The warm-up still filled the DNS cache and readied the TLS configuration.
+        if let Some(warmer) = &warmer {
+            let closed = warmer.retire_all();
+            tracing::debug!(closed, "SnapStart: connections closed before the snapshot");
+        }
     }
 
     recorder.observe_ms(
@@ -309,77 +325,21 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         config.metrics.namespace.clone(),
         config.lambda.function_name.clone(),
     );
-    let flusher = Flusher {
-        recorder: recorder.clone(),
-        cloudwatch: CloudWatchSink::start(&ctx, emf.clone()),
-        emf,
-        sink: config.metrics.sink,
+    let flusher = Flusher::new(
+        recorder.clone(),
+        emf.clone(),
+        config.metrics.sink,
+        CloudWatchSink::start(&ctx, emf),
+    );
+    let inputs = events::Inputs {
+        telemetry: telemetry_rx,
+        warmer,
+        dns: services.as_ref().and_then(|s| s.cache.clone()),
+        invoke_events,
     };
-    let code = serve_events(&api, &ctx, &flusher, warmer.as_ref()).await;
+    let code = EventLoop::new(&api, &ctx, flusher, inputs, restore)
+        .run()
+        .await;
     let _ = shutdown_tx.send(true);
     code
-}
-
-/// Follows INVOKE and SHUTDOWN events; SIGTERM ends it like a SHUTDOWN.
-async fn serve_events(
-    api: &ExtensionsApi,
-    ctx: &Context,
-    flusher: &Flusher,
-    warmer: Option<&Warmer>,
-) -> ExitCode {
-    let mut sigterm = match signal(SignalKind::terminate()) {
-        Ok(s) => Some(s),
-        Err(err) => {
-            tracing::warn!("cannot watch SIGTERM: {err}");
-            None
-        }
-    };
-    let rewarm = warm::Rewarm::default();
-    loop {
-        let event = tokio::select! {
-            event = api.next_event() => event,
-            Some(()) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => None } } => {
-                logging::flush_all();
-                tracing::info!("SIGTERM: flushing and exiting");
-                ctx.findings.refresh();
-                flusher.finish(None).await;
-                return ExitCode::SUCCESS;
-            }
-        };
-        match event {
-            Event::Invoke {
-                deadline_ms,
-                request_id,
-            } => {
-                let gap = ctx.clock.begin_invocation(deadline_ms);
-                if let Some(warmer) = warmer {
-                    warm::after_thaw(ctx, warmer, &rewarm, gap);
-                }
-                ctx.recorder.incr(Counter::Invocations);
-                tracing::debug!(%request_id, "INVOKE");
-                ctx.findings.refresh();
-                flusher.flush();
-            }
-            Event::Shutdown {
-                deadline_ms,
-                reason,
-            } => {
-                let left = deadline_ms.saturating_sub(epoch_ms());
-                logging::flush_all();
-                tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
-                ctx.findings.refresh();
-                flusher.finish(Some(deadline_ms)).await;
-                return ExitCode::SUCCESS;
-            }
-        }
-    }
-}
-
-/// The kill switch: acknowledge every event and do nothing else.
-async fn idle(api: &ExtensionsApi) -> ExitCode {
-    loop {
-        if let Event::Shutdown { .. } = api.next_event().await {
-            return ExitCode::SUCCESS;
-        }
-    }
 }

@@ -49,6 +49,9 @@ metric_enum!(
     /// Monotonic counts (unit `Count`, or `Bytes` for the byte counters).
     Counter {
         Invocations => "invocations",
+        Restores => "restores",
+        FunctionTimeouts => "function_timeouts",
+        TelemetryRecordsIgnored => "telemetry_records_ignored",
         Requests => "requests",
         Errors => "errors",
         ErrorsTimeout => "errors_timeout",

@@ -303,6 +303,15 @@ impl Registry {
         dead.len()
     }
 
+    /// Marks every open connection dead without a peek (the snapshot they were made before
+    /// was restored, maybe on another host): hyper drops the idle ones, and one it hands out
+    /// anyway refuses its first write as unsent, so the request goes again on a fresh
+    /// connection. Not noted as stale: nothing was seen to fail. Returns how many.
+    pub(crate) fn retire_all(&self) -> usize {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.live(None).iter().filter(|h| h.retire()).count()
+    }
+
     /// Open, not known dead connections for a pool key (pooled, busy or parked).
     pub(crate) fn open_for(&self, pool_key: &str) -> usize {
         self.live(Some(pool_key))
@@ -461,6 +470,21 @@ impl Health {
             w.wake();
         }
         Some(found)
+    }
+
+    /// Marks the connection dead and wakes its reader; false if it was closed or dead already.
+    fn retire(&self) -> bool {
+        let waker = {
+            let mut reader = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            if reader.closed || self.dead.swap(true, Ordering::Relaxed) {
+                return false;
+            }
+            reader.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
     }
 
     /// Before a write: a connection idle for a while (or not checked since the last thaw) is

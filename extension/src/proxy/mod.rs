@@ -210,6 +210,14 @@ impl Warmer {
             .map_err(|_| WarmError(format!("{key} is not a usable upstream")))
     }
 
+    /// After a restore from a snapshot: drops every parked connection and retires every
+    /// pooled one, alive or not, so no request is sent on a connection from before the
+    /// snapshot. Returns how many connections were let go.
+    pub fn retire_all(&self) -> usize {
+        let connector = self.proxy.upstreams.connector();
+        self.proxy.sockets.clear() + connector.parked.clear() + connector.registry.retire_all()
+    }
+
     /// After a freeze: drops dead parked connections and checks every pooled one, so none is
     /// handed to a request; each dead one is noted as a caught stale connection.
     pub fn revalidate(&self) -> Revalidated {

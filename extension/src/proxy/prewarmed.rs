@@ -126,6 +126,12 @@ impl<T: Parkable> Prewarmed<T> {
         (checked, dropped)
     }
 
+    /// Drops everything parked, unchecked (after a restore nothing parked is trusted).
+    pub(crate) fn clear(&self) -> usize {
+        let drained = std::mem::take(&mut *self.entries.lock().unwrap_or_else(|p| p.into_inner()));
+        drained.values().map(VecDeque::len).sum()
+    }
+
     fn usable(&self, entry: &Entry<T>) -> bool {
         let idle = entry.since.elapsed();
         if idle >= self.max_age {

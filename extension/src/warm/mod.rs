@@ -11,6 +11,9 @@
 //!   topped up again in the background. A target whose top-up failed sits out the next
 //!   thaws, twice as many after each consecutive failure ([`Rewarm`]).
 //!
+//! - After a SnapStart restore ([`after_restore`]): the lifecycle has let every connection
+//!   from before the snapshot go; the targets are warmed again within the restore budget.
+//!
 //! This module drives; the proxy owns the sockets ([`Warmer`]).
 
 use crate::config::WarmTarget;
@@ -50,12 +53,27 @@ pub struct WarmReport {
 
 /// Warms every configured target, returning when all are done or the budget is spent.
 pub async fn during_init(ctx: &Context, warmer: &Warmer) -> WarmReport {
+    warm_all(ctx, warmer, ctx.config.warm_budget, "warm-up done").await
+}
+
+/// After a restore from a snapshot (every connection from before it was let go): warms every
+/// configured target again, within `EGRESS_WARDEN_RESTORE_BUDGET_MS`.
+pub async fn after_restore(ctx: &Context, warmer: &Warmer) -> WarmReport {
+    warm_all(
+        ctx,
+        warmer,
+        ctx.config.restore_budget,
+        "warm-up after the restore done",
+    )
+    .await
+}
+
+async fn warm_all(ctx: &Context, warmer: &Warmer, budget: Duration, done: &str) -> WarmReport {
     let targets = &ctx.config.warm;
     let mut report = WarmReport::default();
     if targets.is_empty() {
         return report;
     }
-    let budget = ctx.config.warm_budget;
     let deadline = tokio::time::Instant::now() + budget;
     let running: Vec<JoinHandle<TargetReport>> = targets
         .iter()
@@ -80,7 +98,7 @@ pub async fn during_init(ctx: &Context, warmer: &Warmer) -> WarmReport {
         connections = ready,
         unfinished = report.timed_out,
         budget_ms = budget.as_millis() as u64,
-        "warm-up done"
+        "{done}"
     );
     report
 }

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use super::config::InitType;
 use super::state::{ExtSlot, ExtState, Phase, Shared, State};
 use super::telemetry;
 use super::types::{InitFailure, InvokeResult, ProtocolEvent};
@@ -218,7 +219,8 @@ async fn wait_for<T>(
 async fn runtime_next(shared: &Arc<Shared>) -> Result<Resp, ApiError> {
     let notify = {
         let mut st = shared.lock();
-        if let Some(cur) = &st.current {
+        let concurrent = shared.cfg.init_type == InitType::ManagedInstances;
+        if let Some(cur) = st.current.as_ref().filter(|_| !concurrent) {
             if cur.delivered_to_runtime.is_some() && cur.result.is_none() {
                 return Err(forbidden(
                     "InvalidStateTransition",
@@ -242,12 +244,18 @@ async fn runtime_next(shared: &Arc<Shared>) -> Result<Resp, ApiError> {
             // The runtime gets SIGTERM, never another event.
             return None;
         }
-        let msg = st.runtime.pending.take()?;
+        let msg = match st.runtime.pending.take() {
+            Some(msg) => msg,
+            None => st.runtime.queue.pop_front()?,
+        };
         let now = Instant::now();
         if let Some(cur) = st.current.as_mut() {
             if cur.msg.request_id == msg.request_id {
                 cur.delivered_to_runtime = Some(now);
             }
+        }
+        if let Some(inv) = st.concurrent.get_mut(&msg.request_id) {
+            inv.delivered_to_runtime = Some(now);
         }
         shared.log(
             st,
@@ -279,6 +287,36 @@ async fn runtime_result(
     let body = read_body(req, MAX_PAYLOAD).await?;
     let mut st = shared.lock();
     let now = Instant::now();
+    if let Some(inv) = st
+        .concurrent
+        .get_mut(id)
+        .filter(|inv| inv.delivered_to_runtime.is_some() && inv.result.is_none())
+    {
+        let result = if is_error {
+            InvokeResult::Error {
+                error_type: error_type.clone(),
+                body: body.clone(),
+            }
+        } else {
+            InvokeResult::Response(body.clone())
+        };
+        inv.result = Some((result, now));
+        let event = if is_error {
+            ProtocolEvent::RuntimeError {
+                request_id: id.to_string(),
+                error_type,
+            }
+        } else {
+            ProtocolEvent::RuntimeResponse {
+                request_id: id.to_string(),
+                bytes: body.len(),
+            }
+        };
+        shared.log(&mut st, event);
+        drop(st);
+        shared.bump();
+        return Ok(accepted());
+    }
     let cur = match st.current.as_mut() {
         Some(c)
             if c.msg.request_id == id && c.delivered_to_runtime.is_some() && c.result.is_none() =>
@@ -398,6 +436,14 @@ async fn register(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, 
                     return Err(forbidden(
                         "Extension.InvalidEventType",
                         format!("{e}: invalid event type"),
+                    ));
+                }
+                let refused = shared.cfg.init_type == InitType::ManagedInstances
+                    || shared.cfg.refuse_invoke_registration;
+                if e == "INVOKE" && refused {
+                    return Err(forbidden(
+                        "Extension.InvalidEventType",
+                        "INVOKE: extensions on Lambda Managed Instances can register for SHUTDOWN only",
                     ));
                 }
             }
@@ -687,6 +733,16 @@ async fn telemetry_subscribe(
     let body = read_body(req, MAX_SMALL_BODY).await?;
     let sub = telemetry::parse_subscription(&body)
         .map_err(|m| ApiError(StatusCode::BAD_REQUEST, "ValidationError", m))?;
+    if shared.cfg.init_type == InitType::ManagedInstances && sub.schema != "2025-01-29" {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "ValidationError",
+            format!(
+                "schemaVersion {:?} is not supported on Lambda Managed Instances (2025-01-29)",
+                sub.schema
+            ),
+        ));
+    }
     let name = {
         let mut st = shared.lock();
         let idx = extension_index(&st, &headers)?;

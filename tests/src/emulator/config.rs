@@ -57,7 +57,13 @@ pub enum InitType {
     #[default]
     OnDemand,
     ProvisionedConcurrency,
+    /// INIT once; then [`super::Emulator::snapshot`] and [`super::Emulator::restore`] before
+    /// the invokes.
     SnapStart,
+    /// Lambda Managed Instances: extensions may register for SHUTDOWN only, invocations run
+    /// many at once ([`super::Emulator::invoke_many`]), the environment is never frozen, and
+    /// the Telemetry API takes schema 2025-01-29 only.
+    ManagedInstances,
 }
 
 impl InitType {
@@ -66,6 +72,7 @@ impl InitType {
             InitType::OnDemand => "on-demand",
             InitType::ProvisionedConcurrency => "provisioned-concurrency",
             InitType::SnapStart => "snap-start",
+            InitType::ManagedInstances => "lambda-managed-instances",
         }
     }
 
@@ -74,6 +81,7 @@ impl InitType {
             "on-demand" => Some(InitType::OnDemand),
             "provisioned-concurrency" => Some(InitType::ProvisionedConcurrency),
             "snap-start" => Some(InitType::SnapStart),
+            "lambda-managed-instances" => Some(InitType::ManagedInstances),
             _ => None,
         }
     }
@@ -132,6 +140,9 @@ pub struct EmulatorConfig {
     pub task_root: PathBuf,
     /// Echo every child's output line to this process's stdout, prefixed `[name] `.
     pub echo_output: bool,
+    /// Refuse registrations for INVOKE whatever the execution model (an environment that
+    /// behaves like Managed Instances while saying otherwise).
+    pub refuse_invoke_registration: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -152,6 +163,7 @@ impl Default for EmulatorConfig {
             init_type: InitType::OnDemand,
             task_root: PathBuf::from("/var/task"),
             echo_output: false,
+            refuse_invoke_registration: false,
         }
     }
 }

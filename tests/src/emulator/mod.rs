@@ -18,6 +18,7 @@
 mod api;
 pub mod clock;
 mod config;
+mod models;
 mod process;
 mod runtime_client;
 mod state;
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use config::{EmulatorConfig, HandlerFn, InitType, Runtime, ShutdownReason};
+pub use models::payload;
 pub use runtime_client::{Invocation, RawResponse, RuntimeClient};
 pub use types::{
     EmulatorError, ExitInfo, ExtensionAck, ExtensionExit, ExtensionInit, InitError, InitFailure,
@@ -506,7 +508,10 @@ impl Emulator {
             "memorySizeMB": sh.cfg.memory_mb,
             "maxMemoryUsedMB": sh.cfg.memory_mb.min(64),
         });
-        if first_invoke {
+        if sh.cfg.init_type == InitType::ManagedInstances {
+            // Schema 2025-01-29: the duration only.
+            metrics = json!({"durationMs": ms(duration)});
+        } else if first_invoke {
             metrics["initDurationMs"] = json!(init_ms);
         }
         sh.telemetry.platform(

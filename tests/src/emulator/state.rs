@@ -20,6 +20,8 @@ pub(crate) enum Phase {
     Invoking,
     /// An invoke timed out or failed: Lambda would reset the environment.
     Broken,
+    /// SnapStart: every process stopped, waiting for [`super::Emulator::restore`].
+    Snapshotted,
     ShuttingDown,
     Done,
 }
@@ -98,6 +100,12 @@ pub(crate) struct InvocationMsg {
     pub payload: Bytes,
 }
 
+/// One of several invocations running at once (Managed Instances).
+pub(crate) struct ConcurrentInvoke {
+    pub delivered_to_runtime: Option<Instant>,
+    pub result: Option<(InvokeResult, Instant)>,
+}
+
 pub(crate) struct CurrentInvoke {
     pub msg: InvocationMsg,
     pub targets: Vec<usize>,
@@ -111,6 +119,8 @@ pub(crate) struct RuntimeSlot {
     pub started_at: Option<Instant>,
     pub first_next_at: Option<Instant>,
     pub pending: Option<InvocationMsg>,
+    /// Managed Instances: invocations waiting for any of the runtime's concurrent `next`s.
+    pub queue: VecDeque<InvocationMsg>,
     pub notify: Arc<Notify>,
     /// Has the process (or in-process task) been started?
     pub started: bool,
@@ -130,6 +140,8 @@ pub(crate) struct State {
     pub extensions: Vec<ExtSlot>,
     pub runtime: RuntimeSlot,
     pub current: Option<CurrentInvoke>,
+    /// Managed Instances: the invocations under way, by request id.
+    pub concurrent: HashMap<String, ConcurrentInvoke>,
     pub init_failure: Option<InitFailure>,
     pub init_done_at: Option<Instant>,
     pub invokes: u64,
@@ -166,6 +178,7 @@ impl Shared {
                 extensions: Vec::new(),
                 runtime: RuntimeSlot::default(),
                 current: None,
+                concurrent: HashMap::new(),
                 init_failure: None,
                 init_done_at: None,
                 invokes: 0,

@@ -19,6 +19,7 @@ use super::types::TelemetryDelivery;
 /// A validated `PUT /2022-07-01/telemetry` body.
 #[derive(Clone, Debug)]
 pub(crate) struct Subscription {
+    pub schema: String,
     pub types: Vec<String>,
     pub max_items: usize,
     pub max_bytes: usize,
@@ -109,6 +110,7 @@ pub(crate) fn parse_subscription(body: &[u8]) -> Result<Subscription, String> {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
     Ok(Subscription {
+        schema: schema.to_string(),
         types,
         max_items,
         max_bytes,

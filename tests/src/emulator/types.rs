@@ -112,6 +112,10 @@ pub enum ProtocolEvent {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// SnapStart: every process stopped, the memory as good as saved.
+    Snapshot,
+    /// SnapStart: the processes resumed from the snapshot.
+    Restore,
     /// A request the API refused (4xx), with the `errorType` it answered.
     Rejected {
         method: String,

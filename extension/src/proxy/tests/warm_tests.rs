@@ -520,3 +520,43 @@ async fn a_pooled_connection_closed_during_a_freeze_is_not_used() {
         assert_eq!(count(&proxy.take(), Counter::Errors), 0, "{case}");
     }
 }
+
+#[tokio::test]
+async fn after_a_restore_no_connection_from_before_is_used_even_a_live_one() {
+    for h2 in [true, false] {
+        let up = upstream::tls("api", h2).await;
+        let routes = format!("api=https://localhost:{}", up.addr.port());
+        let proxy = start(&[
+            ("EGRESS_WARDEN_ROUTES", &routes),
+            ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+            ("EGRESS_WARDEN_WARM", "api"),
+        ])
+        .await;
+        let get = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        // One connection pooled after use, one parked by the warm-up.
+        let reply = raw(proxy.addr, get).await.expect("reply");
+        assert_eq!(reply.status, 200, "h2={h2}: {reply:?}");
+        warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+        let before = accepted(&up);
+        assert!(before >= 1, "h2={h2}");
+        proxy.take();
+
+        let retired = proxy.warmer().retire_all();
+        assert!(retired >= 1, "h2={h2}: {retired}");
+        let reply = raw(proxy.addr, get).await.expect("reply");
+        assert_eq!(reply.status, 200, "h2={h2}: {reply:?}");
+        assert_eq!(
+            accepted(&up),
+            before + 1,
+            "h2={h2}: a new connection served it"
+        );
+        let snap = proxy.take();
+        assert_eq!(count(&snap, Counter::ConnectionsOpened), 1, "h2={h2}");
+        assert_eq!(count(&snap, Counter::Errors), 0, "h2={h2}");
+        assert!(
+            stale_caught(&proxy).is_empty(),
+            "h2={h2}: retiring is not a stale find"
+        );
+        assert_eq!(proxy.warmer().route_connections("api"), 1, "h2={h2}");
+    }
+}

@@ -1,0 +1,258 @@
+//! The event loop after INIT: Lambda's events (INVOKE, SHUTDOWN), the Telemetry API's
+//! platform records, the flush timer and SIGTERM, handled one at a time on one task.
+//!
+//! - INVOKE (on-demand, provisioned concurrency, SnapStart): count it, check connections after
+//!   a pause, refresh the findings, flush.
+//! - The timer (`EGRESS_WARDEN_FLUSH_INTERVAL_S`): refresh and flush; where no INVOKE comes
+//!   (Managed Instances) it also checks idle connections and tops the warm targets up.
+//! - Telemetry: invocations where there are no INVOKE events, function timeouts, restores.
+//! - A restore, however it is noticed ([`super::restore`]): every connection from before it is
+//!   let go, the DNS cache ages by the time the monotonic clock missed, the warm-up runs again.
+//! - SHUTDOWN or SIGTERM: refresh, the final flush, exit.
+//!
+//! `/event/next` stays one pending request across the loop's turns (a dropped request could
+//! lose the event Lambda was about to hand it), and is called again only after an event was
+//! dealt with: that call tells Lambda the extension is done with the invoke.
+
+use super::extensions_api::{Event, ExtensionsApi};
+use super::flusher::{epoch_ms, Flusher};
+use super::logging;
+use super::restore::{Restore, RestoreWatch};
+use crate::context::Context;
+use crate::dns::DnsCache;
+use crate::metrics::{Counter, Gauge};
+use crate::proxy::Warmer;
+use crate::telemetry::{Delivery, PlatformEvent};
+use crate::warm;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// What the loop acts on besides the Extensions API.
+pub(super) struct Inputs {
+    /// Delivered telemetry batches (none when the subscription failed).
+    pub telemetry: Option<mpsc::UnboundedReceiver<Delivery>>,
+    pub warmer: Option<Warmer>,
+    pub dns: Option<Arc<DnsCache>>,
+    /// Registered for INVOKE: invocations come from events, not from telemetry.
+    pub invoke_events: bool,
+}
+
+pub(super) struct EventLoop<'a> {
+    api: &'a ExtensionsApi,
+    ctx: &'a Context,
+    flusher: Flusher,
+    inputs: Inputs,
+    restore: RestoreWatch,
+    rewarm: warm::Rewarm,
+}
+
+impl<'a> EventLoop<'a> {
+    pub(super) fn new(
+        api: &'a ExtensionsApi,
+        ctx: &'a Context,
+        mut flusher: Flusher,
+        inputs: Inputs,
+        restore: RestoreWatch,
+    ) -> Self {
+        if restore.awaiting_restore() {
+            flusher.hold();
+        }
+        EventLoop {
+            api,
+            ctx,
+            flusher,
+            inputs,
+            restore,
+            rewarm: warm::Rewarm::default(),
+        }
+    }
+
+    /// Runs until SHUTDOWN or SIGTERM.
+    pub(super) async fn run(mut self) -> ExitCode {
+        let mut sigterm = match signal(SignalKind::terminate()) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!("cannot watch SIGTERM: {err}");
+                None
+            }
+        };
+        let interval = self.ctx.config.flush_interval;
+        let mut timer = (!interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let api = self.api;
+        let mut next = Box::pin(api.next_event());
+        loop {
+            tokio::select! {
+                event = &mut next => {
+                    match event {
+                        Event::Invoke { deadline_ms, request_id } => {
+                            self.on_invoke(deadline_ms, &request_id);
+                        }
+                        Event::Shutdown { deadline_ms, reason } => {
+                            let left = deadline_ms.saturating_sub(epoch_ms());
+                            tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
+                            self.finish(Some(deadline_ms)).await;
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    // Only now: this call acknowledges the invoke.
+                    next = Box::pin(api.next_event());
+                }
+                Some(delivery) = recv(&mut self.inputs.telemetry) => self.on_telemetry(delivery),
+                _ = tick(&mut timer) => self.on_tick(interval),
+                Some(()) = recv_signal(&mut sigterm) => {
+                    tracing::info!("SIGTERM: flushing and exiting");
+                    self.finish(None).await;
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    }
+
+    fn on_invoke(&mut self, deadline_ms: u64, request_id: &str) {
+        if let Some(restore) = self.restore.event() {
+            self.restored(restore, None);
+        }
+        let gap = self.ctx.clock.begin_invocation(deadline_ms);
+        if let Some(warmer) = &self.inputs.warmer {
+            warm::after_thaw(self.ctx, warmer, &self.rewarm, gap);
+        }
+        self.ctx.recorder.incr(Counter::Invocations);
+        tracing::debug!(%request_id, "INVOKE");
+        self.ctx.findings.refresh();
+        self.flusher.flush();
+    }
+
+    fn on_tick(&mut self, interval: Duration) {
+        if let Some(restore) = self.restore.tick() {
+            self.restored(restore, None);
+        }
+        if !self.inputs.invoke_events {
+            // No INVOKE comes to check idle connections: the timer does it.
+            if let Some(warmer) = &self.inputs.warmer {
+                warm::after_thaw(self.ctx, warmer, &self.rewarm, Some(interval));
+            }
+        }
+        self.ctx.findings.refresh();
+        self.flusher.flush();
+    }
+
+    fn on_telemetry(&mut self, delivery: Delivery) {
+        let Delivery { batch, done } = delivery;
+        let recorder = &self.ctx.recorder;
+        if batch.ignored > 0 {
+            recorder.count(Counter::TelemetryRecordsIgnored, batch.ignored as u64);
+        }
+        let mut done = Some(done);
+        for event in batch.events {
+            match event {
+                PlatformEvent::Start { request_id } if !self.inputs.invoke_events => {
+                    self.ctx.clock.note_invocation();
+                    recorder.incr(Counter::Invocations);
+                    tracing::debug!(%request_id, "invocation started");
+                }
+                PlatformEvent::RuntimeDone { request_id, status } if status == "timeout" => {
+                    recorder.incr(Counter::FunctionTimeouts);
+                    tracing::warn!(
+                        %request_id,
+                        client_connections = recorder.gauge_value(Gauge::ActiveConnections),
+                        "the function timed out; calls still open through the proxy are in the log lines before this one"
+                    );
+                }
+                PlatformEvent::RestoreStart => match self.restore.restore_record() {
+                    Some(restore) => self.restored(restore, done.take()),
+                    None => tracing::debug!("restore record after the restore was handled"),
+                },
+                PlatformEvent::InitStart { .. } => {
+                    tracing::debug!("platform.initStart after INIT (the snapshot's own), ignored");
+                }
+                other => tracing::trace!(?other, "platform record"),
+            }
+        }
+    }
+
+    /// Lets every connection from before the restore go, ages the DNS cache, and warms the
+    /// targets again in the background; `done` is answered when the warm-up ends.
+    fn restored(&mut self, restore: Restore, done: Option<tokio::sync::oneshot::Sender<()>>) {
+        self.flusher.release();
+        if restore.from_snapshot {
+            self.ctx.recorder.incr(Counter::Restores);
+        }
+        if let Some(dns) = &self.inputs.dns {
+            dns.age_by(restore.unseen);
+        }
+        let retired = self.inputs.warmer.as_ref().map_or(0, Warmer::retire_all);
+        tracing::info!(
+            cause = restore.cause.as_str(),
+            unseen_ms = restore.unseen.as_millis() as u64,
+            retired_connections = retired,
+            "restored: connections from before are let go and the warm-up runs again"
+        );
+        let Some(warmer) = self.inputs.warmer.clone() else {
+            return;
+        };
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            warm::after_restore(&ctx, &warmer).await;
+            drop(done);
+        });
+    }
+
+    async fn finish(&mut self, deadline_ms: Option<u64>) {
+        logging::flush_all();
+        // Records delivered before SHUTDOWN (the last invocations' starts) count in the final
+        // flush.
+        if let Some(rx) = self.inputs.telemetry.as_mut() {
+            let mut delivered = Vec::new();
+            while let Ok(delivery) = rx.try_recv() {
+                delivered.push(delivery);
+            }
+            for delivery in delivered {
+                self.on_telemetry(delivery);
+            }
+        }
+        if let Some(restore) = self.restore.event() {
+            self.restored(restore, None);
+        }
+        self.ctx.findings.refresh();
+        self.flusher.finish(deadline_ms).await;
+    }
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_signal(sigterm: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sigterm {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The kill switch: acknowledge every event and do nothing else.
+pub(super) async fn idle(api: &ExtensionsApi) -> ExitCode {
+    loop {
+        if let Event::Shutdown { .. } = api.next_event().await {
+            return ExitCode::SUCCESS;
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Telemetry API records, read leniently.
+//!
+//! Lambda adds record types over time (restore records, Managed Instances reports) and a
+//! strict parser that rejects a whole batch for one record it does not know would lose the
+//! ones it does. So: a batch is a JSON array; a record whose `type` is known and whose fields
+//! we use are present becomes a [`PlatformEvent`]; everything else is counted and ignored.
+
+use serde_json::Value;
+
+/// The platform records the extension acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlatformEvent {
+    /// `platform.initStart`: after a restore, the stale one of the snapshot's INIT may come.
+    InitStart { initialization_type: Option<String> },
+    /// `platform.start`: an invocation began.
+    Start { request_id: String },
+    /// `platform.runtimeDone`: the runtime finished an invocation (`success`, `error`,
+    /// `timeout`, `failure`…).
+    RuntimeDone { request_id: String, status: String },
+    /// `platform.report`: an invocation ended (on Managed Instances with `durationMs` only).
+    Report {
+        request_id: String,
+        status: Option<String>,
+        duration_ms: Option<f64>,
+    },
+    /// `platform.restoreStart`: the environment was restored from a SnapStart snapshot.
+    RestoreStart,
+    /// `platform.restoreRuntimeDone`: the runtime's after-restore hooks ran.
+    RestoreRuntimeDone { status: Option<String> },
+    /// `platform.restoreReport`: the restore phase ended.
+    RestoreReport { duration_ms: Option<f64> },
+}
+
+/// What one delivered batch held.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Batch {
+    pub events: Vec<PlatformEvent>,
+    /// Records of other types, or of a known type without the fields we use.
+    pub ignored: usize,
+}
+
+/// Reads a delivered body. Never fails: a body that is not a JSON array counts as one
+/// ignored record.
+pub fn parse_batch(body: &[u8]) -> Batch {
+    let mut batch = Batch::default();
+    let records = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(records)) => records,
+        _ => {
+            batch.ignored = 1;
+            return batch;
+        }
+    };
+    for record in &records {
+        match parse_record(record) {
+            Some(event) => batch.events.push(event),
+            None => batch.ignored += 1,
+        }
+    }
+    batch
+}
+
+fn parse_record(record: &Value) -> Option<PlatformEvent> {
+    let kind = record.get("type")?.as_str()?;
+    let body = record.get("record");
+    let text = |key: &str| {
+        body.and_then(|b| b.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let duration_ms = || {
+        body.and_then(|b| b.get("metrics"))
+            .and_then(|m| m.get("durationMs"))
+            .and_then(Value::as_f64)
+    };
+    Some(match kind {
+        "platform.initStart" => PlatformEvent::InitStart {
+            initialization_type: text("initializationType"),
+        },
+        "platform.start" => PlatformEvent::Start {
+            request_id: text("requestId")?,
+        },
+        "platform.runtimeDone" => PlatformEvent::RuntimeDone {
+            request_id: text("requestId")?,
+            status: text("status")?,
+        },
+        "platform.report" => PlatformEvent::Report {
+            request_id: text("requestId")?,
+            status: text("status"),
+            duration_ms: duration_ms(),
+        },
+        "platform.restoreStart" => PlatformEvent::RestoreStart,
+        "platform.restoreRuntimeDone" => PlatformEvent::RestoreRuntimeDone {
+            status: text("status"),
+        },
+        "platform.restoreReport" => PlatformEvent::RestoreReport {
+            duration_ms: duration_ms(),
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_mixing_known_restore_and_unknown_records_keeps_the_known_ones() {
+        // Shapes as the Telemetry API reference documents them, plus a type from the future.
+        let body = br#"[
+          {"time":"2026-12-06T10:00:00.000Z","type":"platform.initStart",
+           "record":{"initializationType":"snap-start","phase":"init","runtimeVersion":"python:3.12",
+                     "functionName":"f","functionVersion":"3"}},
+          {"time":"2026-12-06T10:05:00.000Z","type":"platform.restoreStart",
+           "record":{"runtimeVersion":"python:3.12","functionName":"f","functionVersion":"3",
+                     "instanceId":"i-1","instanceMaxMemory":256}},
+          {"time":"2026-12-06T10:05:00.120Z","type":"platform.restoreRuntimeDone",
+           "record":{"status":"success","spans":[]}},
+          {"time":"2026-12-06T10:05:00.130Z","type":"platform.restoreReport",
+           "record":{"status":"success","metrics":{"durationMs":130.5}}},
+          {"time":"2026-12-06T10:05:01.000Z","type":"platform.quantumEntanglement",
+           "record":{"spin":"up"}},
+          {"time":"2026-12-06T10:05:01.000Z","type":"function","record":"hello from the handler"},
+          {"time":"2026-12-06T10:05:01.100Z","type":"platform.start",
+           "record":{"requestId":"r-1","version":"3"}},
+          {"time":"2026-12-06T10:05:01.300Z","type":"platform.runtimeDone",
+           "record":{"requestId":"r-1","status":"timeout","metrics":{"durationMs":3000.0}}},
+          {"time":"2026-12-06T10:05:01.400Z","type":"platform.report",
+           "record":{"requestId":"r-1","status":"timeout",
+                     "metrics":{"durationMs":3001.2,"billedDurationMs":3002,"memorySizeMB":256,
+                                "maxMemoryUsedMB":80,"restoreDurationMs":130.5}}}
+        ]"#;
+        let batch = parse_batch(body);
+        assert_eq!(
+            batch.ignored, 2,
+            "the unknown type and the function log line"
+        );
+        assert_eq!(
+            batch.events,
+            vec![
+                PlatformEvent::InitStart {
+                    initialization_type: Some("snap-start".into())
+                },
+                PlatformEvent::RestoreStart,
+                PlatformEvent::RestoreRuntimeDone {
+                    status: Some("success".into())
+                },
+                PlatformEvent::RestoreReport {
+                    duration_ms: Some(130.5)
+                },
+                PlatformEvent::Start {
+                    request_id: "r-1".into()
+                },
+                PlatformEvent::RuntimeDone {
+                    request_id: "r-1".into(),
+                    status: "timeout".into()
+                },
+                PlatformEvent::Report {
+                    request_id: "r-1".into(),
+                    status: Some("timeout".into()),
+                    duration_ms: Some(3001.2)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn managed_instances_reports_carry_duration_only() {
+        // Schema 2025-01-29: no billed duration, memory or init figures.
+        let body = br#"[{"time":"2026-12-06T10:00:00.000Z","type":"platform.report",
+            "record":{"requestId":"r-9","status":"success","metrics":{"durationMs":12.25}}}]"#;
+        assert_eq!(
+            parse_batch(body).events,
+            vec![PlatformEvent::Report {
+                request_id: "r-9".into(),
+                status: Some("success".into()),
+                duration_ms: Some(12.25)
+            }]
+        );
+    }
+
+    #[test]
+    fn records_missing_what_we_use_are_ignored_not_fatal() {
+        let body = br#"[
+          {"type":"platform.start","record":{}},
+          {"type":"platform.runtimeDone","record":{"requestId":"r"}},
+          {"record":{"requestId":"r"}},
+          {"type":7},
+          "not an object",
+          {"type":"platform.start","record":{"requestId":"ok"}}
+        ]"#;
+        let batch = parse_batch(body);
+        assert_eq!(batch.ignored, 5);
+        assert_eq!(
+            batch.events,
+            vec![PlatformEvent::Start {
+                request_id: "ok".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_array_is_one_ignored_record() {
+        for body in [&b"{}"[..], b"", b"[1,", b"null"] {
+            let batch = parse_batch(body);
+            assert_eq!(batch.ignored, 1, "{:?}", String::from_utf8_lossy(body));
+            assert!(batch.events.is_empty());
+        }
+    }
+}
