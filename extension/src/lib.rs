@@ -1,9 +1,9 @@
 //! egress-warden: an AWS Lambda external extension that makes a function's outbound traffic
 //! fast, predictable and observable.
 //!
-//! Data flows one way: Lambda events drive [`lifecycle`]; traffic flows through [`proxy`] →
-//! [`dns`] / connection pools → upstream; every observation goes to the one
-//! [`metrics::Recorder`], which the EMF writer reads. [`warm`] opens connections through the
+//! Data flows one way: Lambda events and platform telemetry ([`telemetry`]) drive
+//! [`lifecycle`]; traffic flows through [`proxy`] → [`dns`] / connection pools → upstream;
+//! every observation goes to the one [`metrics::Recorder`], which the EMF writer reads. [`warm`] opens connections through the
 //! proxy ahead of need. The diagnosis ([`diagnose`]) names network symptoms (findings) from the
 //! recorder's journal of events and posts them on the findings board in [`context`], which the
 //! log, the EMF flush and the status page carry. [`aws`] reads what AWS endpoint host names say

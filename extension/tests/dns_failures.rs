@@ -138,3 +138,26 @@ fn no_upstream_answering_means_servfail_not_silence() {
     assert_eq!(r["rcode"], "SERVFAIL", "{r}");
     assert_eq!(h.recorder.peek(Counter::DnsUpstreamTimeouts), 2);
 }
+
+#[test]
+fn after_a_restore_answers_age_by_the_time_the_monotonic_clock_missed() {
+    let h = Harness::start(Setup::default());
+    let first = dig_answers(h.port, &["www.test", "A"]);
+    assert_eq!(first[0].3, "192.0.2.1");
+    assert!(first[0].1 > 290, "fresh: {first:?}");
+    assert_eq!(h.upstream.count("www.test.", RecordType::A), 1);
+    // Restored after 100 s the monotonic clock did not see: the TTL counts them.
+    h.cache.age_by(Duration::from_secs(100));
+    let aged = dig_answers(h.port, &["www.test", "A"]);
+    assert!((195..=200).contains(&aged[0].1), "{aged:?}");
+    assert_eq!(
+        h.upstream.count("www.test.", RecordType::A),
+        1,
+        "still cached"
+    );
+    // Days later: expired, asked again; the upstream being there, the answer is fresh.
+    h.cache.age_by(Duration::from_secs(3 * 86_400));
+    let renewed = dig_answers(h.port, &["www.test", "A"]);
+    assert_eq!(h.upstream.count("www.test.", RecordType::A), 2);
+    assert!(renewed[0].1 > 290, "{renewed:?}");
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::{json, Value};
 use warden_tests::emulator::{
-    Emulator, EmulatorConfig, EmulatorError, InitFailure, InvokeResult, ProtocolEvent, Runtime,
-    ShutdownReason, RUNTIME_NAME,
+    payload, Emulator, EmulatorConfig, EmulatorError, InitFailure, InitType, InvokeResult,
+    ProtocolEvent, Runtime, ShutdownReason, RUNTIME_NAME,
 };
 use warden_tests::warden::ExtensionsDir;
 
@@ -487,6 +487,132 @@ async fn telemetry_records_reach_the_subscriber() {
             .telemetry_deliveries()
             .iter()
             .all(|d| d.status == Some(200)));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_instances_refuse_invoke_registrations_old_schemas_and_run_invocations_at_once() {
+    bounded(async {
+        // INVOKE is refused: the extension cannot register, INIT fails.
+        let d = dir_with(&["eager"]);
+        let cfg =
+            EmulatorConfig::with_extensions_dir(d.path()).init_type(InitType::ManagedInstances);
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        assert!(emu.wait_init().await.is_err());
+        assert!(emu.protocol_log().iter().any(|e| matches!(&e.event,
+            ProtocolEvent::Rejected { path, status: 403, error_type, .. }
+                if path.ends_with("/register") && error_type == "Extension.InvalidEventType")));
+
+        // SHUTDOWN only is fine; the Telemetry API refuses the schema of other models...
+        let d = dir_with(&["old"]);
+        let cfg = EmulatorConfig::with_extensions_dir(d.path())
+            .init_type(InitType::ManagedInstances)
+            .env("FAKE_EXT_EVENTS", "SHUTDOWN")
+            .env("FAKE_EXT_TELEMETRY", "1");
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init().await.unwrap();
+        let refused = emu
+            .wait_for_line("old", Duration::from_secs(3), |l| {
+                l.text.starts_with("telemetry subscribe -> 400")
+            })
+            .await;
+        assert!(refused.is_some(), "{:?}", emu.stdout_lines("old"));
+        emu.shutdown(ShutdownReason::Spindown).await;
+
+        // ... and takes 2025-01-29.
+        let d = dir_with(&["new"]);
+        let cfg = EmulatorConfig::with_extensions_dir(d.path())
+            .init_type(InitType::ManagedInstances)
+            .env("FAKE_EXT_EVENTS", "SHUTDOWN")
+            .env("FAKE_EXT_TELEMETRY", "1")
+            .env("FAKE_EXT_SCHEMA", "2025-01-29")
+            .runtime(Runtime::Manual);
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        // Three runtime workers, each answering only once all three hold an invocation: the
+        // invocations must be handed out at once.
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let (client, barrier) = (emu.runtime_client(), barrier.clone());
+                tokio::spawn(async move {
+                    let inv = client.next().await.unwrap();
+                    barrier.wait().await;
+                    client
+                        .respond(&inv.request_id, "{}")
+                        .await
+                        .unwrap()
+                        .as_u16()
+                })
+            })
+            .collect();
+        emu.wait_init().await.unwrap();
+        let outcomes = emu
+            .invoke_many((0..3).map(|i| payload(&json!({ "i": i }))).collect())
+            .await
+            .unwrap();
+        assert!(outcomes.iter().all(|o| o.is_success()), "{outcomes:?}");
+        for w in workers {
+            assert_eq!(w.await.unwrap(), 202);
+        }
+        let report = emu
+            .wait_for_line("new", Duration::from_secs(3), |l| {
+                l.text.starts_with("telemetry ") && l.text.contains("platform.report")
+            })
+            .await;
+        assert!(report.is_some(), "{:?}", emu.stdout_lines("new"));
+        emu.shutdown(ShutdownReason::Spindown).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snap_start_stops_every_process_for_the_snapshot_and_announces_the_restore() {
+    bounded(async {
+        let d = dir_with(&["tele"]);
+        let cfg = EmulatorConfig::with_extensions_dir(d.path())
+            .init_type(InitType::SnapStart)
+            .env("FAKE_EXT_TELEMETRY", "1");
+        let mut emu = Emulator::start(cfg).await.unwrap();
+        emu.wait_init().await.unwrap();
+        emu.snapshot().await.unwrap();
+        let pid = emu.pid("tele").unwrap();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = state
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        assert_eq!(state, Some("T"), "stopped while the snapshot is stored");
+        assert!(
+            emu.invoke("{}").await.is_err(),
+            "no invoke before the restore"
+        );
+        emu.restore().await.unwrap();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = state
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        assert_ne!(state, Some("T"));
+        let restored = emu
+            .wait_for_line("tele", Duration::from_secs(3), |l| {
+                l.text.starts_with("telemetry ") && l.text.contains("platform.restoreStart")
+            })
+            .await;
+        assert!(restored.is_some(), "{:?}", emu.stdout_lines("tele"));
+        assert!(emu.invoke("{}").await.unwrap().is_success());
+        let log = emu.protocol_log();
+        let at = |pred: &dyn Fn(&ProtocolEvent) -> bool| log.iter().position(|e| pred(&e.event));
+        assert!(
+            at(&|e| matches!(e, ProtocolEvent::Snapshot))
+                < at(&|e| matches!(e, ProtocolEvent::Restore))
+        );
+        let report = emu.shutdown(ShutdownReason::Spindown).await;
+        assert!(report.extension("tele").unwrap().before_deadline);
     })
     .await
 }

@@ -38,8 +38,9 @@ pub struct Config {
     pub warm_budget: Duration,
     /// Time the warm-up may take after a SnapStart restore.
     pub restore_budget: Duration,
-    /// Flush metrics on a timer as well; zero: only on INVOKE and SHUTDOWN.
-    pub flush_interval: Duration,
+    /// Flush metrics on a timer as well; zero: only on INVOKE and SHUTDOWN; unset: 30 s where
+    /// no INVOKE events come (Managed Instances), else zero.
+    pub flush_interval: Option<Duration>,
     pub connect_timeout: Duration,
     pub pool_idle: Duration,
     pub retry_max: u32,
@@ -227,7 +228,7 @@ impl Config {
             "warm_targets": self.warm.len(),
             "warm_budget_ms": self.warm_budget.as_millis() as u64,
             "restore_budget_ms": self.restore_budget.as_millis() as u64,
-            "flush_interval_s": self.flush_interval.as_secs(),
+            "flush_interval_s": self.flush_interval.map(|d| d.as_secs()),
             "connect_timeout_ms": self.connect_timeout.as_millis() as u64,
             "pool_idle_s": self.pool_idle.as_secs(),
             "retry_max": self.retry_max,

@@ -341,19 +341,22 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         default_budget,
         "using the default",
     );
-    // Managed Instances send no INVOKE events: the timer is the only flush before SHUTDOWN.
-    let default_flush = match initialization_type {
-        InitType::ManagedInstances => 30,
-        _ => 0,
+    // Unset: the execution model decides (the lifecycle knows once registered whether INVOKE
+    // events will come).
+    let flush_interval = match r.get("FLUSH_INTERVAL_S") {
+        None => None,
+        Some(_) => {
+            let seconds = r.number(
+                "FLUSH_INTERVAL_S",
+                0,
+                0,
+                3_600,
+                u64::MAX,
+                "using the default (30 where no INVOKE events come, else 0)",
+            );
+            (seconds != u64::MAX).then(|| Duration::from_secs(seconds))
+        }
     };
-    let flush_interval = r.number(
-        "FLUSH_INTERVAL_S",
-        default_flush,
-        0,
-        3_600,
-        default_flush,
-        "using the default",
-    );
     let restore_budget = r.number("RESTORE_BUDGET_MS", 1_000, 0, 10_000, 1_000, "using 1000");
     let connect_timeout = r.number("CONNECT_TIMEOUT_MS", 3_000, 1, 120_000, 3_000, "using 3000");
     let pool_idle = r.number(
@@ -441,7 +444,7 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         warm,
         warm_budget: Duration::from_millis(warm_budget),
         restore_budget: Duration::from_millis(restore_budget),
-        flush_interval: Duration::from_secs(flush_interval),
+        flush_interval,
         connect_timeout: Duration::from_millis(connect_timeout),
         pool_idle: Duration::from_secs(pool_idle),
         retry_max,
@@ -754,7 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn managed_instances_flush_on_a_30_s_timer_and_others_only_on_events() {
+    fn managed_instances_and_the_flush_timer_and_restore_budget() {
         let (c, problems) = Config::from_vars(&vars(&[(
             "AWS_LAMBDA_INITIALIZATION_TYPE",
             "lambda-managed-instances",
@@ -762,21 +765,24 @@ mod tests {
         assert!(problems.is_empty());
         assert_eq!(c.lambda.initialization_type, InitType::ManagedInstances);
         assert!(!c.lambda.initialization_type.has_invoke_events());
-        assert_eq!(c.flush_interval, Duration::from_secs(30));
+        assert_eq!(c.flush_interval, None, "the model's default");
+        assert_eq!(c.warm_budget, Duration::from_millis(5000));
         let (c, _) = Config::from_vars(&vars(&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")]));
-        assert_eq!(c.flush_interval, Duration::ZERO);
         assert_eq!(c.restore_budget, Duration::from_millis(1000));
         let (c, problems) = Config::from_vars(&vars(&[
-            ("EGRESS_WARDEN_FLUSH_INTERVAL_S", "5"),
+            ("EGRESS_WARDEN_FLUSH_INTERVAL_S", "0"),
             ("EGRESS_WARDEN_RESTORE_BUDGET_MS", "250"),
         ]));
         assert!(problems.is_empty());
-        assert_eq!(c.flush_interval, Duration::from_secs(5));
+        assert_eq!(c.flush_interval, Some(Duration::ZERO));
         assert_eq!(c.restore_budget, Duration::from_millis(250));
-        let (c, problems) = Config::from_vars(&vars(&[("EGRESS_WARDEN_FLUSH_INTERVAL_S", "-1")]));
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].variable, "EGRESS_WARDEN_FLUSH_INTERVAL_S");
-        assert_eq!(c.flush_interval, Duration::ZERO);
+        for bad in ["-1", "soon", "3601"] {
+            let (c, problems) =
+                Config::from_vars(&vars(&[("EGRESS_WARDEN_FLUSH_INTERVAL_S", bad)]));
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert_eq!(problems[0].variable, "EGRESS_WARDEN_FLUSH_INTERVAL_S");
+            assert_eq!(c.flush_interval, None, "{bad}: the default");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+/// The flush interval where no INVOKE events come and none is configured.
+const DEFAULT_TIMER_FLUSH: Duration = Duration::from_secs(30);
+
 /// What the loop acts on besides the Extensions API.
 pub(super) struct Inputs {
     /// Delivered telemetry batches (none when the subscription failed).
@@ -79,7 +82,12 @@ impl<'a> EventLoop<'a> {
                 None
             }
         };
-        let interval = self.ctx.config.flush_interval;
+        let interval = match self.ctx.config.flush_interval {
+            Some(interval) => interval,
+            None if self.inputs.invoke_events => Duration::ZERO,
+            // Nothing else would flush before SHUTDOWN.
+            None => DEFAULT_TIMER_FLUSH,
+        };
         let mut timer = (!interval.is_zero()).then(|| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,26 +185,40 @@ impl<'a> EventLoop<'a> {
         }
     }
 
-    /// Lets every connection from before the restore go, ages the DNS cache, and warms the
-    /// targets again in the background; `done` is answered when the warm-up ends.
+    /// After a restore from a snapshot: lets every connection from before it go, ages the
+    /// DNS cache, and warms the targets again in the background; `done` is answered when that
+    /// warm-up ends. After a clock jump alone (time passed that `Instant` did not see, no
+    /// snapshot): the DNS cache ages, and connections are let go only if the unseen time
+    /// alone is past the pool's idle limit (they would have been closed by now); otherwise
+    /// they are checked as after any pause.
     fn restored(&mut self, restore: Restore, done: Option<tokio::sync::oneshot::Sender<()>>) {
         self.flusher.release();
-        if restore.from_snapshot {
-            self.ctx.recorder.incr(Counter::Restores);
-        }
         if let Some(dns) = &self.inputs.dns {
             dns.age_by(restore.unseen);
         }
-        let retired = self.inputs.warmer.as_ref().map_or(0, Warmer::retire_all);
+        let retire = restore.from_snapshot || restore.unseen >= self.ctx.config.pool_idle;
+        if restore.from_snapshot {
+            self.ctx.recorder.incr(Counter::Restores);
+        }
+        let Some(warmer) = self.inputs.warmer.clone() else {
+            return;
+        };
+        if !retire {
+            tracing::info!(
+                cause = restore.cause.as_str(),
+                unseen_ms = restore.unseen.as_millis() as u64,
+                "time passed unseen by the monotonic clock: checking every connection"
+            );
+            warm::after_thaw(self.ctx, &warmer, &self.rewarm, Some(restore.unseen));
+            return;
+        }
+        let retired = warmer.retire_all();
         tracing::info!(
             cause = restore.cause.as_str(),
             unseen_ms = restore.unseen.as_millis() as u64,
             retired_connections = retired,
             "restored: connections from before are let go and the warm-up runs again"
         );
-        let Some(warmer) = self.inputs.warmer.clone() else {
-            return;
-        };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             warm::after_restore(&ctx, &warmer).await;

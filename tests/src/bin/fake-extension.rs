@@ -5,7 +5,8 @@
 //! `normal` | `init-error` | `crash-before-register` | `never-next` | `ignore-shutdown` |
 //! `exit-error-on-invoke` | `slow-ack` (`FAKE_EXT_ACK_MS`, default 50).
 //! `FAKE_EXT_EVENTS` (default `INVOKE,SHUTDOWN`) is the registration. `FAKE_EXT_TELEMETRY=1`
-//! subscribes to the Telemetry API (platform + function) and prints the record types it gets.
+//! subscribes to the Telemetry API (platform + function) and prints the record types it gets;
+//! `FAKE_EXT_SCHEMA` (default `2022-12-13`) is the subscription's `schemaVersion`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -191,7 +192,7 @@ fn subscribe_telemetry(api: &str, id: &str) {
         }
     });
     let body = json!({
-        "schemaVersion": "2022-12-13",
+        "schemaVersion": std::env::var("FAKE_EXT_SCHEMA").unwrap_or_else(|_| "2022-12-13".to_string()),
         "types": ["platform", "function"],
         "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
         "destination": {"protocol": "HTTP", "URI": format!("http://sandbox.localdomain:{port}/telemetry")}
