@@ -2,11 +2,13 @@
 //! validator written from the CloudWatch Embedded Metric Format specification ([`emf`]),
 //! helpers to find and stage the extension binary ([`warden`]), a tiny blocking HTTP client
 //! for the std-only test doubles ([`blocking_http`]), a dnsmasq upstream for DNS ([`dnsmasq`]),
-//! and a network-namespace lab for broken networks ([`netns`]).
+//! the Python interpreter and upstream of the proxy tests ([`python`]), and a network-namespace
+//! lab for broken networks ([`netns`]).
 
 pub mod blocking_http;
 pub mod dnsmasq;
 pub mod emf;
 pub mod emulator;
 pub mod netns;
+pub mod python;
 pub mod warden;

@@ -177,3 +177,26 @@ pub fn free_port() -> u16 {
     }
     0
 }
+
+/// Sum of one metric over egress-warden's function-level EMF documents written so far
+/// (documents with more dimensions repeat the same figures split up).
+pub fn emf_function_total(emu: &crate::emulator::Emulator, metric: &str) -> f64 {
+    let v = crate::emf::EmfValidator::new();
+    emu.stdout_lines(EXTENSION_NAME)
+        .iter()
+        .filter_map(|l| v.validate_line(l).ok())
+        .filter(|d| d.get("Destination").is_none())
+        .filter_map(|d| d.metric_total(metric))
+        .sum()
+}
+
+/// Runs `f` while no other caller in this test binary does, failing the test past `limit`:
+/// end-to-end tests each run an extension, upstreams and clients, and two at once on two
+/// cores make their timings (and so outcomes) flaky.
+pub async fn one_at_a_time<F: std::future::Future>(limit: std::time::Duration, f: F) -> F::Output {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = TURN.lock().await;
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("test took too long")
+}

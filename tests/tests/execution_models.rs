@@ -6,7 +6,6 @@
 //! Needs: python3 with requests and boto3.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,46 +13,25 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{payload, Emulator, EmulatorConfig, InitType, ProtocolEvent, Runtime};
+use warden_tests::python::{proxy_dir, python3, upstream};
 use warden_tests::warden::{
-    free_port, shut_down_cleanly, started_through_init, workspace_root, ExtensionsDir,
-    EXTENSION_NAME,
+    emf_function_total, free_port, one_at_a_time, shut_down_cleanly, started_through_init,
+    workspace_root, ExtensionsDir, EXTENSION_NAME,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// One at a time: each test runs an extension, upstreams and a Python runtime.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test took too long")
+    one_at_a_time(LIMIT, f).await
 }
 
-/// Sum of one metric over the function-level EMF documents written so far.
 fn emf_total(emu: &Emulator, metric: &str) -> f64 {
-    let v = EmfValidator::new();
-    emu.stdout_lines(EXTENSION_NAME)
-        .iter()
-        .filter_map(|l| v.validate_line(l).ok())
-        .filter(|d| d.get("Destination").is_none())
-        .filter_map(|d| d.metric_total(metric))
-        .sum()
+    emf_function_total(emu, metric)
 }
 
 fn log(emu: &Emulator) -> String {
     emu.stderr_lines(EXTENSION_NAME).join("\n")
-}
-
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The Python runtime of the proxy tests, started through the exec wrapper.
@@ -67,41 +45,9 @@ fn python_runtime(cfg: EmulatorConfig, workers: usize) -> EmulatorConfig {
     )
     .env("WARDEN_TEST_RUNTIME_WORKERS", workers.to_string())
     .runtime(Runtime::Command {
-        program: PathBuf::from(python()),
-        args: vec![workspace_root()
-            .join("tests/proxy/runtime.py")
-            .display()
-            .to_string()],
+        program: PathBuf::from(python3()),
+        args: vec![proxy_dir().join("runtime.py").display().to_string()],
     })
-}
-
-/// `tests/proxy/upstream.py` (plain HTTP) on 127.0.0.2, killed when dropped.
-struct PlainUpstream(Child, u16);
-
-impl Drop for PlainUpstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn plain_upstream() -> PlainUpstream {
-    use std::io::BufRead;
-    let mut child = Command::new(python())
-        .arg(workspace_root().join("tests/proxy/upstream.py"))
-        .args(["--host", "127.0.0.2", "--name", "plain"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start upstream.py");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("upstream port line");
-    let port = serde_json::from_str::<Value>(&line).expect("port json")["port"]
-        .as_u64()
-        .expect("port") as u16;
-    PlainUpstream(child, port)
 }
 
 fn statuses(outcome_json: &Value) -> Vec<i64> {
@@ -152,7 +98,7 @@ async fn concurrent_round(
 async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushes_count_everything()
 {
     bounded(async {
-        let up = plain_upstream();
+        let (_up, port) = upstream("plain", None);
         let d = ExtensionsDir::with_warden();
         let cfg = d
             .proxy_config(free_port())
@@ -163,7 +109,7 @@ async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushe
         assert_eq!(registered_events(&emu), vec![vec!["SHUTDOWN".to_string()]]);
 
         // Round one: 8 invocations at once, 8 requests each.
-        let first = concurrent_round(&mut emu, up.1, 8, 8).await;
+        let first = concurrent_round(&mut emu, port, 8, 8).await;
         assert_eq!(first, 64, "{}", log(&emu));
         let delivered_before_any_answer = {
             let entries = emu.protocol_log();
@@ -191,7 +137,7 @@ async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushe
         assert_eq!(emf_total(&emu, "invocations"), 8.0);
 
         // Round two, then SHUTDOWN at once: the final flush carries the rest, nothing twice.
-        let second = concurrent_round(&mut emu, up.1, 8, 8).await;
+        let second = concurrent_round(&mut emu, port, 8, 8).await;
         assert_eq!(second, 64);
         shut_down_cleanly(&mut emu).await;
         assert_eq!(emf_total(&emu, "requests"), (first + second) as f64, "{}", log(&emu));
@@ -396,7 +342,8 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
             .proxy_config(free_port())
             .init_type(InitType::SnapStart)
             .timeout(Duration::from_secs(20))
-            .env("EGRESS_WARDEN_WARM", format!("127.0.0.2:{}*2", up.port));
+            .env("EGRESS_WARDEN_WARM", format!("127.0.0.2:{}*2", up.port))
+            .env("EGRESS_WARDEN_FLUSH_INTERVAL_S", "1");
         let mut emu = started_through_init(python_runtime(cfg, 1)).await;
         assert_eq!(
             up.accepted(),
@@ -409,6 +356,10 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
             vec![vec!["INVOKE".to_string(), "SHUTDOWN".to_string()]]
         );
 
+        // Between INIT and the snapshot nothing is flushed, timer or not (no credentials then).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let early = emu.stdout_lines(EXTENSION_NAME);
+        assert!(early.is_empty(), "{early:?}");
         emu.snapshot().await.expect("snapshot");
         // Stored for a while, then restored "elsewhere": the old connections are dead.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -450,6 +401,11 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
 
         shut_down_cleanly(&mut emu).await;
         assert_eq!(emf_total(&emu, "restores"), 1.0, "{}", log(&emu));
+        assert_eq!(
+            emf_total(&emu, "warm_connections"),
+            4.0,
+            "2 in INIT, 2 after the restore"
+        );
         assert_eq!(emf_total(&emu, "requests"), 2.0);
         assert_eq!(emf_total(&emu, "errors"), 0.0);
         assert!(

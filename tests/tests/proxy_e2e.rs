@@ -7,54 +7,25 @@
 //! upstreams listen on 127.0.0.2 because the wrapper's NO_PROXY keeps 127.0.0.1 direct.
 //! Needs: python3 with requests, boto3 and moto[server]; curl; openssl.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use warden_tests::dnsmasq::Dnsmasq;
-use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
+use warden_tests::python::{proxy_dir, python3 as python, upstream, Proc};
 use warden_tests::warden::{
-    free_port, shut_down_cleanly, started_through_init, workspace_root, ExtensionsDir,
-    EXTENSION_NAME,
+    emf_function_total, free_port, one_at_a_time, shut_down_cleanly, started_through_init,
+    workspace_root, ExtensionsDir, EXTENSION_NAME,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// The end-to-end tests run one at a time: each starts an extension, upstreams and Python
-/// clients, and two of them at once on two cores make timings (and so outcomes) flaky.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test took too long")
-}
-
-/// A helper process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn proxy_dir() -> PathBuf {
-    workspace_root().join("tests").join("proxy")
-}
-
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    one_at_a_time(LIMIT, f).await
 }
 
 fn make_certs(dir: &Path) {
@@ -65,31 +36,6 @@ fn make_certs(dir: &Path) {
         .expect("make-certs.sh")
         .success();
     assert!(ok, "make-certs.sh failed");
-}
-
-/// `upstream.py` on 127.0.0.2 (TLS with the test certificate when `certs` is given).
-fn upstream(name: &str, certs: Option<&Path>) -> (Proc, u16) {
-    let mut cmd = Command::new(python());
-    cmd.arg(proxy_dir().join("upstream.py"))
-        .args(["--host", "127.0.0.2", "--name", name]);
-    if let Some(dir) = certs {
-        cmd.arg("--tls")
-            .arg(dir.join("server.pem"))
-            .arg(dir.join("server.key"));
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start upstream.py");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("upstream port line");
-    let port = serde_json::from_str::<Value>(&line).expect("port json")["port"]
-        .as_u64()
-        .expect("port") as u16;
-    (Proc(child), port)
 }
 
 /// moto's server (CloudWatch and the rest) on 127.0.0.2.
@@ -171,16 +117,8 @@ fn curl(args: &[&str]) -> (String, String) {
     )
 }
 
-/// Sum of one metric over the function-level EMF lines written so far (per-destination
-/// documents repeat the same figures split by `Destination`).
 fn emf_total(emu: &Emulator, metric: &str) -> f64 {
-    let v = EmfValidator::new();
-    emu.stdout_lines(EXTENSION_NAME)
-        .iter()
-        .filter_map(|l| v.validate_line(l).ok())
-        .filter(|d| d.get("Destination").is_none())
-        .filter_map(|d| d.metric_total(metric))
-        .sum()
+    emf_function_total(emu, metric)
 }
 
 fn base_config(d: &ExtensionsDir, proxy: u16) -> EmulatorConfig {

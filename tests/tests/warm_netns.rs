@@ -18,21 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::netns::{self, Lab};
-use warden_tests::warden::{free_port, started_through_init, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{
+    emf_function_total, free_port, one_at_a_time, started_through_init, ExtensionsDir,
+    EXTENSION_NAME,
+};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const RTT_MS: u32 = 20;
 
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test took too long")
+    one_at_a_time(LIMIT, f).await
 }
 
 fn skipped(test: &str) -> bool {
@@ -65,13 +62,7 @@ fn curl(args: &[&str]) -> (u16, f64, String) {
 }
 
 fn emf_total(emu: &Emulator, metric: &str) -> f64 {
-    let v = EmfValidator::new();
-    emu.stdout_lines(EXTENSION_NAME)
-        .iter()
-        .filter_map(|l| v.validate_line(l).ok())
-        .filter(|d| d.get("Destination").is_none())
-        .filter_map(|d| d.metric_total(metric))
-        .sum()
+    emf_function_total(emu, metric)
 }
 
 /// The extension with the lab's DNS server as its upstream, route `api` to

@@ -285,65 +285,42 @@ async fn runtime_result(
 ) -> Result<Resp, ApiError> {
     let error_type = header(req.headers(), H_RT_ERROR_TYPE).map(str::to_string);
     let body = read_body(req, MAX_PAYLOAD).await?;
-    let mut st = shared.lock();
+    let mut guard = shared.lock();
+    let st = &mut *guard;
     let now = Instant::now();
+    let produced = body.len();
+    let result = if is_error {
+        InvokeResult::Error {
+            error_type: error_type.clone(),
+            body,
+        }
+    } else {
+        InvokeResult::Response(body)
+    };
+    // The invocation it answers: one of several at once (Managed Instances), or the current.
+    let waiting = |delivered: Option<Instant>, result: &Option<(InvokeResult, Instant)>| {
+        delivered.is_some() && result.is_none()
+    };
     if let Some(inv) = st
         .concurrent
         .get_mut(id)
-        .filter(|inv| inv.delivered_to_runtime.is_some() && inv.result.is_none())
+        .filter(|i| waiting(i.delivered_to_runtime, &i.result))
     {
-        let result = if is_error {
-            InvokeResult::Error {
-                error_type: error_type.clone(),
-                body: body.clone(),
-            }
-        } else {
-            InvokeResult::Response(body.clone())
-        };
         inv.result = Some((result, now));
-        let event = if is_error {
-            ProtocolEvent::RuntimeError {
-                request_id: id.to_string(),
-                error_type,
-            }
-        } else {
-            ProtocolEvent::RuntimeResponse {
-                request_id: id.to_string(),
-                bytes: body.len(),
-            }
-        };
-        shared.log(&mut st, event);
-        drop(st);
-        shared.bump();
-        return Ok(accepted());
+    } else if let Some(cur) = st
+        .current
+        .as_mut()
+        .filter(|c| c.msg.request_id == id && waiting(c.delivered_to_runtime, &c.result))
+    {
+        cur.produced_bytes = produced;
+        cur.result = Some((result, now));
+    } else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            "Invalid request ID".to_string(),
+        ));
     }
-    let cur = match st.current.as_mut() {
-        Some(c)
-            if c.msg.request_id == id && c.delivered_to_runtime.is_some() && c.result.is_none() =>
-        {
-            c
-        }
-        _ => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestID",
-                "Invalid request ID".to_string(),
-            ))
-        }
-    };
-    let produced = body.len();
-    cur.produced_bytes = produced;
-    cur.result = Some((
-        if is_error {
-            InvokeResult::Error {
-                error_type: error_type.clone(),
-                body,
-            }
-        } else {
-            InvokeResult::Response(body)
-        },
-        now,
-    ));
     let event = if is_error {
         ProtocolEvent::RuntimeError {
             request_id: id.to_string(),
@@ -355,8 +332,8 @@ async fn runtime_result(
             bytes: produced,
         }
     };
-    shared.log(&mut st, event);
-    drop(st);
+    shared.log(st, event);
+    drop(guard);
     shared.bump();
     Ok(accepted())
 }
