@@ -124,12 +124,15 @@ impl<'a> EventLoop<'a> {
     }
 
     fn on_invoke(&mut self, deadline_ms: u64, request_id: &str) {
-        if let Some(restore) = self.restore.event() {
-            self.restored(restore, None);
-        }
+        let restore = self.restore.event();
         let gap = self.ctx.clock.begin_invocation(deadline_ms);
-        if let Some(warmer) = &self.inputs.warmer {
-            warm::after_thaw(self.ctx, warmer, &self.rewarm, gap);
+        match (restore, &self.inputs.warmer) {
+            // The restore handling checks and warms instead.
+            (Some(restore), _) => self.restored(restore, None),
+            (None, Some(warmer)) => {
+                warm::after_thaw(self.ctx, warmer, &self.rewarm, gap);
+            }
+            (None, None) => {}
         }
         self.ctx.recorder.incr(Counter::Invocations);
         tracing::debug!(%request_id, "INVOKE");
@@ -138,14 +141,13 @@ impl<'a> EventLoop<'a> {
     }
 
     fn on_tick(&mut self, interval: Duration) {
-        if let Some(restore) = self.restore.tick() {
-            self.restored(restore, None);
-        }
-        if !self.inputs.invoke_events {
+        match (self.restore.tick(), &self.inputs.warmer) {
+            (Some(restore), _) => self.restored(restore, None),
             // No INVOKE comes to check idle connections: the timer does it.
-            if let Some(warmer) = &self.inputs.warmer {
+            (None, Some(warmer)) if !self.inputs.invoke_events => {
                 warm::after_thaw(self.ctx, warmer, &self.rewarm, Some(interval));
             }
+            _ => {}
         }
         self.ctx.findings.refresh();
         self.flusher.flush();
@@ -238,9 +240,6 @@ impl<'a> EventLoop<'a> {
             for delivery in delivered {
                 self.on_telemetry(delivery);
             }
-        }
-        if let Some(restore) = self.restore.event() {
-            self.restored(restore, None);
         }
         self.ctx.findings.refresh();
         self.flusher.finish(deadline_ms).await;

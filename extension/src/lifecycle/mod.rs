@@ -133,7 +133,7 @@ async fn subscribe_telemetry(
     mpsc::UnboundedReceiver<telemetry::Delivery>,
 )> {
     let hold = config.restore_budget + Duration::from_millis(100);
-    let (listener, rx) = match TelemetryListener::bind(hold).await {
+    let (listener, rx) = match TelemetryListener::bind(hold) {
         Ok(bound) => bound,
         Err(err) => {
             tracing::warn!("cannot listen for the Telemetry API: {err}");

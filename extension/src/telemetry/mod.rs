@@ -8,6 +8,9 @@
 //! counted and ignored ([`records`]), never a reason to refuse the records around it. A batch
 //! that announces a restore is answered once the lifecycle has dealt with it (at most
 //! `hold_limit` later), so a platform that waits for the answer finds the warm-up done.
+//!
+//! Deliveries are read and parsed on a thread of their own: a batch can hold a thousand
+//! records, and the INVOKE acknowledgement on the async workers must not wait behind it.
 
 mod records;
 
@@ -24,7 +27,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 /// The schema for on-demand, provisioned-concurrency and SnapStart environments.
 pub const SCHEMA: &str = "2022-12-13";
@@ -45,32 +47,48 @@ pub struct Delivery {
 /// The bound listener; dropping it stops accepting.
 pub struct TelemetryListener {
     uri: String,
-    task: JoinHandle<()>,
+    _stop: oneshot::Sender<()>,
 }
 
 impl TelemetryListener {
-    /// Binds a free port on the sandbox's address and serves deliveries into the channel.
-    pub async fn bind(
+    /// Binds a free port on the sandbox's address and serves deliveries into the channel
+    /// from a thread of its own.
+    pub fn bind(
         hold_limit: Duration,
     ) -> io::Result<(TelemetryListener, mpsc::UnboundedReceiver<Delivery>)> {
         let ip = sandbox_ip(&std::fs::read_to_string("/etc/hosts").unwrap_or_default());
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))?;
+        listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(serve(listener, tx, hold_limit));
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("warden-telemetry".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(err) => {
+                            tracing::warn!("telemetry listener: {err}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = serve(listener, tx, hold_limit) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
         let uri = format!("http://{SANDBOX_HOST}:{port}/telemetry");
-        Ok((TelemetryListener { uri, task }, rx))
+        Ok((TelemetryListener { uri, _stop: stop }, rx))
     }
 
     /// The destination URI to subscribe.
     pub fn uri(&self) -> &str {
         &self.uri
-    }
-}
-
-impl Drop for TelemetryListener {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
