@@ -2,7 +2,7 @@
 //! Lambda emulator, printed as a Markdown table.
 //!
 //! ```text
-//! lifecycle-bench --extension PATH [--runs R] [--invokes N] [--env K=V]... [--check]
+//! lifecycle-bench --extension PATH [--runs R] [--invokes N] [--env K=V]... [--telemetry-peer PATH] [--check]
 //! ```
 //!
 //! * exec → `/extension/register` and exec → first `/extension/event/next` (median and max of
@@ -27,6 +27,9 @@ struct Args {
     runs: usize,
     invokes: usize,
     env: Vec<(String, String)>,
+    /// Another extension, staged beside, that subscribes to the Telemetry API and registers
+    /// for SHUTDOWN only (`fake-extension`): the emulator's delivery work, without egress-warden's.
+    telemetry_peer: Option<PathBuf>,
     check: bool,
 }
 
@@ -36,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
     let mut invokes = 1000;
     let mut env = Vec::new();
     let mut check = false;
+    let mut telemetry_peer = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = |n: &str| it.next().ok_or(format!("{n} needs a value"));
@@ -50,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or(format!("--env {kv}: expected K=V"))?;
                 env.push((k.to_string(), v.to_string()));
             }
+            "--telemetry-peer" => telemetry_peer = Some(PathBuf::from(val(&a)?)),
             "--check" => check = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -67,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         runs: runs.max(1),
         invokes,
         env,
+        telemetry_peer,
         check,
     })
 }
@@ -81,6 +87,17 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// User plus system CPU time of every thread of `pid` so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); the first after the name is field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_millis(ticks * 1000 / per_second.max(1)))
 }
 
 fn vm_kib(pid: u32, key: &str) -> Option<u64> {
@@ -99,6 +116,8 @@ struct Samples {
     register: Vec<Duration>,
     first_next: Vec<Duration>,
     rss_kib: Vec<u64>,
+    /// The extension's CPU time over the invokes, and how many there were.
+    invoke_cpu: Option<(Duration, usize)>,
     ack: Vec<Duration>,
     shutdown: Vec<Duration>,
     failures: Vec<String>,
@@ -114,6 +133,11 @@ async fn one_run(args: &Args, s: &mut Samples, with_invokes: bool) -> Result<(),
         .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1");
     for (k, v) in &args.env {
         cfg.env.insert(k.clone(), v.clone());
+    }
+    if let Some(peer) = &args.telemetry_peer {
+        dir.add("telemetry-peer", peer).map_err(|e| e.to_string())?;
+        cfg.env.insert("FAKE_EXT_EVENTS".into(), "SHUTDOWN".into());
+        cfg.env.insert("FAKE_EXT_TELEMETRY".into(), "1".into());
     }
     cfg.timeout = Duration::from_secs(10);
     let mut emu = Emulator::start(cfg).await.map_err(|e| e.to_string())?;
@@ -132,6 +156,8 @@ async fn one_run(args: &Args, s: &mut Samples, with_invokes: bool) -> Result<(),
         s.rss_kib.push(kib);
     }
     if with_invokes {
+        let pid = emu.pid(EXTENSION_NAME);
+        let cpu_before = pid.and_then(cpu_time);
         for i in 0..args.invokes {
             let out = emu.invoke("{}").await.map_err(|e| e.to_string())?;
             if !out.is_success() {
@@ -141,6 +167,11 @@ async fn one_run(args: &Args, s: &mut Samples, with_invokes: bool) -> Result<(),
             if let Some(l) = out.ack(EXTENSION_NAME).and_then(|a| a.latency) {
                 s.ack.push(l);
             }
+        }
+        // Telemetry of the last invokes is delivered within a second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        if let (Some(before), Some(after)) = (cpu_before, pid.and_then(cpu_time)) {
+            s.invoke_cpu = Some((after.saturating_sub(before), args.invokes));
         }
     }
     let report = emu.shutdown(ShutdownReason::Spindown).await;
@@ -172,7 +203,7 @@ async fn main() -> ExitCode {
             if !m.is_empty() {
                 eprintln!("lifecycle-bench: {m}");
             }
-            eprintln!("usage: lifecycle-bench --extension PATH [--runs R] [--invokes N] [--env K=V]... [--check]");
+            eprintln!("usage: lifecycle-bench --extension PATH [--runs R] [--invokes N] [--env K=V]... [--telemetry-peer PATH] [--check]");
             return ExitCode::from(2);
         }
     };
@@ -290,6 +321,21 @@ async fn main() -> ExitCode {
             Some(rss_ok)
         )
     );
+    if let Some((cpu, invokes)) = s.invoke_cpu {
+        println!(
+            "{}",
+            row(
+                "extension CPU (user + system) per invoke",
+                format!(
+                    "{:.1} µs ({} ms over {invokes} invokes)",
+                    cpu.as_secs_f64() * 1e6 / invokes.max(1) as f64,
+                    cpu.as_millis()
+                ),
+                "",
+                None
+            )
+        );
+    }
     println!(
         "{}",
         row(
