@@ -30,8 +30,10 @@ pub const WINDOW_CONNECTS: usize = 512;
 pub const WINDOW_DNS_QUERIES: usize = 256;
 /// … stale connections, …
 pub const WINDOW_STALE: usize = 128;
-/// … and requests, …
+/// … requests, …
 pub const WINDOW_REQUESTS: usize = 512;
+/// … and function timeouts, …
+pub const WINDOW_FUNCTION_TIMEOUTS: usize = 64;
 /// … none older than this.
 pub const WINDOW_AGE: Duration = Duration::from_secs(600);
 /// Connect times kept from the cold phase (INIT and the first invoke), the baseline
@@ -158,6 +160,7 @@ struct State {
     dns: Window,
     stale: Window,
     requests: Window,
+    timeouts: Window,
     cold_connect_ms: Vec<f64>,
     tracks: [Track; RULES.len()],
 }
@@ -188,6 +191,7 @@ impl Diagnosis {
                 dns: Window::new(WINDOW_DNS_QUERIES),
                 stale: Window::new(WINDOW_STALE),
                 requests: Window::new(WINDOW_REQUESTS),
+                timeouts: Window::new(WINDOW_FUNCTION_TIMEOUTS),
                 cold_connect_ms: Vec::new(),
                 tracks: [Track::default(); RULES.len()],
             }),
@@ -249,6 +253,7 @@ impl Diagnosis {
                 dns: state.dns.from(seq),
                 stale: state.stale.from(seq),
                 requests: state.requests.from(seq),
+                timeouts: state.timeouts.from(seq),
             };
             match track.active_from {
                 None => {
@@ -307,6 +312,7 @@ impl State {
             Event::DnsUpstream { .. } => &mut self.dns,
             Event::StaleConnection { .. } => &mut self.stale,
             Event::Request { .. } => &mut self.requests,
+            Event::FunctionTimeout => &mut self.timeouts,
         };
         let facts = Facts::of(&observation.event, settings);
         window.push(Entry {
@@ -322,6 +328,7 @@ impl State {
             | self.dns.age_out()
             | self.stale.age_out()
             | self.requests.age_out()
+            | self.timeouts.age_out()
     }
 }
 
@@ -332,6 +339,8 @@ pub(crate) struct Recent<'a> {
     pub dns: Events<'a>,
     pub stale: Events<'a>,
     pub requests: Events<'a>,
+    /// Invocations the Telemetry API reported timed out: evidence next to unanswered connects.
+    pub timeouts: Events<'a>,
 }
 
 /// A run of window events, as the rules read them.

@@ -20,7 +20,7 @@ use super::logging;
 use super::restore::{Restore, RestoreWatch};
 use crate::context::Context;
 use crate::dns::DnsCache;
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::{self, Counter, Gauge};
 use crate::proxy::Warmer;
 use crate::telemetry::{Delivery, PlatformEvent};
 use crate::warm;
@@ -169,10 +169,16 @@ impl<'a> EventLoop<'a> {
                 }
                 PlatformEvent::RuntimeDone { request_id, status } if status == "timeout" => {
                     recorder.incr(Counter::FunctionTimeouts);
+                    // Evidence for the findings whose connects got no answer.
+                    recorder.note(
+                        self.ctx.clock.invocations(),
+                        metrics::Event::FunctionTimeout,
+                    );
+                    // The proxy's own lines before this one say which calls were still open.
                     tracing::warn!(
                         %request_id,
-                        client_connections = recorder.gauge_value(Gauge::ActiveConnections),
-                        "the function timed out; calls still open through the proxy are in the log lines before this one"
+                        open_client_connections = recorder.gauge_value(Gauge::ActiveConnections),
+                        "the function timed out"
                     );
                 }
                 PlatformEvent::RestoreStart => match self.restore.restore_record() {

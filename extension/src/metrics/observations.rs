@@ -69,6 +69,8 @@ pub enum Event {
     DnsUpstream { outcome: DnsOutcome, ms: f64 },
     /// A request or tunnel the proxy answered, by destination host.
     Request { host: String, cross_region: bool },
+    /// The Telemetry API reported an invocation that timed out.
+    FunctionTimeout,
 }
 
 /// An event with when it happened: `invocation` is how many INVOKEs had arrived (0 = INIT).

@@ -45,6 +45,7 @@ pub(super) fn no_egress_route(inputs: &Inputs, recent: Recent) -> Option<Report>
             "private_connected": private.connected,
             "destinations": destinations,
             "vpc_cidrs": inputs.settings.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "function_timeouts": recent.timeouts.len(),
         }),
         fix: "Give the function's subnets a route 0.0.0.0/0 to a NAT gateway (placed in a \
               public subnet with an internet gateway route), or add VPC endpoints for the AWS \
@@ -154,7 +155,7 @@ pub(super) fn aws_endpoint_unreachable(inputs: &Inputs, recent: Recent) -> Optio
             "{timeouts} connects to AWS endpoints timed out and none succeeded: {}",
             names.join(", ")
         ),
-        evidence: json!({ "endpoints": endpoints }),
+        evidence: json!({ "endpoints": endpoints, "function_timeouts": recent.timeouts.len() }),
         fix: format!(
             "Create the VPC endpoint for each service: {}. A gateway endpoint (S3, DynamoDB) is \
              associated with the subnets' route tables; an interface endpoint goes in the \

@@ -24,6 +24,15 @@ fn public_timeouts_while_the_vpc_works_are_no_egress_route() {
 }
 
 #[test]
+fn function_timeouts_reported_by_telemetry_are_evidence_beside_unanswered_connects() {
+    let mut f = Fixture::new();
+    f.note_n(3, connect("api.example.com", PUBLIC, Timeout, 3000.0));
+    f.note_n(2, crate::metrics::Event::FunctionTimeout);
+    assert_eq!(f.evaluate(), ["no_egress_route"]);
+    assert_eq!(f.evidence("no_egress_route")["function_timeouts"], 2);
+}
+
+#[test]
 fn everything_timing_out_is_no_egress_route() {
     let mut f = Fixture::new();
     f.note_n(2, connect("db.internal", PRIVATE, Timeout, 3000.0));
