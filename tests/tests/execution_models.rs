@@ -108,9 +108,9 @@ async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushe
         let mut emu = started_through_init(python_runtime(cfg, 8)).await;
         assert_eq!(registered_events(&emu), vec![vec!["SHUTDOWN".to_string()]]);
 
-        // Round one: 8 invocations at once, 8 requests each.
-        let first = concurrent_round(&mut emu, port, 8, 8).await;
-        assert_eq!(first, 64, "{}", log(&emu));
+        // Round one: 8 invocations at once, 13 requests each.
+        let first = concurrent_round(&mut emu, port, 8, 13).await;
+        assert_eq!(first, 104, "{}", log(&emu));
         let delivered_before_any_answer = {
             let entries = emu.protocol_log();
             let first_answer = entries
@@ -129,16 +129,16 @@ async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushe
         // No event reaches the extension here: whatever EMF comes, the timer wrote it.
         let seen = emu
             .wait_for_line(EXTENSION_NAME, Duration::from_secs(6), |_| {
-                emf_total(&emu, "requests") >= 64.0 && emf_total(&emu, "invocations") >= 8.0
+                emf_total(&emu, "requests") >= 104.0 && emf_total(&emu, "invocations") >= 8.0
             })
             .await;
         assert!(seen.is_some(), "timer flushes carry the first round\n{}", log(&emu));
-        assert_eq!(emf_total(&emu, "requests"), 64.0);
+        assert_eq!(emf_total(&emu, "requests"), 104.0);
         assert_eq!(emf_total(&emu, "invocations"), 8.0);
 
         // Round two, then SHUTDOWN at once: the final flush carries the rest, nothing twice.
-        let second = concurrent_round(&mut emu, port, 8, 8).await;
-        assert_eq!(second, 64);
+        let second = concurrent_round(&mut emu, port, 8, 4).await;
+        assert_eq!(second, 32);
         shut_down_cleanly(&mut emu).await;
         assert_eq!(emf_total(&emu, "requests"), (first + second) as f64, "{}", log(&emu));
         assert_eq!(emf_total(&emu, "invocations"), 16.0, "{}", log(&emu));
