@@ -37,7 +37,9 @@ pub enum PlatformEvent {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
     pub events: Vec<PlatformEvent>,
-    /// Records of other types, or of a known type without the fields we use.
+    /// Records of types Lambda does not document (yet), or without the fields used. Documented
+    /// types the extension has no use for (`platform.initReport`, `function` logs…) are not
+    /// counted.
     pub ignored: usize,
 }
 
@@ -55,8 +57,9 @@ pub fn parse_batch(body: &[u8]) -> Batch {
     };
     for record in records {
         match parse_record(record) {
-            Some(event) => batch.events.push(event),
-            None => batch.ignored += 1,
+            Ok(Some(event)) => batch.events.push(event),
+            Ok(None) => {}
+            Err(Unreadable) => batch.ignored += 1,
         }
     }
     batch
@@ -90,9 +93,27 @@ struct Metrics {
     duration_ms: Option<f64>,
 }
 
-fn parse_record(raw: &RawValue) -> Option<PlatformEvent> {
-    let envelope: Envelope<'_> = serde_json::from_str(raw.get()).ok()?;
+/// A record of a type Lambda does not document, or without the fields used.
+struct Unreadable;
+
+/// Documented record types the extension has no use for.
+const UNUSED_TYPES: &[&str] = &[
+    "platform.initRuntimeDone",
+    "platform.initReport",
+    "platform.extension",
+    "platform.telemetrySubscription",
+    "platform.logsDropped",
+    "function",
+    "extension",
+];
+
+/// `Ok(None)`: a documented type nothing here uses.
+fn parse_record(raw: &RawValue) -> Result<Option<PlatformEvent>, Unreadable> {
+    let envelope: Envelope<'_> = serde_json::from_str(raw.get()).map_err(|_| Unreadable)?;
     let kind = envelope.kind.as_ref();
+    if UNUSED_TYPES.contains(&kind) {
+        return Ok(None);
+    }
     if !matches!(
         kind,
         "platform.initStart"
@@ -103,27 +124,28 @@ fn parse_record(raw: &RawValue) -> Option<PlatformEvent> {
             | "platform.restoreRuntimeDone"
             | "platform.restoreReport"
     ) {
-        return None;
+        return Err(Unreadable);
     }
     let fields: Fields<'_> = match envelope.record {
-        Some(record) => serde_json::from_str(record.get()).ok()?,
+        Some(record) => serde_json::from_str(record.get()).map_err(|_| Unreadable)?,
         None => Fields::default(),
     };
     let text = |field: Option<Cow<'_, str>>| field.map(Cow::into_owned);
+    let required = |field: Option<Cow<'_, str>>| text(field).ok_or(Unreadable);
     let duration_ms = fields.metrics.and_then(|m| m.duration_ms);
-    Some(match kind {
+    Ok(Some(match kind {
         "platform.initStart" => PlatformEvent::InitStart {
             initialization_type: text(fields.initialization_type),
         },
         "platform.start" => PlatformEvent::Start {
-            request_id: text(fields.request_id)?,
+            request_id: required(fields.request_id)?,
         },
         "platform.runtimeDone" => PlatformEvent::RuntimeDone {
-            request_id: text(fields.request_id)?,
-            status: text(fields.status)?,
+            request_id: required(fields.request_id)?,
+            status: required(fields.status)?,
         },
         "platform.report" => PlatformEvent::Report {
-            request_id: text(fields.request_id)?,
+            request_id: required(fields.request_id)?,
             status: text(fields.status),
             duration_ms,
         },
@@ -132,7 +154,7 @@ fn parse_record(raw: &RawValue) -> Option<PlatformEvent> {
             status: text(fields.status),
         },
         _ => PlatformEvent::RestoreReport { duration_ms },
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -167,8 +189,8 @@ mod tests {
         ]"#;
         let batch = parse_batch(body);
         assert_eq!(
-            batch.ignored, 2,
-            "the unknown type and the function log line"
+            batch.ignored, 1,
+            "the unknown type; the function's log line is a documented type"
         );
         assert_eq!(
             batch.events,
@@ -217,6 +239,8 @@ mod tests {
     #[test]
     fn records_missing_what_we_use_are_ignored_not_fatal() {
         let body = br#"[
+          {"type":"platform.initReport","record":{"status":"success"}},
+          {"type":"platform.logsDropped","record":{"reason":"full"}},
           {"type":"platform.start","record":{}},
           {"type":"platform.runtimeDone","record":{"requestId":"r"}},
           {"record":{"requestId":"r"}},
