@@ -14,6 +14,20 @@ use super::{clock, ms, process, random_hex, trace_id, Emulator};
 
 /// How long the delivery of telemetry around a snapshot may take.
 const TELEMETRY_FLUSH: Duration = Duration::from_secs(3);
+/// How long stopping the processes for a snapshot may take.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether process `pid` is stopped (or gone): state `T` in `/proc/PID/stat`.
+fn stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    matches!(
+        state.and_then(|r| r.chars().next()),
+        Some('T' | 't' | 'Z' | 'X')
+    )
+}
 
 impl Emulator {
     /// Managed Instances: queues every payload at once for the runtime's concurrent `next`
@@ -135,8 +149,16 @@ impl Emulator {
         self.ensure_init().await?;
         let sh = self.shared.clone();
         sh.telemetry.flush(TELEMETRY_FLUSH).await;
-        for name in self.running() {
-            process::signal(&sh, &name, libc::SIGSTOP, true);
+        let running = self.running();
+        for name in &running {
+            process::signal(&sh, name, libc::SIGSTOP, true);
+        }
+        // kill(2) returns before the process stops: the memory is "saved" once every one has.
+        let deadline = Instant::now() + STOP_WAIT;
+        for pid in running.iter().filter_map(|name| self.pid(name)) {
+            while !stopped(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         let mut st = sh.lock();
         st.phase = Phase::Snapshotted;
