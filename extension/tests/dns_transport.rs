@@ -230,3 +230,43 @@ fn the_listener_stops_at_shutdown() {
     ))
     .is_err()));
 }
+
+/// One query over its own TCP connection; `None` when the listener closed or reset it.
+fn tcp_query(port: u16, id: u16) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let q = query_bytes(id, "www.test.", RecordType::A, None);
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    stream.write_all(&frame).ok()?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut reply).ok()?;
+    Some(reply)
+}
+
+#[test]
+fn at_the_tcp_connection_cap_a_freed_slot_takes_the_next_client_at_once() {
+    let cap = 8;
+    let h = Harness::start(Setup {
+        tuning: egress_warden::dns::DnsTuning {
+            tcp_max_connections: cap,
+            ..quick_tuning()
+        },
+        ..Setup::default()
+    });
+    let held: Vec<TcpStream> = (0..cap)
+        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, h.port)).expect("connect"))
+        .collect();
+    // Every slot is taken (by clients that send nothing): the next one is turned away.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tcp_query(h.port, 7).is_none(), "over the cap");
+    // They all leave; the very next client must be served, not reset.
+    drop(held);
+    let reply = tcp_query(h.port, 8).expect("served once slots are free");
+    assert_eq!(reply[..2], 8u16.to_be_bytes());
+    for id in 9..20u16 {
+        assert!(tcp_query(h.port, id).is_some(), "query {id}");
+    }
+}

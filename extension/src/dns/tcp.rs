@@ -1,5 +1,6 @@
 //! The TCP listener (RFC 7766): two-byte length framing, queries on one connection answered
-//! in order, an idle timeout, and a cap on connections (beyond it new ones are closed).
+//! in order, an idle timeout, and a cap on connections (beyond it a new one waits up to 100 ms for
+//! a slot, then is closed).
 
 use super::core::{Core, Handled, Transport};
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
+/// How long a client over the connection cap waits for a slot before it is turned away.
+const SLOT_WAIT: Duration = Duration::from_millis(100);
+
 pub(crate) fn spawn(core: Arc<Core>, listener: TcpListener) -> JoinHandle<()> {
     tokio::spawn(accept_loop(core, listener))
 }
@@ -17,7 +21,6 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
     // Connections live in this set, so aborting the accept loop ends them too.
     let mut connections = JoinSet::new();
     loop {
-        while connections.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -27,9 +30,17 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener) {
                 continue;
             }
         };
+        // Reaped after the accept, not before: connections that ended while it waited must
+        // not count against the newcomer.
+        while connections.try_join_next().is_some() {}
         if connections.len() >= core.tuning.tcp_max_connections {
-            drop(stream);
-            continue;
+            // Clients that just closed may not have been seen closing yet: a slot that frees
+            // within a moment goes to this one.
+            let freed = timeout(SLOT_WAIT, connections.join_next()).await;
+            if !matches!(freed, Ok(Some(_))) {
+                drop(stream);
+                continue;
+            }
         }
         connections.spawn(serve(core.clone(), stream));
     }
