@@ -6,6 +6,7 @@
 //! the function keeps running. `EGRESS_WARDEN_STRICT=true` turns problems into an INIT error.
 
 mod parse;
+mod redact;
 
 use ipnet::IpNet;
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use parse::normalize_host;
+pub use redact::redact;
 
 pub const PREFIX: &str = "EGRESS_WARDEN_";
 /// The NAT gateway drops idle connections after 350 s and answers later packets with RST.

@@ -74,12 +74,14 @@ impl<'a> Reader<'a> {
         Some((name, value))
     }
 
+    /// Records a bad variable. Every text is masked ([`redact`]): a rejected URL may carry
+    /// the very credentials it was rejected for, and the value is quoted in the messages too.
     fn problem(&mut self, variable: &str, value: &str, expected: &str, effect: &str) {
         self.problems.push(Problem {
             variable: variable.to_owned(),
-            value: value.to_owned(),
-            expected: expected.to_owned(),
-            effect: effect.to_owned(),
+            value: redact(value),
+            expected: redact(expected),
+            effect: redact(effect),
         });
     }
 
@@ -754,6 +756,47 @@ mod tests {
             "provisioned-concurrency",
         )]));
         assert_eq!(c.warm_budget, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn no_variable_shows_a_credential_in_its_problem() {
+        let url = "https://deploy:hunter2@api.example.com/v1?api_key=s3cr3t";
+        let values = [
+            url.to_owned(),
+            format!("api={url}"),
+            format!("api=https://api.example.com|{url}"),
+            format!("api.example.com:443,{url}*2"),
+        ];
+        // Every documented variable, and a typo (an unknown variable's value is echoed too).
+        let mut names: Vec<String> = KNOWN.iter().map(|k| format!("{PREFIX}{k}")).collect();
+        names.push(format!("{PREFIX}ROUTEZ"));
+        let mut shown = 0;
+        for name in &names {
+            for value in &values {
+                let (_, problems) = Config::from_vars(&vars(&[(name, value)]));
+                for problem in problems {
+                    let line = problem.to_string();
+                    assert!(
+                        !line.contains("hunter2") && !line.contains("s3cr3t"),
+                        "{name}={value:?} → {line}"
+                    );
+                    shown += 1;
+                }
+            }
+        }
+        assert!(
+            shown >= names.len(),
+            "the values were rejected somewhere: {shown}"
+        );
+        let (_, problems) = Config::from_vars(&vars(&[("EGRESS_WARDEN_ROUTES", &values[1])]));
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("https://***@api.example.com/v1?api_key=***"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl CloudWatchSink {
         };
         tracing::info!(
             namespace = %metrics.namespace,
-            endpoint = metrics.cloudwatch_endpoint.as_deref().unwrap_or("SDK default"),
+            endpoint = %metrics
+                .cloudwatch_endpoint
+                .as_deref()
+                .map_or_else(|| "SDK default".to_owned(), crate::config::redact),
             "metrics go to CloudWatch PutMetricData{}",
             if emf_has_data { " and EMF on stdout" } else { " (EMF on stdout if it fails)" }
         );

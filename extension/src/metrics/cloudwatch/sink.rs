@@ -343,8 +343,8 @@ impl Inner {
             .clone()
             .unwrap_or_else(|| format!("https://monitoring.{region}.amazonaws.com"));
         let evidence = serde_json::json!({
-            "endpoint": endpoint,
-            "error": truncate(&error.message, 400),
+            "endpoint": crate::config::redact(&endpoint),
+            "error": crate::config::redact(&truncate(&error.message, 400)),
             "elapsed_ms": elapsed.as_millis() as u64,
             "consecutive_failures": failures,
             "retry_in_s": cool_down.as_secs(),
