@@ -114,6 +114,23 @@ impl Body for ProxyBody {
     }
 }
 
+/// Reading the client's request body failed (a malformed chunk, a body cut short): the
+/// client's fault, answered `400` and never counted as an upstream failure.
+#[derive(Debug)]
+pub(crate) struct ClientBodyError(hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body could not be read: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// A request body towards the upstream: the client's stream as it arrives, or a buffered
 /// copy that can be sent again on a retry.
 pub(crate) enum UpstreamBody {
@@ -164,7 +181,9 @@ impl Body for UpstreamBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+                Poll::Ready(Some(Err(err))) => {
+                    Poll::Ready(Some(Err(Box::new(ClientBodyError(err)))))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

@@ -1,7 +1,7 @@
 //! How a failure is answered and counted: one table from failure kind to status code,
 //! `X-Egress-Warden-Error` token and error counters, so every path reports alike.
 
-use super::body::ProxyBody;
+use super::body::{ClientBodyError, ProxyBody};
 use super::connect::Failure;
 use crate::metrics::Counter;
 use http::{HeaderValue, Response, StatusCode};
@@ -93,6 +93,9 @@ impl Refusal {
     pub(crate) fn from_client_error(err: &hyper_util::client::legacy::Error) -> Refusal {
         if let Some(failure) = find_source::<Failure>(err) {
             return Refusal::from_failure(failure);
+        }
+        if let Some(body) = find_source::<ClientBodyError>(err) {
+            return Refusal::bad_request(body.to_string());
         }
         let reset = || Refusal {
             status: StatusCode::BAD_GATEWAY,

@@ -105,3 +105,31 @@ async fn upstream_reset_is_502() {
     let snap = proxy.take();
     assert_eq!(count(&snap, Counter::Errors), 1);
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_fault_400_not_an_upstream_error() {
+    let up = upstream::http("fwd").await;
+    let proxy = start(&[]).await;
+    // A chunk size that is not hex, then one that overflows.
+    for chunk in [
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "fffffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+    ] {
+        let req = format!(
+            "POST http://{}/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n{chunk}",
+            up.addr
+        );
+        let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+        assert_eq!(reply.status, 400, "{chunk:?}: {reply:?}");
+        assert_eq!(reply.header("x-egress-warden-error"), Some("bad_request"));
+        assert!(reply.body.contains("request body"), "{}", reply.body);
+        let snap = proxy.take();
+        assert_eq!(count(&snap, Counter::Requests), 1, "{chunk:?}");
+        assert_eq!(
+            count(&snap, Counter::Errors),
+            0,
+            "{chunk:?}: not an upstream failure"
+        );
+        assert_eq!(count(&snap, Counter::ErrorsReset), 0);
+    }
+}
