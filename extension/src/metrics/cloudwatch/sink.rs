@@ -344,7 +344,7 @@ impl Inner {
             .unwrap_or_else(|| format!("https://monitoring.{region}.amazonaws.com"));
         let evidence = serde_json::json!({
             "endpoint": crate::config::redact(&endpoint),
-            "error": crate::config::redact(&truncate(&error.message, 400)),
+            "error": crate::config::redact(truncate(&error.message, 400)),
             "elapsed_ms": elapsed.as_millis() as u64,
             "consecutive_failures": failures,
             "retry_in_s": cool_down.as_secs(),
