@@ -595,3 +595,138 @@ async fn every_decision_line_is_on_stderr_when_sigterm_ends_a_burst() {
     ))
     .await
 }
+
+/// One answer read off a kept-alive connection: its status and whether the proxy closes the
+/// connection after it. None when the connection ended instead.
+fn read_answer(reader: &mut std::io::BufReader<TcpStream>) -> Option<(u16, bool)> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+        close |= header == "connection: close";
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((status, close))
+}
+
+/// Nothing answered is missing: 16 clients send requests back to back on kept-alive
+/// connections, the end comes in the middle, and every answer any client got is in the
+/// function-level `requests` total (and nothing more): the proxy drains before the final flush.
+async fn every_answer_is_counted_when_the_end_comes_mid_burst(stop: Stop) {
+    const CLIENTS: usize = 16;
+    let (_plain, port) = upstream("plain", None);
+    let d = ExtensionsDir::with_warden();
+    let proxy = free_port();
+    let mut emu = started_through_init(base_config(&d, proxy)).await;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let (mut answered, mut closed_by_proxy) = (0usize, false);
+                let Ok(stream) = TcpStream::connect(("127.0.0.1", proxy)) else {
+                    return (answered, closed_by_proxy);
+                };
+                stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut writer = stream.try_clone().expect("clone");
+                let mut reader = std::io::BufReader::new(stream);
+                let started = Instant::now();
+                for i in 0..100_000 {
+                    let req = format!(
+                        "GET http://127.0.0.2:{port}/drain/{c}/{i} HTTP/1.1\r\nHost: x\r\n\r\n"
+                    );
+                    if writer.write_all(req.as_bytes()).is_err() {
+                        break;
+                    }
+                    match read_answer(&mut reader) {
+                        Some((_, close)) => {
+                            answered += 1;
+                            if close {
+                                closed_by_proxy = true;
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                    if started.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                }
+                (answered, closed_by_proxy)
+            })
+        })
+        .collect();
+    // Mid-burst.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    match stop {
+        Stop::Shutdown => {
+            shut_down_cleanly(&mut emu).await;
+        }
+        Stop::Sigterm => {
+            let pid = emu.pid(EXTENSION_NAME).expect("pid") as libc::pid_t;
+            // SAFETY: kill(2) on the extension's own pid, a child of this test.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            let exit = emu
+                .wait_exit(EXTENSION_NAME, Duration::from_secs(10))
+                .await
+                .expect("exits on SIGTERM");
+            assert_eq!(exit.code, Some(0), "{exit:?}");
+        }
+    }
+    let (mut answered, mut drained) = (0, 0);
+    for client in clients {
+        let (n, closed_by_proxy) = client.join().expect("client thread");
+        assert!(n > 0, "{stop:?}: every client got answers");
+        answered += n;
+        drained += usize::from(closed_by_proxy);
+    }
+    // The pipe reader may still be catching up with the last EMF lines.
+    let counted = || emf_total(&emu, "requests");
+    let _ = emu
+        .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
+            counted() >= answered as f64
+        })
+        .await;
+    assert_eq!(
+        counted(),
+        answered as f64,
+        "{stop:?}: every answer counted, nothing else\n{}",
+        emu.stderr_lines(EXTENSION_NAME).join("\n")
+    );
+    // Answers whose head went out before the drain began end with the connection instead of
+    // a `Connection: close` header (the proxy's unit tests check the header).
+    eprintln!("{stop:?}: {answered} answered, {drained} of {CLIENTS} told Connection: close");
+    if let Stop::Sigterm = stop {
+        emu.shutdown(ShutdownReason::Spindown).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_at_shutdown_are_answered_and_counted() {
+    bounded(every_answer_is_counted_when_the_end_comes_mid_burst(
+        Stop::Shutdown,
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_at_sigterm_are_answered_and_counted() {
+    bounded(every_answer_is_counted_when_the_end_comes_mid_burst(
+        Stop::Sigterm,
+    ))
+    .await
+}

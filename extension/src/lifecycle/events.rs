@@ -8,7 +8,8 @@
 //! - Telemetry: invocations where there are no INVOKE events, function timeouts, restores.
 //! - A restore, however it is noticed ([`super::restore`]): every connection from before it is
 //!   let go, the DNS cache ages by the time the monotonic clock missed, the warm-up runs again.
-//! - SHUTDOWN or SIGTERM: refresh, the final flush, exit.
+//! - SHUTDOWN or SIGTERM: stop accepting and drain the requests in flight, refresh, the final
+//!   flush, exit.
 //!
 //! `/event/next` stays one pending request across the loop's turns (a dropped request could
 //! lose the event Lambda was about to hand it), and is called again only after an event was
@@ -28,7 +29,24 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// The longest the drain at SHUTDOWN may take: Lambda gives the extensions 2 s in all, and the
+/// final CloudWatch send and the exit come after it.
+const DRAIN_MAX: Duration = Duration::from_millis(800);
+/// Kept after the drain before the SHUTDOWN deadline: the final send's budget and the exit.
+const AFTER_DRAIN: Duration = Duration::from_millis(800);
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// The drain's budget: [`DRAIN_MAX`], less whatever would eat into [`AFTER_DRAIN`].
+fn drain_budget(deadline_ms: Option<u64>, now_ms: u64) -> Duration {
+    match deadline_ms {
+        None => DRAIN_MAX,
+        Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms))
+            .saturating_sub(AFTER_DRAIN)
+            .min(DRAIN_MAX),
+    }
+}
 
 /// The flush interval where no INVOKE events come and none is configured.
 const DEFAULT_TIMER_FLUSH: Duration = Duration::from_secs(30);
@@ -46,6 +64,8 @@ pub(super) struct Inputs {
 pub(super) struct EventLoop<'a> {
     api: &'a ExtensionsApi,
     ctx: &'a Context,
+    /// Tells the listeners to stop accepting and drain.
+    shutdown: watch::Sender<bool>,
     flusher: Flusher,
     inputs: Inputs,
     restore: RestoreWatch,
@@ -56,6 +76,7 @@ impl<'a> EventLoop<'a> {
     pub(super) fn new(
         api: &'a ExtensionsApi,
         ctx: &'a Context,
+        shutdown: watch::Sender<bool>,
         mut flusher: Flusher,
         inputs: Inputs,
         restore: RestoreWatch,
@@ -66,6 +87,7 @@ impl<'a> EventLoop<'a> {
         EventLoop {
             api,
             ctx,
+            shutdown,
             flusher,
             inputs,
             restore,
@@ -103,9 +125,7 @@ impl<'a> EventLoop<'a> {
                             self.on_invoke(deadline_ms, &request_id);
                         }
                         Event::Shutdown { deadline_ms, reason } => {
-                            let left = deadline_ms.saturating_sub(epoch_ms());
-                            tracing::info!(%reason, "SHUTDOWN: flushing and exiting ({left} ms before the deadline)");
-                            self.finish(Some(deadline_ms)).await;
+                            self.finish(Some(deadline_ms), "SHUTDOWN", &reason).await;
                             return ExitCode::SUCCESS;
                         }
                     }
@@ -115,8 +135,7 @@ impl<'a> EventLoop<'a> {
                 Some(delivery) = recv(&mut self.inputs.telemetry) => self.on_telemetry(delivery),
                 _ = tick(&mut timer) => self.on_tick(interval),
                 Some(()) = recv_signal(&mut sigterm) => {
-                    tracing::info!("SIGTERM: flushing and exiting");
-                    self.finish(None).await;
+                    self.finish(None, "SIGTERM", "signal").await;
                     return ExitCode::SUCCESS;
                 }
             }
@@ -234,7 +253,28 @@ impl<'a> EventLoop<'a> {
         });
     }
 
-    async fn finish(&mut self, deadline_ms: Option<u64>) {
+    /// SHUTDOWN or SIGTERM: drain, then record and flush everything. The listeners stop
+    /// accepting and every client connection finishes the request under way (answered with
+    /// `Connection: close`) within [`drain_budget`]; only then is the final window taken, so
+    /// a request is either answered and counted, or refused.
+    async fn finish(&mut self, deadline_ms: Option<u64>, why: &str, reason: &str) {
+        let _ = self.shutdown.send(true);
+        let drain_started = tokio::time::Instant::now();
+        let until = drain_started + drain_budget(deadline_ms, epoch_ms());
+        let recorder = &self.ctx.recorder;
+        while recorder.gauge_value(Gauge::ActiveConnections) > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let left = deadline_ms.map(|d| d.saturating_sub(epoch_ms()));
+        tracing::info!(
+            %reason,
+            drained_ms = drain_started.elapsed().as_millis() as u64,
+            still_open = recorder.gauge_value(Gauge::ActiveConnections),
+            ms_before_deadline = left,
+            "{why}: flushing and exiting"
+        );
         logging::flush_all();
         // Records delivered before SHUTDOWN (the last invocations' starts) count in the final
         // flush.

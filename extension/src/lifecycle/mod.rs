@@ -337,9 +337,7 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         dns: services.as_ref().and_then(|s| s.cache.clone()),
         invoke_events,
     };
-    let code = EventLoop::new(&api, &ctx, flusher, inputs, restore)
+    EventLoop::new(&api, &ctx, shutdown_tx, flusher, inputs, restore)
         .run()
-        .await;
-    let _ = shutdown_tx.send(true);
-    code
+        .await
 }

@@ -1,6 +1,6 @@
 //! The accept loop: admits clients up to `EGRESS_WARDEN_MAX_CONNECTIONS` (beyond: a 503 and
-//! close), serves each with hyper's HTTP/1.1 server under the header limits, and stops
-//! accepting at shutdown. A malformed request gets hyper's 400 (or 431 for oversized heads),
+//! close), serves each with hyper's HTTP/1.1 server under the header limits, and at shutdown
+//! stops accepting and drains: each connection finishes the request under way, then closes. A malformed request gets hyper's 400 (or 431 for oversized heads),
 //! loses only its own connection, and is counted like every answered request.
 
 use super::limits::{GuardedIo, MAX_HEADERS, MAX_HEADER_BYTES};
@@ -71,7 +71,17 @@ async fn serve_connection(
     tokio::pin!(connection);
     // The connection (and its socket) lives until the end of this function: a rejected
     // request is counted before the client sees the connection close.
-    let served = connection.as_mut().await;
+    // At shutdown the connection finishes the request under way, answers it with
+    // `Connection: close` and ends (an idle one ends at once): drained, not cut.
+    let shutdown = proxy.ctx.shutting_down();
+    tokio::pin!(shutdown);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = &mut shutdown => {
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
     if let Err(err) = served {
         if err.is_parse() || err.is_parse_too_large() {
             // hyper has answered 400 / 431 already; count and log it like any request.

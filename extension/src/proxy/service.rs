@@ -227,6 +227,13 @@ pub(crate) async fn dispatch(
     if is_connect && res.status() == StatusCode::OK {
         slot.phase.tunnel();
     } else {
+        // Draining at shutdown: this is the connection's last answer, and the client is told.
+        if *proxy.ctx.shutdown.borrow() {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         let phase = slot.phase.clone();
         res.body_mut().on_done(Box::new(move |_| phase.idle()));
     }

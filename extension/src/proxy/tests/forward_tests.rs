@@ -133,3 +133,48 @@ async fn a_malformed_chunked_body_is_the_clients_fault_400_not_an_upstream_error
         assert_eq!(count(&snap, Counter::ErrorsReset), 0);
     }
 }
+
+#[tokio::test]
+async fn at_shutdown_a_request_in_flight_is_answered_with_connection_close() {
+    use tokio::io::AsyncReadExt;
+    // An upstream that takes 300 ms to answer.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+                    .await;
+            });
+        }
+    });
+    let proxy = start(&[]).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!("GET http://{slow_addr}/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    client.write_all(req.as_bytes()).await.unwrap();
+    // An idle kept-alive connection as well.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    proxy.shutdown.send(true).unwrap();
+    let reply = read_reply(&mut client)
+        .await
+        .expect("the request in flight is answered");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        client.read(&mut rest).await.unwrap_or(0),
+        0,
+        "then the connection ends"
+    );
+    assert_eq!(
+        idle.read(&mut rest).await.unwrap_or(0),
+        0,
+        "an idle one ends at once"
+    );
+    assert_eq!(count(&proxy.take(), Counter::Requests), 1);
+}

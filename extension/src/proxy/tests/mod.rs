@@ -29,7 +29,7 @@ pub(super) struct Harness {
     pub recorder: Recorder,
     pub clock: Arc<InvocationClock>,
     pub ctx: Context,
-    _shutdown: watch::Sender<bool>,
+    pub shutdown: watch::Sender<bool>,
     handle: ProxyHandle,
 }
 
@@ -90,7 +90,7 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
         recorder,
         clock,
         ctx,
-        _shutdown: tx,
+        shutdown: tx,
         handle,
     }
 }
