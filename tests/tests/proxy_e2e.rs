@@ -506,6 +506,25 @@ enum Stop {
     Sigterm,
 }
 
+/// Ends the extension as `stop` says; it must exit by itself with code 0.
+async fn stop_extension(emu: &mut Emulator, stop: Stop) {
+    match stop {
+        Stop::Shutdown => {
+            shut_down_cleanly(emu).await;
+        }
+        Stop::Sigterm => {
+            let pid = emu.pid(EXTENSION_NAME).expect("pid") as libc::pid_t;
+            // SAFETY: kill(2) on the extension's own pid, a child of this test.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            let exit = emu
+                .wait_exit(EXTENSION_NAME, Duration::from_secs(10))
+                .await
+                .expect("exits on SIGTERM");
+            assert_eq!(exit.code, Some(0), "{exit:?}");
+        }
+    }
+}
+
 /// Nothing logged is lost at the end: a burst of proxied requests, then the end of the
 /// process right after the last answer, and every decision line is on stderr, whole, before
 /// the line that says the extension is exiting (the last one it writes).
@@ -534,22 +553,10 @@ async fn every_decision_line_of_a_burst_is_on_stderr_at(stop: Stop) {
     }
 
     // Every answer is out, so every decision line has been logged: stop at once.
+    stop_extension(&mut emu, stop).await;
     let last = match stop {
-        Stop::Shutdown => {
-            shut_down_cleanly(&mut emu).await;
-            "SHUTDOWN: flushing and exiting"
-        }
-        Stop::Sigterm => {
-            let pid = emu.pid(EXTENSION_NAME).expect("pid") as libc::pid_t;
-            // SAFETY: kill(2) on the extension's own pid, a child of this test.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-            let exit = emu
-                .wait_exit(EXTENSION_NAME, Duration::from_secs(10))
-                .await
-                .expect("exits on SIGTERM");
-            assert_eq!(exit.code, Some(0), "{exit:?}");
-            "SIGTERM: flushing and exiting"
-        }
+        Stop::Shutdown => "SHUTDOWN: flushing and exiting",
+        Stop::Sigterm => "SIGTERM: flushing and exiting",
     };
     // The pipe reader may still be catching up with what the process wrote before it went.
     let seen = emu
@@ -672,21 +679,7 @@ async fn every_answer_is_counted_when_the_end_comes_mid_burst(stop: Stop) {
         .collect();
     // Mid-burst.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    match stop {
-        Stop::Shutdown => {
-            shut_down_cleanly(&mut emu).await;
-        }
-        Stop::Sigterm => {
-            let pid = emu.pid(EXTENSION_NAME).expect("pid") as libc::pid_t;
-            // SAFETY: kill(2) on the extension's own pid, a child of this test.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-            let exit = emu
-                .wait_exit(EXTENSION_NAME, Duration::from_secs(10))
-                .await
-                .expect("exits on SIGTERM");
-            assert_eq!(exit.code, Some(0), "{exit:?}");
-        }
-    }
+    stop_extension(&mut emu, stop).await;
     let (mut answered, mut drained) = (0, 0);
     for client in clients {
         let (n, closed_by_proxy) = client.join().expect("client thread");
