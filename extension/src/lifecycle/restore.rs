@@ -13,7 +13,8 @@
 //! [`RestoreWatch`] only decides; the lifecycle acts (connections retired, the DNS cache aged
 //! by the unseen time, the warm-up run again).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use super::flusher::epoch_ms;
+use std::time::{Duration, Instant};
 
 /// The wall clock moving this far ahead of the monotonic clock means a restore (or a host
 /// that lost time), not drift: NTP slews by far less between two events.
@@ -55,13 +56,6 @@ fn offset_ms(wall_ms: u64, mono: Duration) -> i64 {
     wall_ms as i64 - mono.as_millis() as i64
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub struct RestoreWatch {
     snap_start: bool,
     /// SnapStart, INIT over and no restore handled yet.
@@ -78,7 +72,7 @@ impl RestoreWatch {
             snap_start,
             awaiting: false,
             origin,
-            baseline: offset_ms(wall_ms(), Duration::ZERO),
+            baseline: offset_ms(epoch_ms(), Duration::ZERO),
         }
     }
 
@@ -94,19 +88,19 @@ impl RestoreWatch {
 
     /// A `platform.restoreStart` arrived.
     pub fn restore_record(&mut self) -> Option<Restore> {
-        self.check(wall_ms(), self.origin.elapsed(), Some(Cause::Telemetry))
+        self.check(epoch_ms(), self.origin.elapsed(), Some(Cause::Telemetry))
     }
 
     /// An event from Lambda (INVOKE, SHUTDOWN).
     pub fn event(&mut self) -> Option<Restore> {
         let cause = self.awaiting.then_some(Cause::FirstEvent);
-        self.check(wall_ms(), self.origin.elapsed(), cause)
+        self.check(epoch_ms(), self.origin.elapsed(), cause)
     }
 
     /// A timer tick: it may fire before the snapshot as well as after, so only a clock jump
     /// says anything.
     pub fn tick(&mut self) -> Option<Restore> {
-        self.check(wall_ms(), self.origin.elapsed(), None)
+        self.check(epoch_ms(), self.origin.elapsed(), None)
     }
 
     /// The decision, on given clock readings (`mono`: time since `origin`).
