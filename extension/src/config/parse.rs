@@ -56,7 +56,11 @@ pub fn normalize_host(raw: &str) -> Result<String, String> {
     }
     let ascii =
         idna::domain_to_ascii(name).map_err(|_| format!("{raw:?} is not a valid host name"))?;
-    if ascii.is_empty() || ascii.ends_with('.') || ascii.contains("..") {
+    // RFC 1035 §2.3.4: labels of 1 to 63 octets, 253 in all (without the root's dot).
+    let labels_ok = ascii
+        .split('.')
+        .all(|label| (1..=63).contains(&label.len()));
+    if !labels_ok || ascii.len() > 253 {
         return Err(format!("{raw:?} is not a valid host name"));
     }
     Ok(ascii)
@@ -704,6 +708,10 @@ mod tests {
             Ok("::ffff:169.254.169.254")
         );
         assert!(normalize_host("a..b").is_err());
+        // Found by the `host` fuzz target: an empty first label slipped past `*.` rules.
+        assert!(normalize_host(".evil.example").is_err());
+        assert!(normalize_host(&format!("{}.example", "a".repeat(64))).is_err());
+        assert!(normalize_host(&format!("{}.example", "a".repeat(63))).is_ok());
         assert!(normalize_host(".").is_err());
     }
 

@@ -178,6 +178,10 @@ impl Answer {
         if wire.len() > usize::from(u16::MAX) {
             return None;
         }
+        // An upstream record that reads but does not write back readably (a type-0 record
+        // with empty data, say) would be served to every client as a malformed answer: such
+        // a response becomes a SERVFAIL instead. Once per upstream answer, not per hit.
+        Message::from_vec(&wire).ok()?;
         let qname_len = wire::question_name_end(&wire, HEADER_LEN)? - HEADER_LEN;
         let ttls: Vec<(u16, u32)> = wire::records(&wire)?
             .into_iter()
@@ -398,6 +402,31 @@ mod tests {
     fn client_query(qname: &str, qtype: u16, edns: bool) -> Vec<u8> {
         let labels: Vec<&str> = qname.trim_end_matches('.').split('.').collect();
         wire::tests_support::query_packet(0x4242, &labels, qtype, edns.then_some((1232, 0)))
+    }
+
+    /// Found by the `dns_answer` fuzz target: an authority record of type 0 with empty data
+    /// reads, but hickory writes it back in a form no parser reads.
+    #[test]
+    fn a_response_that_does_not_write_back_readably_becomes_servfail() {
+        let response = "12342c000001000000010000076578616d706c6503636f6d00000f00000000000000\
+            00000000000000000000000000000000000000000000000000000000000000000000000001c00c0006\
+            00010000fd7bf821026e73c00c0561646d696ec00c0000000100001c2000000384001275000000003c";
+        let bytes: Vec<u8> = (0..response.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&response[i..i + 2], 16).expect("hex"))
+            .collect();
+        let response = Message::from_vec(&bytes).expect("hickory reads the upstream's bytes");
+        let q = Question::query(name("example.com."), RecordType::MX);
+        let now = Instant::now();
+        let a = Answer::from_upstream(&q, &response, &policy(), now);
+        assert_eq!(a.rcode(), u16::from(ResponseCode::ServFail));
+        let packet = client_query("example.com.", 15, false);
+        let Parsed::Query(query) = parse_query(&packet) else {
+            panic!("query")
+        };
+        let mut out = Vec::new();
+        a.render(&query, now, false, 512, &mut out);
+        Message::from_vec(&out).expect("what is served parses");
     }
 
     #[test]

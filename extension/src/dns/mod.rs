@@ -12,6 +12,8 @@
 mod answer;
 mod core;
 mod cpu_share;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod mmsg;
 mod store;
 mod tcp;

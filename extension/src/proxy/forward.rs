@@ -15,62 +15,19 @@ use super::record::{record_bytes_out, Kind, RequestRecord};
 use super::retry::method_allows_retry;
 use super::service::Proxy;
 use http::header::HOST;
-use http::{HeaderValue, Request, Response, Uri};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 
 pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
     let mut record = RequestRecord::new(Kind::Forward, req.method());
     let (mut parts, body) = req.into_parts();
-    let https = match parts.uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => {
-            return proxy.refuse(
-                &mut record,
-                Refusal::bad_request("only http:// and https:// URLs are proxied"),
-            )
-        }
-    };
-    let target = match parts
-        .uri
-        .authority()
-        .map(|a| Target::from_authority(a, Some(if https { 443 } else { 80 })))
-    {
-        Some(Ok(t)) => t,
-        Some(Err(message)) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
-        None => return proxy.refuse(&mut record, Refusal::bad_request("the URL has no host")),
+    let (target, scheme) = match rewrite_head(&mut parts) {
+        Ok(found) => found,
+        Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
     record.set_target(&target.host, target.destination());
-
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let scheme = if https { "https" } else { "http" };
-    let uri: Uri = match format!("{scheme}://{target}{path}").parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return proxy.refuse(
-                &mut record,
-                Refusal::bad_request("the URL cannot be forwarded"),
-            )
-        }
-    };
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    let default_port = if https { 443 } else { 80 };
-    let host_value = if target.port == default_port {
-        target.uri_host()
-    } else {
-        target.to_string()
-    };
-    if let Ok(v) = HeaderValue::from_str(&host_value) {
-        parts.headers.insert(HOST, v);
-    }
-    append_via(&mut parts.headers);
 
     // Only a bodiless request can be sent again (a streamed body is gone once sent).
     let again = (body.size_hint().exact() == Some(0)).then(|| {
@@ -117,4 +74,39 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
             proxy.refuse(&mut record, refusal)
         }
     }
+}
+
+/// Turns a client's absolute-form head into the upstream's: the normalised target, the URL
+/// rebuilt from it, hop-by-hop fields dropped, `Host` set, `Via` appended. An error is the
+/// client's fault and says why.
+pub(crate) fn rewrite_head(parts: &mut Parts) -> Result<(Target, &'static str), String> {
+    let (scheme, default_port) = match parts.uri.scheme_str() {
+        Some("http") => ("http", 80),
+        Some("https") => ("https", 443),
+        _ => return Err("only http:// and https:// URLs are proxied".into()),
+    };
+    let target = match parts.uri.authority() {
+        Some(authority) => Target::from_authority(authority, Some(default_port))?,
+        None => return Err("the URL has no host".into()),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("{scheme}://{target}{path}")
+        .parse()
+        .map_err(|_| "the URL cannot be forwarded".to_owned())?;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let host_value = if target.port == default_port {
+        target.uri_host()
+    } else {
+        target.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        parts.headers.insert(HOST, v);
+    }
+    append_via(&mut parts.headers);
+    Ok((target, scheme))
 }

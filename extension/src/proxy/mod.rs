@@ -17,6 +17,8 @@ mod breaker;
 mod connect;
 mod connector;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod headers;
 mod host;
 mod limits;

@@ -251,7 +251,7 @@ fn host_for_uri(host: &str) -> String {
     }
 }
 
-fn build_request(
+pub(crate) fn build_request(
     parts: &Parts,
     upstream: &Upstream,
     rest: &str,

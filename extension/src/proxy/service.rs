@@ -246,14 +246,8 @@ async fn origin(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBod
     if path == STATUS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
         return status::response(proxy);
     }
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    let after_slash = path_and_query.strip_prefix('/').unwrap_or(&path_and_query);
-    let split = after_slash.find(['/', '?']).unwrap_or(after_slash.len());
-    let (name, rest) = after_slash.split_at(split);
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let (name, rest) = split_route(path_and_query);
     if name.is_empty() {
         let mut record = RequestRecord::new(Kind::Rejected, req.method());
         let refusal = Refusal::new(
@@ -265,4 +259,12 @@ async fn origin(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBod
     }
     let (name, rest) = (name.to_owned(), rest.to_owned());
     route::handle(proxy, req, &name, &rest).await
+}
+
+/// `/<route>/<rest>` → (`route`, `/<rest>`); the query stays with the rest. An empty name
+/// means no route was named.
+pub(crate) fn split_route(path_and_query: &str) -> (&str, &str) {
+    let after_slash = path_and_query.strip_prefix('/').unwrap_or(path_and_query);
+    let split = after_slash.find(['/', '?']).unwrap_or(after_slash.len());
+    after_slash.split_at(split)
 }
