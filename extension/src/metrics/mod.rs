@@ -64,6 +64,7 @@ metric_enum!(
         PolicyDenied => "policy_denied",
         ConnectionsOpened => "connections_opened",
         ConnectionsReused => "connections_reused",
+        IdleClientsClosed => "idle_clients_closed",
         CrossRegionRequests => "cross_region_requests",
         CircuitOpen => "circuit_open",
         FallbackHits => "fallback_hits",

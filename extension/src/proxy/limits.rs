@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -30,15 +30,36 @@ const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 const TUNNEL: u8 = 3;
+/// Closed to make room for another client: the next read is the end of the stream.
+const CLOSING: u8 = 4;
+
+/// Orders the moments connections became idle (a counter, not a clock: only the order matters).
+static IDLE_ORDER: AtomicU64 = AtomicU64::new(0);
+
+fn next_idle_mark() -> u64 {
+    IDLE_ORDER.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Where a client connection is in its request cycle, shared by the IO wrapper and the
 /// request handler. The reader parks its waker while busy: a response usually completes
 /// after hyper last polled the socket, and the idle deadline must start then, not at the
 /// next byte.
-#[derive(Default)]
 pub(crate) struct ConnPhase {
     state: AtomicU8,
     reader: Mutex<Option<Waker>>,
+    /// When the connection last became idle, in [`IDLE_ORDER`]'s order.
+    idle_mark: AtomicU64,
+}
+
+impl Default for ConnPhase {
+    /// A new connection is idle until its first request.
+    fn default() -> Self {
+        ConnPhase {
+            state: AtomicU8::new(IDLE),
+            reader: Mutex::new(None),
+            idle_mark: AtomicU64::new(next_idle_mark()),
+        }
+    }
 }
 
 impl ConnPhase {
@@ -55,10 +76,34 @@ impl ConnPhase {
             .compare_exchange(BUSY, IDLE, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok();
         if became_idle {
-            let parked = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(waker) = parked {
-                waker.wake();
-            }
+            self.idle_mark.store(next_idle_mark(), Ordering::Relaxed);
+            self.wake_reader();
+        }
+    }
+
+    /// Since when (in idle order) the connection has waited for a request; None while a
+    /// request is under way, in a tunnel or closing.
+    pub(crate) fn idle_since(&self) -> Option<u64> {
+        (self.get() == IDLE).then(|| self.idle_mark.load(Ordering::Relaxed))
+    }
+
+    /// Closes the connection if it is still waiting for a request (its reader sees the end
+    /// of the stream, and hyper ends it cleanly). False if a request started meanwhile.
+    pub(crate) fn close_if_idle(&self) -> bool {
+        let closed = self
+            .state
+            .compare_exchange(IDLE, CLOSING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if closed {
+            self.wake_reader();
+        }
+        closed
+    }
+
+    fn wake_reader(&self) {
+        let parked = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = parked {
+            waker.wake();
         }
     }
 
@@ -151,6 +196,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.phase.get() == CLOSING {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -162,12 +210,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             }
             Poll::Pending => {
                 this.track_phase();
-                if matches!(this.armed_for, HEAD | BUSY) {
-                    // hyper may not read again until the next byte: be woken when the
-                    // response is done so the idle deadline starts.
-                    this.phase.park_reader(cx.waker());
-                    // The response may have finished in between: look again.
-                    this.track_phase();
+                // hyper may not read again until the next byte: be woken when the response
+                // is done (so the idle deadline starts) or when the connection is closed to
+                // make room.
+                this.phase.park_reader(cx.waker());
+                // The response may have finished, or a close come, in between: look again.
+                this.track_phase();
+                if this.phase.get() == CLOSING {
+                    return Poll::Ready(Ok(()));
                 }
                 if matches!(this.armed_for, IDLE | HEAD)
                     && this.deadline.as_mut().poll(cx).is_ready()

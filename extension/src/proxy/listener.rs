@@ -1,12 +1,15 @@
-//! The accept loop: admits clients up to `EGRESS_WARDEN_MAX_CONNECTIONS` (beyond: a 503 and
-//! close), serves each with hyper's HTTP/1.1 server under the header limits, and at shutdown
-//! stops accepting and drains: each connection finishes the request under way, then closes. A malformed request gets hyper's 400 (or 431 for oversized heads),
-//! loses only its own connection, and is counted like every answered request.
+//! The accept loop: admits clients up to `EGRESS_WARDEN_MAX_CONNECTIONS` ([`super::slots`]:
+//! at the cap an idle connection makes room; with none idle, a 503 and close), serves each with
+//! hyper's HTTP/1.1 server under the header limits, and at shutdown stops accepting and
+//! drains: each connection finishes the request under way, then closes. A malformed request
+//! gets hyper's 400 (or 431 for oversized heads), loses only its own connection, and is
+//! counted like every answered request.
 
 use super::limits::{GuardedIo, MAX_HEADERS, MAX_HEADER_BYTES};
 use super::outcome::ERROR_HEADER;
 use super::record::{Kind, RequestRecord};
-use super::service::{dispatch, ConnSlot, Proxy};
+use super::service::{dispatch, Proxy};
+use super::slots::ConnSlot;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -42,7 +45,7 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 }
             },
         };
-        let Some(slot) = proxy.try_admit() else {
+        let Some(slot) = proxy.slots.admit() else {
             tokio::spawn(over_capacity(stream, proxy.clone()));
             continue;
         };

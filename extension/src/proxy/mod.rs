@@ -35,6 +35,7 @@ mod relay;
 mod retry;
 mod route;
 mod service;
+mod slots;
 mod status;
 mod tls;
 mod tunnel;

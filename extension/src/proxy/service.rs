@@ -7,23 +7,23 @@ use super::breaker::{Breakers, FAILURES_TO_OPEN, OPEN_FOR};
 use super::connect::{ms_since, Dialer};
 use super::connector::{ConnInfo, WardenConnector};
 use super::headers::{has_looped, strip_hop_by_hop};
-use super::limits::{ConnPhase, Timeouts};
+use super::limits::Timeouts;
 use super::liveness::Registry;
 use super::outcome::Refusal;
 use super::policy::Policy;
 use super::pool_stats::PoolStats;
 use super::prewarmed::{ParkedSocket, Prewarmed};
 use super::record::{record_end, Kind, RequestRecord};
+use super::slots::{ConnSlot, Slots};
 use super::tls::TlsSetup;
 use super::upstreams::Upstreams;
 use super::{forward, route, status, tunnel};
 use crate::context::Context;
 use crate::dns::DnsCache;
-use crate::metrics::{Counter, Gauge};
+use crate::metrics::Counter;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,23 +43,7 @@ pub(crate) struct Proxy {
     pub started: Instant,
     pub timeouts: Timeouts,
     pub retry_max: u32,
-    pub max_connections: usize,
-    active: Arc<AtomicUsize>,
-}
-
-/// A client connection's place under `EGRESS_WARDEN_MAX_CONNECTIONS`; released on drop
-/// (when both the HTTP connection and any tunnel it became are gone).
-pub(crate) struct ConnSlot {
-    active: Arc<AtomicUsize>,
-    recorder: crate::metrics::Recorder,
-    pub phase: Arc<ConnPhase>,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        self.recorder.gauge_add(Gauge::ActiveConnections, -1);
-    }
+    pub slots: Slots,
 }
 
 impl Proxy {
@@ -98,28 +82,8 @@ impl Proxy {
             started: Instant::now(),
             timeouts,
             retry_max: config.retry_max,
-            max_connections: config.max_connections.max(1),
-            active: Arc::new(AtomicUsize::new(0)),
+            slots: Slots::new(config.max_connections, ctx.recorder.clone()),
         }
-    }
-
-    /// A slot for a new client connection, or None when at capacity.
-    pub(crate) fn try_admit(&self) -> Option<Arc<ConnSlot>> {
-        let previous = self.active.fetch_add(1, Ordering::Relaxed);
-        if previous >= self.max_connections {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        self.ctx.recorder.gauge_add(Gauge::ActiveConnections, 1);
-        Some(Arc::new(ConnSlot {
-            active: self.active.clone(),
-            recorder: self.ctx.recorder.clone(),
-            phase: Arc::new(ConnPhase::default()),
-        }))
-    }
-
-    pub(crate) fn active_connections(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
     }
 
     /// Counts the request and writes its decision line.

@@ -18,8 +18,8 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
         "config": proxy.ctx.config.summary(),
         "proxy": {
             "listen": format!("127.0.0.1:{}", proxy.port),
-            "active_connections": proxy.active_connections(),
-            "max_connections": proxy.max_connections,
+            "active_connections": proxy.slots.active(),
+            "max_connections": proxy.slots.max(),
             "policy": proxy.dialer.policy.describe(),
         },
         "pools": proxy.pools.describe(),

@@ -111,11 +111,21 @@ async fn idle_client_connections_are_closed() {
     assert!(closed_within(&mut idle, Duration::from_secs(3)).await);
 }
 
+/// A request head under way (not idle, not closable).
+async fn head_started(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /_warden/status HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
 #[tokio::test]
-async fn over_capacity_gets_503_until_a_slot_frees() {
+async fn over_capacity_with_no_idle_connection_gets_503_until_a_slot_frees() {
     let proxy = start(&[("EGRESS_WARDEN_MAX_CONNECTIONS", "2")]).await;
-    let a = TcpStream::connect(proxy.addr).await.unwrap();
-    let _b = TcpStream::connect(proxy.addr).await.unwrap();
+    let a = head_started(proxy.addr).await;
+    let _b = head_started(proxy.addr).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let reply = raw(proxy.addr, STATUS).await.expect("a reply");
     assert_eq!(reply.status, 503);
@@ -125,4 +135,63 @@ async fn over_capacity_gets_503_until_a_slot_frees() {
     assert_eq!(raw(proxy.addr, STATUS).await.expect("status").status, 200);
     let snap = proxy.take();
     assert_eq!(count(&snap, Counter::Requests), 1);
+    assert_eq!(count(&snap, Counter::IdleClientsClosed), 0);
+}
+
+#[tokio::test]
+async fn at_the_cap_the_longest_idle_connection_makes_room() {
+    let proxy = start(&[("EGRESS_WARDEN_MAX_CONNECTIONS", "3")]).await;
+    let mut never_sent = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut keep_alive = TcpStream::connect(proxy.addr).await.unwrap();
+    let keep_alive_status = b"GET /_warden/status HTTP/1.1\r\nHost: x\r\n\r\n";
+    keep_alive.write_all(keep_alive_status).await.unwrap();
+    assert_eq!(
+        read_reply(&mut keep_alive).await.expect("reply").status,
+        200
+    );
+    let _busy = head_started(proxy.addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // The cap is reached: the connection idle longest (it never sent a byte) is closed.
+    assert_eq!(raw(proxy.addr, STATUS).await.expect("reply").status, 200);
+    assert!(closed_within(&mut never_sent, Duration::from_secs(1)).await);
+    // At the cap again: of the keep-alive connection (idle since its answer) and a newer
+    // idle one, the keep-alive connection has waited longer and is closed.
+    let _newer = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(raw(proxy.addr, STATUS).await.expect("reply").status, 200);
+    assert!(closed_within(&mut keep_alive, Duration::from_secs(1)).await);
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::IdleClientsClosed), 2);
+    // Status page reads are not proxied requests, and nobody was refused.
+    assert_eq!(count(&snap, Counter::Requests), 0);
+}
+
+/// 1,100 clients that connect and never send a byte hold every slot of the default cap;
+/// the next client is still served at once.
+#[tokio::test]
+async fn idle_clients_cannot_lock_everyone_out() {
+    let proxy = start(&[]).await;
+    let mut idle = Vec::new();
+    for _ in 0..1_100 {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let reply = raw(proxy.addr, STATUS).await.expect("a reply");
+        assert_eq!(reply.status, 200, "{:?}", reply.error());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::Requests), 0, "nobody was refused");
+    // 1,100 - 1,024 idle clients were closed as they came, then one for a newcomer while a
+    // closed connection's task had not ended yet (each newcomer leaves after its answer).
+    let closed = count(&snap, Counter::IdleClientsClosed);
+    assert!((77..=81).contains(&closed), "{closed}");
 }
