@@ -18,7 +18,11 @@ impl Dnsmasq {
     /// Starts dnsmasq with `options` (e.g. `--host-record=api.test,127.0.0.2`) and waits,
     /// bounded, until it answers.
     pub fn start(options: &[String]) -> Result<Dnsmasq, String> {
-        let port = free_port();
+        Dnsmasq::start_on(free_port(), options)
+    }
+
+    /// The same on a given port (a restart where the previous one served).
+    pub fn start_on(port: u16, options: &[String]) -> Result<Dnsmasq, String> {
         let log =
             std::env::temp_dir().join(format!("warden-dnsmasq-{}-{port}.log", std::process::id()));
         let _ = std::fs::remove_file(&log);

@@ -9,6 +9,7 @@ pub mod blocking_http;
 pub mod dnsmasq;
 pub mod emf;
 pub mod emulator;
+pub mod load;
 pub mod netns;
 pub mod python;
 pub mod warden;

@@ -4,22 +4,24 @@
 //! tunnel takes it back from hyper, still registered with tokio's event loop, and moves bulk
 //! data with `splice(2)` through a pipe: the kernel hands pages from one socket to the other
 //! without copying them through user space (what HAProxy does). Small messages
-//! (request/response traffic) go through a buffer instead: a short read shows the socket is
-//! drained (tokio then waits for the next readiness event without one more call that would
-//! only answer EAGAIN) — a short splice does not show that (it may be bounded by the pipe). A
-//! direction switches to splice after a read fills the buffer and back after a short splice.
+//! (request/response traffic) pass through one scratch buffer per thread instead (an open
+//! tunnel holds no buffer of its own): a short read shows the socket is drained, and the next
+//! wait needs no call that would only answer EAGAIN — a short splice does not show that (it
+//! may be bounded by the pipe). A direction switches to splice after a read fills the buffer
+//! and back after a short splice.
 //! Anything else (another client io) falls back to tokio's buffered copy.
 
 use super::limits::GuardedIo;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -99,7 +101,7 @@ impl Flow {
 
 /// One direction: `from` → `to` until `from` ends, then half-closes `to`.
 async fn pump(
-    mut from: ReadHalf<'_>,
+    from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     read_ahead: Bytes,
     flow: &mut Flow,
@@ -108,8 +110,6 @@ async fn pump(
         flow.moved(read_ahead.len());
         to.write_all(&read_ahead).await?;
     }
-    // Read into spare capacity: nothing to zero for a tunnel that only says a few words.
-    let mut buf: Vec<u8> = Vec::with_capacity(BUF);
     // Made on the first bulk read; None after a failure (then buffered for good).
     let mut pipe: Option<Pipe> = None;
     let mut splice_ok = true;
@@ -136,19 +136,72 @@ async fn pump(
                 splice_ok = false;
             }
         }
-        buf.clear();
-        let n = from.read_buf(&mut buf).await?;
+        let n = move_some(from.as_ref(), &mut to).await?;
         if n == 0 {
             break;
         }
         flow.moved(n);
-        to.write_all(&buf).await?;
         bulk = n >= BUF;
     }
     // The other side may still talk: pass the end on, as a TCP half-close.
     match to.shutdown().await {
         Err(err) if err.kind() != io::ErrorKind::NotConnected => Err(err),
         _ => Ok(()),
+    }
+}
+
+thread_local! {
+    /// Where small messages pass through: one buffer per thread, not one per tunnel, so a
+    /// thousand open tunnels (idle most of the time) hold no buffer at all.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(BUF));
+}
+
+/// Moves one read's worth from `from` to `to` once `from` is readable: read into this
+/// thread's scratch buffer and written straight on; only what `to` cannot take at once is
+/// copied out to wait for it. A short read means the socket is drained: its readiness is
+/// cleared under the same event, as tokio's own reads do, so the next call waits instead of
+/// reading EAGAIN. Returns the bytes moved; 0 at the end of the stream.
+async fn move_some(from: &TcpStream, to: &mut WriteHalf<'_>) -> io::Result<usize> {
+    let fd = from.as_raw_fd();
+    loop {
+        from.readable().await?;
+        let moved = SCRATCH.with_borrow_mut(|buf| -> io::Result<Option<(usize, Vec<u8>)>> {
+            buf.clear();
+            let mut got = 0;
+            let read = from.try_io(Interest::READABLE, || {
+                let spare = buf.spare_capacity_mut();
+                // SAFETY: `fd` is the open socket `from` owns; read(2) writes at most
+                // `spare.len()` bytes into the vector's spare capacity.
+                let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+                got = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+                // SAFETY: read(2) initialised the first `got` bytes of the spare capacity.
+                unsafe { buf.set_len(got) };
+                if got > 0 && got < BUF {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match read {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+                // Woken without data: wait again.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(err) => return Err(err),
+            }
+            let written = match to.as_ref().try_write(&buf[..got]) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(err) => return Err(err),
+            };
+            Ok(Some((got, buf[written..got].to_vec())))
+        })?;
+        let Some((got, rest)) = moved else {
+            continue;
+        };
+        if !rest.is_empty() {
+            to.write_all(&rest).await?;
+        }
+        return Ok(got);
     }
 }
 
@@ -312,6 +365,7 @@ mod tests {
     use crate::metrics::Counter;
     use crate::proxy::tests::{count, start};
     use std::time::Duration;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     const LIMIT: Duration = Duration::from_secs(30);
