@@ -151,17 +151,10 @@ impl Core {
     ) -> Handled {
         let query = match wire::parse_query(packet) {
             Parsed::Query(query) => query,
-            Parsed::Reject {
-                id,
-                flags,
-                rcode,
-                question,
-                edns,
-            } => {
-                if rcode == wire::RCODE_FORMERR {
+            reject @ Parsed::Reject { .. } => {
+                if reject.write_reject_into(out) == Some(wire::RCODE_FORMERR) {
                     self.count_malformed();
                 }
-                wire::write_reject(out, id, flags, rcode, question, edns);
                 return Handled::Reply;
             }
             Parsed::Drop => {

@@ -25,15 +25,12 @@ pub fn query(packet: &[u8]) {
                 assert_eq!(u16::from(question.query_type()), query.qtype);
             }
         }
-        Parsed::Reject {
-            id,
-            flags,
-            rcode,
-            question,
-            edns,
-        } => {
-            wire::write_reject(&mut out, id, flags, rcode, question, edns);
+        reject @ Parsed::Reject { .. } => {
+            reject.write_reject_into(&mut out);
             let reply = Message::from_vec(&out).expect("a reject is a well-formed message");
+            let Parsed::Reject { id, .. } = reject else {
+                return;
+            };
             assert_eq!(reply.metadata.id, id);
         }
         Parsed::Drop => {}

@@ -98,6 +98,24 @@ pub enum Parsed<'a> {
     Drop,
 }
 
+impl Parsed<'_> {
+    /// For a reject: writes its answer (see [`write_reject`]) into `out` and returns its RCODE.
+    pub fn write_reject_into(&self, out: &mut Vec<u8>) -> Option<u16> {
+        let Parsed::Reject {
+            id,
+            flags,
+            rcode,
+            question,
+            edns,
+        } = *self
+        else {
+            return None;
+        };
+        write_reject(out, id, flags, rcode, question, edns);
+        Some(rcode)
+    }
+}
+
 pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
     if packet.len() < HEADER_LEN {
         return Parsed::Drop;

@@ -12,6 +12,7 @@ mod events;
 mod extensions_api;
 mod flusher;
 mod logging;
+mod memory;
 mod panics;
 mod ready;
 mod restore;
@@ -317,6 +318,7 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         }
     }
 
+    memory::watch();
     recorder.observe_ms(
         Timing::ExtensionInitMs,
         started.elapsed().as_secs_f64() * 1000.0,
