@@ -2,8 +2,11 @@
 //! (driven by `scripts/soak`; figures in docs/soak.md).
 //!
 //! ```text
-//! soak [--rounds R] [--round-seconds S] [--tunnels T] [--dns-qps Q]
+//! soak [--rounds R] [--round-seconds S] [--tunnels T] [--dns-qps Q] [--env NAME=VALUE]...
 //! ```
+//!
+//! `--env` adds to the extension's environment (`EGRESS_WARDEN_*` settings, or an allocator
+//! experiment such as `MALLOC_ARENA_MAX=2`).
 //!
 //! The real extension under the emulator, a dnsmasq upstream for `*.soak.test`, an echo
 //! upstream, and per round: dnsperf at Q queries/s against the DNS listener, and waves of T
@@ -11,9 +14,10 @@
 //! cycle through faults: none, a blackholed upstream (a listener whose backlog is full drops
 //! SYNs), an upstream that resets, the DNS upstream dead, the extension stopped (SIGSTOP) for
 //! 2 s. After each round an invoke flushes, and 10 s later RSS and open fds are read. The last
-//! round ends with SHUTDOWN mid-load. Exit 1 when fds or RSS grew across rounds, RSS stayed
-//! above twice its idle value 10 s after a wave, or the EMF `requests` total differs from the
-//! CONNECT answers the clients saw.
+//! round ends with SHUTDOWN mid-load. Exit 1 when fds or RSS grew from one round of a fault to
+//! the next of the same fault, RSS stayed above twice its idle value 10 s after a round (a DNS
+//! storm against a dead upstream is only reported), the extension missed the SHUTDOWN
+//! deadline, or the EMF `requests` total differs from the CONNECT answers the clients saw.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -34,6 +38,7 @@ struct Args {
     round: Duration,
     tunnels: usize,
     dns_qps: u32,
+    env: Vec<(String, String)>,
 }
 
 fn args() -> Result<Args, String> {
@@ -42,10 +47,18 @@ fn args() -> Result<Args, String> {
         round: Duration::from_secs(50),
         tunnels: 1000,
         dns_qps: 20_000,
+        env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        if flag == "--env" {
+            let (name, v) = value
+                .split_once('=')
+                .ok_or(format!("--env {value:?}: NAME=VALUE"))?;
+            a.env.push((name.to_owned(), v.to_owned()));
+            continue;
+        }
         let n: u64 = value
             .parse()
             .map_err(|_| format!("{flag} {value:?}: a number"))?;
@@ -228,6 +241,7 @@ async fn run() -> Result<bool, String> {
             std::env::var("SOAK_LOG_LEVEL").unwrap_or("warn".into()),
         )
         .timeout(Duration::from_secs(900));
+    let cfg = a.env.iter().fold(cfg, |cfg, (k, v)| cfg.env(k, v));
     let mut emu: Emulator = started_through_init(cfg).await;
     let pid = emu.pid(EXTENSION).ok_or("no extension pid")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -236,7 +250,7 @@ async fn run() -> Result<bool, String> {
     println!("round  fault      tunnels(ok/answered)  dns(completed/sent)  peak RSS KiB  RSS+10s KiB  fds+10s");
 
     let seen = Arc::new(Seen::default());
-    let mut after = Vec::new();
+    let mut after: Vec<(Fault, u64, usize)> = Vec::new();
     let mut healthy = true;
     for round in 0..a.rounds {
         let last = round + 1 == a.rounds;
@@ -307,23 +321,29 @@ async fn run() -> Result<bool, String> {
             "{round:>5}  {:<9}  {ok:>9}/{answered:<10}  {completed:>9}/{sent:<9}  {peak:>12}  {rss:>11}  {fds:>7}",
             format!("{fault:?}")
         );
+        // The promise: memory back after a burst of tunnels, whatever the upstreams did. A
+        // storm of DNS queries against a dead upstream is reported, not held to it
+        // (docs/soak.md).
         if rss > 2 * idle_rss {
-            println!("  RSS 10 s after the round is above twice the idle RSS ({idle_rss} KiB)");
-            healthy = false;
+            let held = fault != Fault::DnsDead;
+            println!(
+                "  RSS 10 s after the round is above twice the idle RSS ({idle_rss} KiB){}",
+                if held { "" } else { " (reported)" }
+            );
+            healthy &= !held;
         }
-        after.push((rss, fds));
+        // Against the same fault's first round: nothing may grow with repetition.
+        if let Some(&(_, first_rss, first_fds)) = after.iter().find(|(f, _, _)| *f == fault) {
+            if fds > first_fds + 2 || rss > first_rss + (first_rss / 10).max(2048) {
+                println!(
+                    "  grew since the first {fault:?} round: {first_rss} KiB, {first_fds} fds"
+                );
+                healthy = false;
+            }
+        }
+        after.push((fault, rss, fds));
     }
     drop(upstream_dns);
-    if let (Some(first), Some(last)) = (after.first(), after.last()) {
-        if last.1 > first.1 + 2 {
-            println!("fds grew across rounds: {} -> {}", first.1, last.1);
-            healthy = false;
-        }
-        if last.0 > first.0 + first.0 / 5 {
-            println!("RSS grew across rounds: {} -> {} KiB", first.0, last.0);
-            healthy = false;
-        }
-    }
     let counted = || emf_function_total(&emu, "requests");
     let answered = seen.answered.load(Ordering::Relaxed) as f64;
     let _ = emu
