@@ -82,6 +82,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn resident_and_free_memory_are_read() {
         let rss = resident_bytes().expect("/proc/self/statm");
         assert!(rss > 1024 * 1024, "{rss}");

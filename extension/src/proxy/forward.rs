@@ -23,11 +23,14 @@ use std::sync::Arc;
 pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
     let mut record = RequestRecord::new(Kind::Forward, req.method());
     let (mut parts, body) = req.into_parts();
-    let (target, scheme) = match rewrite_head(&mut parts) {
+    let (target, scheme) = match forward_target(&parts) {
         Ok(found) => found,
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
     record.set_target(&target.host, target.destination());
+    if let Err(message) = rewrite_head(&mut parts, &target, scheme) {
+        return proxy.refuse(&mut record, Refusal::bad_request(message));
+    }
 
     // Only a bodiless request can be sent again (a streamed body is gone once sent).
     let again = (body.size_hint().exact() == Some(0)).then(|| {
@@ -76,19 +79,26 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     }
 }
 
-/// Turns a client's absolute-form head into the upstream's: the normalised target, the URL
-/// rebuilt from it, hop-by-hop fields dropped, `Host` set, `Via` appended. An error is the
-/// client's fault and says why.
-pub(crate) fn rewrite_head(parts: &mut Parts) -> Result<(Target, &'static str), String> {
+/// Where a client's absolute-form request goes: the normalised target and the scheme. An
+/// error is the client's fault and says why.
+pub(crate) fn forward_target(parts: &Parts) -> Result<(Target, &'static str), String> {
     let (scheme, default_port) = match parts.uri.scheme_str() {
         Some("http") => ("http", 80),
         Some("https") => ("https", 443),
         _ => return Err("only http:// and https:// URLs are proxied".into()),
     };
-    let target = match parts.uri.authority() {
-        Some(authority) => Target::from_authority(authority, Some(default_port))?,
-        None => return Err("the URL has no host".into()),
-    };
+    match parts.uri.authority() {
+        Some(authority) => Ok((
+            Target::from_authority(authority, Some(default_port))?,
+            scheme,
+        )),
+        None => Err("the URL has no host".into()),
+    }
+}
+
+/// Turns the client's head into the upstream's: the URL rebuilt from the normalised target,
+/// hop-by-hop fields dropped, `Host` set, `Via` appended.
+pub(crate) fn rewrite_head(parts: &mut Parts, target: &Target, scheme: &str) -> Result<(), String> {
     let path = parts
         .uri
         .path_and_query()
@@ -99,6 +109,7 @@ pub(crate) fn rewrite_head(parts: &mut Parts) -> Result<(Target, &'static str), 
         .map_err(|_| "the URL cannot be forwarded".to_owned())?;
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    let default_port = if scheme == "https" { 443 } else { 80 };
     let host_value = if target.port == default_port {
         target.uri_host()
     } else {
@@ -108,5 +119,5 @@ pub(crate) fn rewrite_head(parts: &mut Parts) -> Result<(Target, &'static str), 
         parts.headers.insert(HOST, v);
     }
     append_via(&mut parts.headers);
-    Ok((target, scheme))
+    Ok(())
 }

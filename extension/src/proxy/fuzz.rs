@@ -4,7 +4,7 @@
 //! code, and each step asserts what a policy check downstream relies on.
 
 use super::body::UpstreamBody;
-use super::forward::rewrite_head;
+use super::forward::{forward_target, rewrite_head};
 use super::headers::has_looped;
 use super::host::Target;
 use super::policy::{Policy, Verdict};
@@ -47,8 +47,11 @@ pub fn request_head(data: &[u8]) {
         }
     } else if parts.uri.scheme().is_some() {
         let _ = has_looped(&parts.headers);
-        if let Ok((target, _scheme)) = rewrite_head(&mut parts) {
+        if let Ok((target, scheme)) = forward_target(&parts) {
             check_target(&target);
+            if rewrite_head(&mut parts, &target, scheme).is_err() {
+                return;
+            }
             // The rewritten URL names the same destination, and no hop-by-hop field is left.
             let authority = parts.uri.authority().expect("a rewritten URL has a host");
             let again = Target::from_authority(authority, Some(target.port));

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,14 +30,15 @@ const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 const TUNNEL: u8 = 3;
-/// Closed to make room for another client: the next read is the end of the stream.
+/// Closed to make room for another client: unless a request is already waiting in the
+/// socket, the next read is the end of the stream.
 const CLOSING: u8 = 4;
 
-/// Orders the moments connections became idle (a counter, not a clock: only the order matters).
-static IDLE_ORDER: AtomicU64 = AtomicU64::new(0);
-
-fn next_idle_mark() -> u64 {
-    IDLE_ORDER.fetch_add(1, Ordering::Relaxed)
+/// Milliseconds on a process-wide monotonic clock, for idle ages.
+pub(crate) fn idle_clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Where a client connection is in its request cycle, shared by the IO wrapper and the
@@ -47,7 +48,7 @@ fn next_idle_mark() -> u64 {
 pub(crate) struct ConnPhase {
     state: AtomicU8,
     reader: Mutex<Option<Waker>>,
-    /// When the connection last became idle, in [`IDLE_ORDER`]'s order.
+    /// When the connection last became idle ([`idle_clock_ms`]).
     idle_mark: AtomicU64,
 }
 
@@ -57,31 +58,37 @@ impl Default for ConnPhase {
         ConnPhase {
             state: AtomicU8::new(IDLE),
             reader: Mutex::new(None),
-            idle_mark: AtomicU64::new(next_idle_mark()),
+            idle_mark: AtomicU64::new(idle_clock_ms()),
         }
     }
 }
 
 impl ConnPhase {
-    /// A request head was parsed: the handler runs.
+    /// A request head was parsed: the handler runs. A connection being closed stays so: the
+    /// request hyper had already read is answered, then the connection ends.
     pub(crate) fn busy(&self) {
-        self.state.store(BUSY, Ordering::Relaxed);
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                matches!(s, IDLE | HEAD).then_some(BUSY)
+            });
     }
 
     /// The response was written: waiting for the next request.
     pub(crate) fn idle(&self) {
+        // The mark first: it is read only while the state says idle.
+        self.idle_mark.store(idle_clock_ms(), Ordering::Relaxed);
         // A tunnel never goes back to waiting for requests.
         let became_idle = self
             .state
             .compare_exchange(BUSY, IDLE, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok();
         if became_idle {
-            self.idle_mark.store(next_idle_mark(), Ordering::Relaxed);
             self.wake_reader();
         }
     }
 
-    /// Since when (in idle order) the connection has waited for a request; None while a
+    /// Since when ([`idle_clock_ms`]) the connection has waited for a request; None while a
     /// request is under way, in a tunnel or closing.
     pub(crate) fn idle_since(&self) -> Option<u64> {
         (self.get() == IDLE).then(|| self.idle_mark.load(Ordering::Relaxed))
@@ -121,6 +128,18 @@ impl ConnPhase {
 
     fn get(&self) -> u8 {
         self.state.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection ended because it was closed to make room.
+    pub(crate) fn was_closed_for_room(&self) -> bool {
+        self.get() == CLOSING
+    }
+
+    /// Bytes came in on a connection being closed: it serves that request after all.
+    fn reopen(&self) {
+        let _ = self
+            .state
+            .compare_exchange(CLOSING, HEAD, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn head_started(&self) {
@@ -182,7 +201,8 @@ impl<T> GuardedIo<T> {
         self.armed_for = phase;
         let limit = match phase {
             IDLE => self.timeouts.idle,
-            HEAD => self.timeouts.header_read,
+            // Closing: what is left to write gets as long as a request head would.
+            HEAD | CLOSING => self.timeouts.header_read,
             _ => return,
         };
         self.deadline.as_mut().reset(Instant::now() + limit);
@@ -196,10 +216,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.phase.get() == CLOSING {
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
+        if this.phase.get() == CLOSING {
+            // A request already in the socket is served, not reset; otherwise: end of stream.
+            return match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.phase.reopen();
+                    this.track_phase();
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                _ => Poll::Ready(Ok(())),
+            };
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
@@ -236,13 +265,33 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     }
 }
 
+impl<T> GuardedIo<T> {
+    /// A write that waits on a client that stopped reading, on a connection being closed
+    /// to make room: past the deadline it fails, and the slot is freed.
+    fn stuck_while_closing<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_pending() {
+            self.track_phase();
+            if self.armed_for == CLOSING && self.deadline.as_mut().poll(cx).is_ready() {
+                let err = io::Error::new(io::ErrorKind::TimedOut, "closing client not reading");
+                return Poll::Ready(Err(err));
+            }
+        }
+        polled
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.stuck_while_closing(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -250,7 +299,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stuck_while_closing(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -258,10 +308,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.stuck_while_closing(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.stuck_while_closing(cx, polled)
     }
 }

@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-/// Buffer per direction for small messages (and for the fallback copy): a read that fills it
-/// marks a bulk flow.
+/// The scratch buffer's size for small messages (and the fallback copy's buffer): a read that
+/// fills it marks a bulk flow.
 const BUF: usize = 32 * 1024;
 /// Pipe size asked for: more data per splice call (the default pipe holds 64 KiB).
 const PIPE_SIZE: libc::c_int = 512 * 1024;
@@ -182,6 +182,8 @@ async fn move_some(from: &TcpStream, to: &mut WriteHalf<'_>) -> io::Result<usize
                 Ok(())
             });
             match read {
+                // The end of the stream: nothing to pass on.
+                Ok(()) if got == 0 => return Ok(Some((0, Vec::new()))),
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
                 // Woken without data: wait again.

@@ -1,16 +1,20 @@
 //! Client connection slots under `EGRESS_WARDEN_MAX_CONNECTIONS`. At the cap, the connection
-//! that has waited longest for its next request (or never sent one) is closed to admit the
-//! newcomer, so a leaky pool of idle clients cannot lock the function out of its own proxy,
-//! and no request under way is cut. Only when every connection is busy or tunnelling does a
-//! new client get 503.
+//! that has waited longest for its next request (or never sent one), for a second at least, is
+//! closed to admit the newcomer, so a leaky pool of idle clients cannot lock the function out
+//! of its own proxy. No request under way is cut, and one already in the socket is served
+//! first. Only when no connection has been idle that long does a new client get 503.
 
-use super::limits::ConnPhase;
+use super::limits::{idle_clock_ms, ConnPhase};
 use crate::metrics::{Counter, Gauge, Recorder};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 type Live = Arc<Mutex<HashMap<u64, Arc<ConnPhase>>>>;
+
+/// How long a connection must have waited before it may be closed for a newcomer: one that
+/// has just connected (its request may be on the way) or just been answered keeps its place.
+const MIN_IDLE_MS: u64 = 1000;
 
 pub(crate) struct Slots {
     max: usize,
@@ -33,6 +37,9 @@ pub(crate) struct ConnSlot {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         lock(&self.live).remove(&self.id);
+        if self.phase.was_closed_for_room() {
+            self.recorder.incr(Counter::IdleClientsClosed);
+        }
         self.active.fetch_sub(1, Ordering::Relaxed);
         self.recorder.gauge_add(Gauge::ActiveConnections, -1);
     }
@@ -85,18 +92,19 @@ impl Slots {
 
     fn close_longest_idle(&self) -> bool {
         let live = lock(&self.live);
+        let idle_before = idle_clock_ms().saturating_sub(MIN_IDLE_MS);
         // A candidate that starts a request between the look and the close is skipped; each
         // turn looks at fewer idle connections, so this ends.
         for _ in 0..live.len() {
-            let Some(candidate) = live
+            let Some((_, phase)) = live
                 .values()
                 .filter_map(|phase| Some((phase.idle_since()?, phase)))
+                .filter(|(since, _)| *since <= idle_before)
                 .min_by_key(|(since, _)| *since)
             else {
                 return false;
             };
-            if candidate.1.close_if_idle() {
-                self.recorder.incr(Counter::IdleClientsClosed);
+            if phase.close_if_idle() {
                 return true;
             }
         }

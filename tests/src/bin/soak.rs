@@ -215,6 +215,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<bool, String> {
     let a = args()?;
+    load::raise_fd_limit();
     let e = |what: &str| {
         let what = what.to_owned();
         move |err: std::io::Error| format!("{what}: {err}")

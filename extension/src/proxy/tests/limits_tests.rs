@@ -151,7 +151,8 @@ async fn at_the_cap_the_longest_idle_connection_makes_room() {
         200
     );
     let _busy = head_started(proxy.addr).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Only connections idle for a second may make room.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // The cap is reached: the connection idle longest (it never sent a byte) is closed.
     assert_eq!(raw(proxy.addr, STATUS).await.expect("reply").status, 200);
@@ -162,6 +163,8 @@ async fn at_the_cap_the_longest_idle_connection_makes_room() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(raw(proxy.addr, STATUS).await.expect("reply").status, 200);
     assert!(closed_within(&mut keep_alive, Duration::from_secs(1)).await);
+    // Counted as each closed connection's task ends.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let snap = proxy.take();
     assert_eq!(count(&snap, Counter::IdleClientsClosed), 2);
     // Status page reads are not proxied requests, and nobody was refused.
@@ -169,15 +172,16 @@ async fn at_the_cap_the_longest_idle_connection_makes_room() {
 }
 
 /// 1,100 clients that connect and never send a byte hold every slot of the default cap;
-/// the next client is still served at once.
+/// once they have been idle a second, each new client is served.
 #[tokio::test]
 async fn idle_clients_cannot_lock_everyone_out() {
+    super::raise_fd_limit();
     let proxy = start(&[]).await;
     let mut idle = Vec::new();
     for _ in 0..1_100 {
         idle.push(TcpStream::connect(proxy.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let started = std::time::Instant::now();
     for _ in 0..5 {
         let reply = raw(proxy.addr, STATUS).await.expect("a reply");
@@ -188,10 +192,17 @@ async fn idle_clients_cannot_lock_everyone_out() {
         "{:?}",
         started.elapsed()
     );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let snap = proxy.take();
-    assert_eq!(count(&snap, Counter::Requests), 0, "nobody was refused");
-    // 1,100 - 1,024 idle clients were closed as they came, then one for a newcomer while a
-    // closed connection's task had not ended yet (each newcomer leaves after its answer).
-    let closed = count(&snap, Counter::IdleClientsClosed);
-    assert!((77..=81).contains(&closed), "{closed}");
+    // Those beyond the cap that came before anyone had idled a second got 503 (counted as
+    // requests); the newcomers after closed idle ones.
+    let (refused, closed) = (
+        count(&snap, Counter::Requests),
+        count(&snap, Counter::IdleClientsClosed),
+    );
+    assert!(
+        refused <= 76 && closed >= 1,
+        "refused {refused}, closed {closed}"
+    );
+    drop(idle);
 }
