@@ -326,7 +326,10 @@ async fn run() -> Result<bool, String> {
             fds = open_fds(pid);
         }
         if settling.elapsed() >= Duration::from_millis(500) {
-            println!("  fds settled to {fds} after {} ms more", settling.elapsed().as_millis());
+            println!(
+                "  fds settled to {fds} after {} ms more",
+                settling.elapsed().as_millis()
+            );
         }
         println!(
             "{round:>5}  {:<9}  {ok:>9}/{answered:<10}  {completed:>9}/{sent:<9}  {peak:>12}  {rss:>11}  {fds:>7}",

@@ -175,7 +175,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room() {
 /// once they have been idle a second, each new client is served.
 #[tokio::test]
 async fn idle_clients_cannot_lock_everyone_out() {
-    super::raise_fd_limit();
+    warden_tests::load::raise_fd_limit();
     let proxy = start(&[]).await;
     let mut idle = Vec::new();
     for _ in 0..1_100 {
