@@ -114,6 +114,10 @@ impl ConnPhase {
         }
     }
 
+    fn forget_reader(&self) {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     fn park_reader(&self, waker: &Waker) {
         let mut slot = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -233,6 +237,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.phase.head_started();
+                    // The waker parked while idle is stale now: left there, the end of this
+                    // request would wake the connection for nothing.
+                    this.phase.forget_reader();
                 }
                 this.track_phase();
                 Poll::Ready(Ok(()))
