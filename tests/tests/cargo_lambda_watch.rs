@@ -493,12 +493,19 @@ fn extension_works_under_cargo_lambda_watch() {
     );
 
     // One more INVOKE: its flush carries what was measured during the previous invocation.
-    let (status, _) = invoke(port, "bootstrap", "{}", Duration::from_secs(60)).unwrap();
-    sent += 1;
-    assert_eq!(status, 200);
-    let flushed = wait_until(Instant::now() + Duration::from_secs(5), || {
-        metric_sum(&emf_docs(&ext.out.snapshot()), "requests") >= 1.0
-    });
+    // (Up to five: cargo-lambda drops an event that lands while the extension is not in `/next`.)
+    let mut flushed = false;
+    for _ in 0..5 {
+        let (status, _) = invoke(port, "bootstrap", "{}", Duration::from_secs(60)).unwrap();
+        sent += 1;
+        assert_eq!(status, 200);
+        flushed = wait_until(Instant::now() + Duration::from_secs(5), || {
+            metric_sum(&emf_docs(&ext.out.snapshot()), "requests") >= 1.0
+        });
+        if flushed {
+            break;
+        }
+    }
     assert!(
         flushed,
         "{}",
@@ -535,12 +542,23 @@ fn extension_works_under_cargo_lambda_watch() {
 
     let docs = emf_docs(&ext.out.snapshot());
     let invocations = metric_sum(&docs, "invocations");
-    // Every INVOKE the extension got was counted; it got at least the last three.
+    // Every INVOKE the extension got was counted. cargo-lambda hands an event only to an
+    // extension parked in `/next` at that moment (one channel per call, dropped after it),
+    // so an invoke landing while the extension flushes never reaches it: compare with the
+    // events the extension logged, not with the invokes sent.
+    let received = ext
+        .err
+        .snapshot()
+        .iter()
+        .filter(|l| l.contains(" INVOKE request_id="))
+        .count() as f64;
     assert!(
-        invocations >= 3.0 && invocations <= f64::from(sent),
+        invocations == received && invocations >= 2.0 && invocations <= f64::from(sent),
         "{}",
         report(
-            &format!("EMF invocations = {invocations}, invokes sent = {sent}"),
+            &format!(
+                "EMF invocations = {invocations}, INVOKE events logged = {received}, invokes sent = {sent}"
+            ),
             &watch,
             &ext
         )
