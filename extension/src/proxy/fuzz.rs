@@ -4,12 +4,12 @@
 //! code, and each step asserts what a policy check downstream relies on.
 
 use super::body::UpstreamBody;
-use super::forward::{forward_target, rewrite_head};
-use super::headers::has_looped;
-use super::host::Target;
+use super::modes::forward::{forward_target, rewrite_head};
+use super::modes::route::build_request;
+use super::modes::split_route;
+use super::policy::host::Target;
 use super::policy::{Policy, Verdict};
-use super::route::build_request;
-use super::service::split_route;
+use super::request::headers::has_looped;
 use crate::config::{PolicyMode, PolicyRule, PolicySettings, Upstream};
 use http::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Request};

@@ -1,15 +1,16 @@
-//! The accept loop: admits clients up to `EGRESS_WARDEN_MAX_CONNECTIONS` ([`super::slots`]:
+//! The accept loop: admits clients up to `EGRESS_WARDEN_MAX_CONNECTIONS` ([`super::client::slots`]:
 //! at the cap an idle connection makes room; with none idle, a 503 and close), serves each with
 //! hyper's HTTP/1.1 server under the header limits, and at shutdown stops accepting and
 //! drains: each connection finishes the request under way, then closes. A malformed request
 //! gets hyper's 400 (or 431 for oversized heads), loses only its own connection, and is
 //! counted like every answered request.
 
-use super::limits::{GuardedIo, MAX_HEADERS, MAX_HEADER_BYTES};
-use super::outcome::ERROR_HEADER;
-use super::record::{Kind, RequestRecord};
-use super::service::{dispatch, Proxy};
-use super::slots::ConnSlot;
+use super::client::limits::{GuardedIo, MAX_HEADERS, MAX_HEADER_BYTES};
+use super::client::slots::ConnSlot;
+use super::modes::dispatch;
+use super::request::outcome::ERROR_HEADER;
+use super::request::record::{Kind, RequestRecord};
+use super::shared::Proxy;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;

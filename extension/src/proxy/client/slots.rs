@@ -4,8 +4,8 @@
 //! of its own proxy. No request under way is cut, and one already in the socket is served
 //! first. Only when no connection has been idle that long does a new client get 503.
 
-use super::limits::{idle_clock_ms, ConnPhase};
 use crate::metrics::{Counter, Gauge, Recorder};
+use crate::proxy::client::limits::{idle_clock_ms, ConnPhase};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -12,14 +12,14 @@
 //! upstream resets before answering anything, they never reached the server, and a fresh
 //! connection gets them instead.
 
-use super::body::ProxyBody;
-use super::host::Target;
-use super::outcome::Refusal;
-use super::record::{record_bytes_out, record_end, Kind, RequestRecord};
-use super::relay::relay;
-use super::service::Proxy;
-use super::slots::ConnSlot;
 use crate::metrics::Event;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::client::slots::ConnSlot;
+use crate::proxy::modes::relay::relay;
+use crate::proxy::policy::host::Target;
+use crate::proxy::request::outcome::Refusal;
+use crate::proxy::request::record::{record_bytes_out, record_end, Kind, RequestRecord};
+use crate::proxy::shared::Proxy;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -74,7 +74,7 @@ pub(crate) async fn handle(
     };
     record.addr = Some(dialed.addr);
     if let Some(reason) = dialed.observed {
-        record.verdict = super::policy::Verdict::Observe(reason);
+        record.verdict = crate::proxy::policy::Verdict::Observe(reason);
     }
     record.status = 200;
     proxy.commit(&record);

@@ -7,9 +7,12 @@
 //! link-local, metadata, and their IPv6 embeddings; lifted only by a CIDR in ALLOW) → the
 //! user's DENY, then ALLOW lists, which `observe` mode only reports.
 
-use super::host::Target;
-use super::ranges::{builtin_hits, reaches_local_host};
+pub(crate) mod host;
+pub(crate) mod ranges;
+
 use crate::config::{PolicyMode, PolicyRule, PolicySettings};
+use host::Target;
+use ranges::{builtin_hits, reaches_local_host};
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

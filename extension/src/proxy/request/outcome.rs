@@ -1,9 +1,9 @@
 //! How a failure is answered and counted: one table from failure kind to status code,
 //! `X-Egress-Warden-Error` token and error counters, so every path reports alike.
 
-use super::body::{ClientBodyError, ProxyBody};
-use super::connect::Failure;
 use crate::metrics::Counter;
+use crate::proxy::body::{ClientBodyError, ProxyBody};
+use crate::proxy::upstream::connect::Failure;
 use http::{HeaderValue, Response, StatusCode};
 use std::error::Error as StdError;
 use std::io;

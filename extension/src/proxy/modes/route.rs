@@ -9,16 +9,16 @@
 //! idle, or during a freeze) sent nothing: the request goes again at once on another
 //! connection, whatever its method, without using up an attempt.
 
-use super::body::{ProxyBody, UpstreamBody};
-use super::breaker::Admission;
-use super::connect::Failure;
-use super::headers::{append_via, strip_hop_by_hop};
-use super::liveness::stale_in;
-use super::outcome::{find_source, Refusal};
-use super::record::{record_bytes_out, Kind, RequestRecord};
-use super::retry::{backoff, method_allows_retry, status_allows_retry};
-use super::service::Proxy;
 use crate::config::Upstream;
+use crate::proxy::body::{ProxyBody, UpstreamBody};
+use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
+use crate::proxy::request::outcome::{find_source, Refusal};
+use crate::proxy::request::record::{record_bytes_out, Kind, RequestRecord};
+use crate::proxy::shared::Proxy;
+use crate::proxy::upstream::breaker::Admission;
+use crate::proxy::upstream::connect::Failure;
+use crate::proxy::upstream::liveness::stale_in;
+use crate::proxy::upstream::retry::{backoff, method_allows_retry, status_allows_retry};
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -138,12 +138,7 @@ pub(crate) async fn handle(
 
         let client = proxy.upstreams.client();
         // Connections of this pool that sat idle are checked first; dead ones are dropped.
-        proxy
-            .upstreams
-            .connector()
-            .registry
-            .sweep(&upstream_key(upstream))
-            .await;
+        proxy.upstreams.sweep(&upstream_key(upstream)).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let sent_at = Instant::now();
         let result = tokio::time::timeout(left, client.request(upstream_req)).await;

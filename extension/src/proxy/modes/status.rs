@@ -2,8 +2,8 @@
 //! summary (no secrets), policy rules, pools, warmed connections, DNS cache, breakers,
 //! findings.
 
-use super::body::ProxyBody;
-use super::service::Proxy;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::shared::Proxy;
 use http::{HeaderValue, Response, StatusCode};
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
         // connections for routes by upstream.
         "warm": {
             "sockets": proxy.sockets.describe(),
-            "routes": proxy.upstreams.connector().parked.describe(),
+            "routes": proxy.upstreams.describe_parked(),
         },
         "dns": proxy.dns.status(),
         "breakers": proxy.breakers.describe(),

@@ -3,11 +3,11 @@
 //! EMF flushed at the next INVOKE already counts it). What is only known later — the time
 //! to the last byte, bytes moved — is added when the body or tunnel ends.
 
-use super::connector::ConnInfo;
-use super::outcome::Refusal;
-use super::policy::Verdict;
-use super::region::is_cross_region;
 use crate::metrics::{Counter, Event, Recorder, Timing};
+use crate::proxy::policy::Verdict;
+use crate::proxy::request::outcome::Refusal;
+use crate::proxy::request::region::is_cross_region;
+use crate::proxy::upstream::connector::ConnInfo;
 use std::net::SocketAddr;
 use std::time::Instant;
 

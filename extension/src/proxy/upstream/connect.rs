@@ -2,11 +2,11 @@
 //! failure), each attempt bounded by `EGRESS_WARDEN_CONNECT_TIMEOUT_MS`. The socket address
 //! handed to `connect` is the one the policy saw: nothing resolves the name again.
 
-use super::host::Target;
-use super::policy::{Policy, Verdict};
 use crate::context::InvocationClock;
 use crate::dns::DnsCache;
 use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, Recorder};
+use crate::proxy::policy::host::Target;
+use crate::proxy::policy::{Policy, Verdict};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! and back after a short splice.
 //! Anything else (another client io) falls back to tokio's buffered copy.
 
-use super::limits::GuardedIo;
+use crate::proxy::client::limits::GuardedIo;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;

@@ -5,15 +5,15 @@
 //! got turned out stale: found dead before anything was written (any method), or broken
 //! before an answer for an idempotent method (the same rule as route mode's retries).
 
-use super::body::{ProxyBody, UpstreamBody};
-use super::connect::Failure;
-use super::headers::{append_via, strip_hop_by_hop};
-use super::host::Target;
-use super::liveness::stale_in;
-use super::outcome::{chain, find_source, Refusal};
-use super::record::{record_bytes_out, Kind, RequestRecord};
-use super::retry::method_allows_retry;
-use super::service::Proxy;
+use crate::proxy::body::{ProxyBody, UpstreamBody};
+use crate::proxy::policy::host::Target;
+use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
+use crate::proxy::request::outcome::{chain, find_source, Refusal};
+use crate::proxy::request::record::{record_bytes_out, Kind, RequestRecord};
+use crate::proxy::shared::Proxy;
+use crate::proxy::upstream::connect::Failure;
+use crate::proxy::upstream::liveness::stale_in;
+use crate::proxy::upstream::retry::method_allows_retry;
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response};
@@ -52,7 +52,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     let client = proxy.upstreams.client();
     // Connections of this pool that sat idle are checked first; dead ones are dropped.
     let pool_key = format!("{scheme}://{target}");
-    proxy.upstreams.connector().registry.sweep(&pool_key).await;
+    proxy.upstreams.sweep(&pool_key).await;
     let sent_at = std::time::Instant::now();
     let mut result = client.request(upstream_req).await;
     if let (Err(err), Some(again)) = (&result, again) {
@@ -60,7 +60,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         if stale == Some(false) || (stale == Some(true) && may_repeat) {
             tracing::debug!(destination = %record.destination, "sending again on another connection: {}", chain(err));
             // Its siblings may have died the same way: drop them before the next try.
-            proxy.upstreams.connector().registry.sweep(&pool_key).await;
+            proxy.upstreams.sweep(&pool_key).await;
             record.retries += 1;
             result = client.request(again).await;
         }

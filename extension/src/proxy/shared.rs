@@ -1,33 +1,29 @@
-//! The proxy's shared state and the per-request dispatch: `CONNECT` → tunnel, absolute-form →
-//! forward, origin-form → status page or route mode. Every answered request goes through
+//! The proxy's state, shared by every request: resolve-check-connect, the pooled upstream
+//! client, parked connections, breakers and client slots. Every answered request goes through
 //! [`Proxy::refuse`] or [`Proxy::relay`] (tunnels: [`Proxy::commit`]), which count it once.
 
 use super::body::ProxyBody;
-use super::breaker::{Breakers, FAILURES_TO_OPEN, OPEN_FOR};
-use super::connect::{ms_since, Dialer};
-use super::connector::{ConnInfo, WardenConnector};
-use super::headers::{has_looped, strip_hop_by_hop};
-use super::limits::Timeouts;
-use super::liveness::Registry;
-use super::outcome::Refusal;
+use super::client::limits::Timeouts;
+use super::client::slots::Slots;
 use super::policy::Policy;
-use super::pool_stats::PoolStats;
-use super::prewarmed::{ParkedSocket, Prewarmed};
-use super::record::{record_end, Kind, RequestRecord};
-use super::slots::{ConnSlot, Slots};
-use super::tls::TlsSetup;
-use super::upstreams::Upstreams;
-use super::{forward, route, status, tunnel};
+use super::request::headers::strip_hop_by_hop;
+use super::request::outcome::Refusal;
+use super::request::record::{record_end, RequestRecord};
+use super::upstream::breaker::{Breakers, FAILURES_TO_OPEN, OPEN_FOR};
+use super::upstream::connect::{ms_since, Dialer};
+use super::upstream::connector::{ConnInfo, WardenConnector};
+use super::upstream::liveness::Registry;
+use super::upstream::pool_stats::PoolStats;
+use super::upstream::prewarmed::{ParkedSocket, Prewarmed};
+use super::upstream::tls::TlsSetup;
+use super::upstream::Upstreams;
 use crate::context::Context;
 use crate::dns::DnsCache;
 use crate::metrics::Counter;
-use http::{Method, Request, Response, StatusCode};
+use http::Response;
 use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
-
-pub(crate) const STATUS_PATH: &str = "/_warden/status";
 
 pub(crate) struct Proxy {
     pub ctx: Context,
@@ -151,7 +147,7 @@ impl Proxy {
 
     /// Whether an authority names this proxy itself (a client sending route or status
     /// requests in absolute form).
-    fn is_self(&self, uri: &http::Uri) -> bool {
+    pub(crate) fn is_self(&self, uri: &http::Uri) -> bool {
         let Some(authority) = uri.authority() else {
             return false;
         };
@@ -161,74 +157,4 @@ impl Proxy {
             .trim_end_matches(']');
         authority.port_u16() == Some(self.port) && matches!(host, "127.0.0.1" | "localhost" | "::1")
     }
-}
-
-pub(crate) async fn dispatch(
-    proxy: Arc<Proxy>,
-    slot: Arc<ConnSlot>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    slot.phase.busy();
-    let is_connect = req.method() == Method::CONNECT;
-    let mut res = if is_connect {
-        tunnel::handle(&proxy, req, slot.clone()).await
-    } else if req.uri().scheme().is_some() && !proxy.is_self(req.uri()) {
-        if has_looped(req.headers()) {
-            let mut record = RequestRecord::new(Kind::Forward, req.method());
-            let refusal = Refusal::new(
-                StatusCode::FORBIDDEN,
-                "loop",
-                "this request already went through egress-warden",
-            )
-            .denial();
-            proxy.refuse(&mut record, refusal)
-        } else {
-            forward::handle(&proxy, req).await
-        }
-    } else {
-        origin(&proxy, req).await
-    };
-    if is_connect && res.status() == StatusCode::OK {
-        slot.phase.tunnel();
-    } else {
-        // Draining at shutdown: this is the connection's last answer, and the client is told.
-        if *proxy.ctx.shutdown.borrow() {
-            res.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-        }
-        let phase = slot.phase.clone();
-        res.body_mut().on_done(Box::new(move |_| phase.idle()));
-    }
-    Ok(res)
-}
-
-/// Requests addressed to the proxy itself: the status page, or a route.
-async fn origin(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let path = req.uri().path().to_owned();
-    if path == STATUS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
-        return status::response(proxy);
-    }
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let (name, rest) = split_route(path_and_query);
-    if name.is_empty() {
-        let mut record = RequestRecord::new(Kind::Rejected, req.method());
-        let refusal = Refusal::new(
-            StatusCode::NOT_FOUND,
-            "unknown_route",
-            "egress-warden: use a proxy request, /<route>/<path> or /_warden/status",
-        );
-        return proxy.refuse(&mut record, refusal);
-    }
-    let (name, rest) = (name.to_owned(), rest.to_owned());
-    route::handle(proxy, req, &name, &rest).await
-}
-
-/// `/<route>/<rest>` → (`route`, `/<rest>`); the query stays with the rest. An empty name
-/// means no route was named.
-pub(crate) fn split_route(path_and_query: &str) -> (&str, &str) {
-    let after_slash = path_and_query.strip_prefix('/').unwrap_or(path_and_query);
-    let split = after_slash.find(['/', '?']).unwrap_or(after_slash.len());
-    after_slash.split_at(split)
 }

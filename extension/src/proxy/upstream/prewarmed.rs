@@ -2,9 +2,9 @@
 //! TCP sockets for `CONNECT host:port`, ready TLS connections for route mode. Each is checked
 //! alive when taken; a dead one is noted as stale (caught) and never handed out.
 
-use super::liveness::{probe, Liveness};
 use crate::context::InvocationClock;
 use crate::metrics::{Event, Recorder};
+use crate::proxy::upstream::liveness::{probe, Liveness};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,7 +20,7 @@ pub(crate) trait Parkable {
 
 /// A pre-connected TCP socket for a `CONNECT` target.
 pub(crate) struct ParkedSocket {
-    pub dialed: super::connect::Dialed,
+    pub dialed: crate::proxy::upstream::connect::Dialed,
     pub host: String,
     pub parked_at: Instant,
 }

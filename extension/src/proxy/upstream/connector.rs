@@ -7,13 +7,13 @@
 //! adopts a parked one when it next asks for a connection to that upstream. Every connection
 //! carries a [`Health`] cell, so a stale one is found before a request is written to it.
 
-use super::connect::{ms_since, Dialer, Failure};
-use super::host::Target;
-use super::liveness::{Health, Liveness, Registry};
-use super::pool_stats::{OpenGuard, PoolStats};
-use super::prewarmed::{Parkable, Prewarmed};
-use super::tls::{server_name, TlsSetup};
 use crate::metrics::ConnectPurpose;
+use crate::proxy::policy::host::Target;
+use crate::proxy::upstream::connect::{ms_since, Dialer, Failure};
+use crate::proxy::upstream::liveness::{Health, Liveness, Registry};
+use crate::proxy::upstream::pool_stats::{OpenGuard, PoolStats};
+use crate::proxy::upstream::prewarmed::{Parkable, Prewarmed};
+use crate::proxy::upstream::tls::{server_name, TlsSetup};
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;

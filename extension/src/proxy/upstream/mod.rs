@@ -7,8 +7,19 @@
 //! so when the wall clock says the pool sat unused longer than that, the whole pool is
 //! dropped and rebuilt rather than trusted.
 
-use super::body::UpstreamBody;
-use super::connector::WardenConnector;
+pub(crate) mod breaker;
+pub(crate) mod connect;
+pub(crate) mod connector;
+pub(crate) mod liveness;
+pub(crate) mod pool_stats;
+pub(crate) mod prewarmed;
+pub(crate) mod retry;
+pub(crate) mod tls;
+
+use crate::proxy::body::UpstreamBody;
+use crate::proxy::upstream::connect::Failure;
+use crate::proxy::upstream::connector::{pool_key, ConnInfo, WardenConnector};
+use crate::proxy::upstream::liveness::Revalidated;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,9 +49,41 @@ impl Upstreams {
         }
     }
 
-    /// What opens (and parks) upstream connections.
-    pub(crate) fn connector(&self) -> &WardenConnector {
-        &self.connector
+    /// Checks this pool's connections that sat idle before one is reused; dead ones go.
+    pub(crate) async fn sweep(&self, pool_key: &str) {
+        self.connector.registry.sweep(pool_key).await;
+    }
+
+    /// Opens a connection to `uri` (TLS for `https`) and parks it for the pool.
+    pub(crate) async fn warm(&self, uri: http::Uri) -> Result<ConnInfo, Failure> {
+        self.connector.warm(uri).await
+    }
+
+    /// Open connections to the upstream `uri` names (pooled, busy or parked).
+    pub(crate) fn open_for(&self, uri: &http::Uri) -> usize {
+        match pool_key(uri) {
+            Ok((key, _, _)) => self.connector.registry.open_for(&key),
+            Err(_) => 0,
+        }
+    }
+
+    /// Connections parked by the warm-up, by upstream (the status page).
+    pub(crate) fn describe_parked(&self) -> serde_json::Value {
+        self.connector.parked.describe()
+    }
+
+    /// Drops every parked connection and retires every pooled one; how many went.
+    pub(crate) fn retire_all(&self) -> usize {
+        self.connector.parked.clear() + self.connector.registry.retire_all()
+    }
+
+    /// Drops dead parked connections, then checks every pooled one.
+    pub(crate) fn revalidate(&self) -> Revalidated {
+        let (checked, dead) = self.connector.parked.purge();
+        let mut found = self.connector.registry.revalidate();
+        found.checked += checked;
+        found.dead += dead;
+        found
     }
 
     /// The client to send a request with.
