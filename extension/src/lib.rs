@@ -10,12 +10,15 @@
 //! (region, service).
 
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod diagnose;
 pub mod dns;
+pub mod findings;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod shutdown;
 pub mod telemetry;
 pub mod warm;

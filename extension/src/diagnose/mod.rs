@@ -2,7 +2,7 @@
 //! connects, DNS queries, stale connections and requests, and judges each finding's rule
 //! (`rules`) over a sliding window of recent events.
 //!
-//! A finding is posted on the board in [`Context`] (which logs it and which the status page
+//! A finding is posted on the board ([`Findings`]) (which logs it and which the status page
 //! lists) when its rule fires, and counted as `symptom_<finding>` for the next flush. It is
 //! taken down when the events since it appeared show the problem gone; after that only
 //! events newer than the clearing count towards raising it again, so one burst of bad
@@ -17,11 +17,13 @@ mod rules;
 mod tests;
 
 use crate::aws::aws_endpoint_of;
-use crate::context::{ActiveFinding, Context, Evaluate, Findings, InvocationClock};
+use crate::clock::InvocationClock;
+use crate::config::Config;
+use crate::findings::{ActiveFinding, Findings};
 use crate::metrics::{ConnectOutcome, Event, Observation, Recorder};
 use ipnet::IpNet;
 use rules::{Inputs, RULES};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The window: at most this many recent connect attempts, …
@@ -49,6 +51,16 @@ pub struct Settings {
     pub home_region: Option<String>,
     /// `EGRESS_WARDEN_POOL_IDLE_S`, quoted in `idle_reset`'s evidence.
     pub pool_idle: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            vpc_cidrs: config.vpc_cidrs.clone(),
+            home_region: config.lambda.region.clone(),
+            pool_idle: config.pool_idle,
+        }
+    }
 }
 
 /// One journal event with its sequence number (the order the recorder saw it) and what is
@@ -198,23 +210,32 @@ impl Diagnosis {
         }
     }
 
-    /// The diagnosis of `ctx`, registered with its findings board so that
-    /// [`Findings::refresh`] (called by the lifecycle and the status page) runs it. The
-    /// board holds it weakly: keep the returned handle for as long as it should run.
-    pub fn start(ctx: &Context) -> Arc<Diagnosis> {
-        let settings = Settings {
-            vpc_cidrs: ctx.config.vpc_cidrs.clone(),
-            home_region: ctx.config.lambda.region.clone(),
-            pool_idle: ctx.config.pool_idle,
-        };
-        let diagnosis = Arc::new(Diagnosis::new(
-            ctx.recorder.clone(),
-            ctx.clock.clone(),
-            ctx.findings.clone(),
-            settings,
-        ));
-        let weak: Weak<Diagnosis> = Arc::downgrade(&diagnosis);
-        ctx.findings.set_evaluator(weak);
+    /// A diagnosis that also answers the board's refresh requests (the status page's) from a
+    /// task of its own. The lifecycle calls [`Diagnosis::run`] itself before each flush.
+    pub fn start(
+        recorder: Recorder,
+        clock: Arc<InvocationClock>,
+        board: Arc<Findings>,
+        settings: Settings,
+    ) -> Arc<Diagnosis> {
+        let requests = board.take_refresh_requests();
+        let diagnosis = Arc::new(Diagnosis::new(recorder, clock, board, settings));
+        if let Some(mut requests) = requests {
+            let diagnosis = diagnosis.clone();
+            tokio::spawn(async move {
+                while let Some(first) = requests.recv().await {
+                    // Every request already queued is answered by one run.
+                    let mut waiting = vec![first];
+                    while let Ok(more) = requests.try_recv() {
+                        waiting.push(more);
+                    }
+                    diagnosis.run();
+                    for done in waiting {
+                        let _ = done.send(());
+                    }
+                }
+            });
+        }
         diagnosis
     }
 
@@ -286,12 +307,6 @@ impl Diagnosis {
                 }
             }
         }
-    }
-}
-
-impl Evaluate for Diagnosis {
-    fn evaluate(&self) {
-        self.run();
     }
 }
 

@@ -19,17 +19,19 @@ use super::extensions_api::{Event, ExtensionsApi};
 use super::flusher::{epoch_ms, Flusher};
 use super::logging;
 use super::restore::{Restore, RestoreWatch};
-use crate::context::Context;
+use crate::clock::InvocationClock;
+use crate::diagnose::Diagnosis;
 use crate::dns::DnsCache;
-use crate::metrics::{self, Counter, Gauge};
+use crate::metrics::{self, Counter, Gauge, Recorder};
 use crate::proxy::Warmer;
+use crate::shutdown::ShutdownTrigger;
 use crate::telemetry::{Delivery, PlatformEvent};
 use crate::warm;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// The longest the drain at SHUTDOWN may take: Lambda gives the extensions 2 s in all, and the
 /// final CloudWatch send and the exit come after it.
@@ -52,6 +54,21 @@ fn drain_budget(deadline_ms: Option<u64>, now_ms: u64) -> Duration {
 const DEFAULT_TIMER_FLUSH: Duration = Duration::from_secs(30);
 
 /// What the loop acts on besides the Extensions API.
+/// What the loop reads and writes besides the Extensions API.
+pub(super) struct Parts {
+    pub clock: Arc<InvocationClock>,
+    pub recorder: Recorder,
+    /// Run before each flush, so the flush carries the findings' counts.
+    pub diagnosis: Arc<Diagnosis>,
+    /// Tells the listeners to stop accepting and drain.
+    pub shutdown: ShutdownTrigger,
+    pub warmup: warm::Warmup,
+    /// `EGRESS_WARDEN_FLUSH_INTERVAL_S`.
+    pub flush_interval: Option<Duration>,
+    /// `EGRESS_WARDEN_POOL_IDLE_S`: unseen time past it retires every connection.
+    pub pool_idle: Duration,
+}
+
 pub(super) struct Inputs {
     /// Delivered telemetry batches (none when the subscription failed).
     pub telemetry: Option<mpsc::UnboundedReceiver<Delivery>>,
@@ -63,9 +80,7 @@ pub(super) struct Inputs {
 
 pub(super) struct EventLoop<'a> {
     api: &'a ExtensionsApi,
-    ctx: &'a Context,
-    /// Tells the listeners to stop accepting and drain.
-    shutdown: watch::Sender<bool>,
+    parts: Parts,
     flusher: Flusher,
     inputs: Inputs,
     restore: RestoreWatch,
@@ -75,8 +90,7 @@ pub(super) struct EventLoop<'a> {
 impl<'a> EventLoop<'a> {
     pub(super) fn new(
         api: &'a ExtensionsApi,
-        ctx: &'a Context,
-        shutdown: watch::Sender<bool>,
+        parts: Parts,
         mut flusher: Flusher,
         inputs: Inputs,
         restore: RestoreWatch,
@@ -86,8 +100,7 @@ impl<'a> EventLoop<'a> {
         }
         EventLoop {
             api,
-            ctx,
-            shutdown,
+            parts,
             flusher,
             inputs,
             restore,
@@ -104,7 +117,7 @@ impl<'a> EventLoop<'a> {
                 None
             }
         };
-        let interval = match self.ctx.config.flush_interval {
+        let interval = match self.parts.flush_interval {
             Some(interval) => interval,
             None if self.inputs.invoke_events => Duration::ZERO,
             // Nothing else would flush before SHUTDOWN.
@@ -144,18 +157,18 @@ impl<'a> EventLoop<'a> {
 
     fn on_invoke(&mut self, deadline_ms: u64, request_id: &str) {
         let restore = self.restore.event();
-        let gap = self.ctx.clock.begin_invocation(deadline_ms);
+        let gap = self.parts.clock.begin_invocation(deadline_ms);
         match (restore, &self.inputs.warmer) {
             // The restore handling checks and warms instead.
             (Some(restore), _) => self.restored(restore, None),
             (None, Some(warmer)) => {
-                warm::after_thaw(self.ctx, warmer, &self.rewarm, gap);
+                warm::after_thaw(&self.parts.warmup, warmer, &self.rewarm, gap);
             }
             (None, None) => {}
         }
-        self.ctx.recorder.incr(Counter::Invocations);
+        self.parts.recorder.incr(Counter::Invocations);
         tracing::debug!(%request_id, "INVOKE");
-        self.ctx.findings.refresh();
+        self.parts.diagnosis.run();
         self.flusher.flush();
     }
 
@@ -164,17 +177,17 @@ impl<'a> EventLoop<'a> {
             (Some(restore), _) => self.restored(restore, None),
             // No INVOKE comes to check idle connections: the timer does it.
             (None, Some(warmer)) if !self.inputs.invoke_events => {
-                warm::after_thaw(self.ctx, warmer, &self.rewarm, Some(interval));
+                warm::after_thaw(&self.parts.warmup, warmer, &self.rewarm, Some(interval));
             }
             _ => {}
         }
-        self.ctx.findings.refresh();
+        self.parts.diagnosis.run();
         self.flusher.flush();
     }
 
     fn on_telemetry(&mut self, delivery: Delivery) {
         let Delivery { batch, done } = delivery;
-        let recorder = &self.ctx.recorder;
+        let recorder = self.parts.recorder.clone();
         if batch.ignored > 0 {
             recorder.count(Counter::TelemetryRecordsIgnored, batch.ignored as u64);
         }
@@ -182,7 +195,7 @@ impl<'a> EventLoop<'a> {
         for event in batch.events {
             match event {
                 PlatformEvent::Start { request_id } if !self.inputs.invoke_events => {
-                    self.ctx.clock.note_invocation();
+                    self.parts.clock.note_invocation();
                     recorder.incr(Counter::Invocations);
                     tracing::debug!(%request_id, "invocation started");
                 }
@@ -190,7 +203,7 @@ impl<'a> EventLoop<'a> {
                     recorder.incr(Counter::FunctionTimeouts);
                     // Evidence for the findings whose connects got no answer.
                     recorder.note(
-                        self.ctx.clock.invocations(),
+                        self.parts.clock.invocations(),
                         metrics::Event::FunctionTimeout,
                     );
                     // The proxy's own lines before this one say which calls were still open.
@@ -223,9 +236,9 @@ impl<'a> EventLoop<'a> {
         if let Some(dns) = &self.inputs.dns {
             dns.age_by(restore.unseen);
         }
-        let retire = restore.from_snapshot || restore.unseen >= self.ctx.config.pool_idle;
+        let retire = restore.from_snapshot || restore.unseen >= self.parts.pool_idle;
         if restore.from_snapshot {
-            self.ctx.recorder.incr(Counter::Restores);
+            self.parts.recorder.incr(Counter::Restores);
         }
         let Some(warmer) = self.inputs.warmer.clone() else {
             return;
@@ -236,7 +249,12 @@ impl<'a> EventLoop<'a> {
                 unseen_ms = restore.unseen.as_millis() as u64,
                 "time passed unseen by the monotonic clock: checking every connection"
             );
-            warm::after_thaw(self.ctx, &warmer, &self.rewarm, Some(restore.unseen));
+            warm::after_thaw(
+                &self.parts.warmup,
+                &warmer,
+                &self.rewarm,
+                Some(restore.unseen),
+            );
             return;
         }
         let retired = warmer.retire_all();
@@ -246,9 +264,9 @@ impl<'a> EventLoop<'a> {
             retired_connections = retired,
             "restored: connections from before are let go and the warm-up runs again"
         );
-        let ctx = self.ctx.clone();
+        let warmup = self.parts.warmup.clone();
         tokio::spawn(async move {
-            warm::after_restore(&ctx, &warmer).await;
+            warm::after_restore(&warmup, &warmer).await;
             drop(done);
         });
     }
@@ -258,10 +276,10 @@ impl<'a> EventLoop<'a> {
     /// `Connection: close`) within [`drain_budget`]; only then is the final window taken, so
     /// a request is either answered and counted, or refused.
     async fn finish(&mut self, deadline_ms: Option<u64>, why: &str, reason: &str) {
-        let _ = self.shutdown.send(true);
+        self.parts.shutdown.trigger();
         let drain_started = tokio::time::Instant::now();
         let until = drain_started + drain_budget(deadline_ms, epoch_ms());
-        let recorder = &self.ctx.recorder;
+        let recorder = &self.parts.recorder;
         while recorder.gauge_value(Gauge::ActiveConnections) > 0
             && tokio::time::Instant::now() < until
         {
@@ -287,7 +305,7 @@ impl<'a> EventLoop<'a> {
                 self.on_telemetry(delivery);
             }
         }
-        self.ctx.findings.refresh();
+        self.parts.diagnosis.run();
         self.flusher.finish(deadline_ms).await;
     }
 }

@@ -18,12 +18,16 @@ mod ready;
 mod restore;
 mod workers;
 
+use crate::clock::InvocationClock;
 use crate::config::{Config, InitType, Problem};
-use crate::context::{Context, InvocationClock};
+use crate::context::Context;
+use crate::diagnose::{self, Diagnosis};
 use crate::dns::{self, DnsCache, DnsServerHandle};
+use crate::findings::Findings;
 use crate::metrics::cloudwatch::CloudWatchSink;
 use crate::metrics::{Counter, EmfWriter, Recorder, Timing};
-use crate::proxy::{self, ProxyHandle};
+use crate::proxy::{self, ProxyDeps, ProxyHandle};
+use crate::shutdown;
 use crate::telemetry::{self, TelemetryListener};
 use crate::warm;
 use events::EventLoop;
@@ -34,7 +38,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 const DEFAULT_NAME: &str = "egress-warden";
 const CONFIG_INVALID: &str = "Extension.ConfigInvalid";
@@ -199,7 +203,16 @@ async fn start_services(ctx: &Context) -> Services {
     match (&cache, port) {
         (_, 0) => {}
         (None, _) => tracing::error!("the proxy is disabled because the DNS cache could not start"),
-        (Some(cache), _) => match proxy::bind(ctx, cache.clone()).await {
+        (Some(cache), _) => match proxy::bind(ProxyDeps {
+            config: ctx.config.clone(),
+            recorder: ctx.recorder.clone(),
+            clock: ctx.clock.clone(),
+            findings: ctx.findings.clone(),
+            shutdown: ctx.shutdown.clone(),
+            dns: cache.clone(),
+        })
+        .await
+        {
             Ok(handle) => proxy_handle = Some(handle),
             Err(err) => tracing::error!(
                 variable = "EGRESS_WARDEN_PROXY_PORT",
@@ -245,16 +258,22 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     recorder.count(Counter::ConfigErrors, problems.len() as u64);
 
     let fail_init = config.strict && !problems.is_empty();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_trigger, shutdown) = shutdown::channel();
+    let clock = Arc::new(InvocationClock::new());
+    let findings = Arc::new(Findings::default());
+    let diagnosis = Diagnosis::start(
+        recorder.clone(),
+        clock.clone(),
+        findings.clone(),
+        diagnose::Settings::from_config(&config),
+    );
     let ctx = Context {
         config: config.clone(),
         recorder: recorder.clone(),
-        clock: Arc::new(InvocationClock::new()),
-        findings: Default::default(),
-        shutdown: shutdown_rx,
+        clock: clock.clone(),
+        findings,
+        shutdown,
     };
-    // Runs when the board is refreshed: on INVOKE and at the end, before each flush.
-    let _diagnosis = crate::diagnose::Diagnosis::start(&ctx);
 
     // Whatever an earlier life left: the wrapper must not trust it.
     if config.proxy_port != 0 {
@@ -304,8 +323,9 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         .as_ref()
         .and_then(|s| s.proxy.as_ref())
         .map(ProxyHandle::warmer);
+    let warmup = warm::Warmup::new(&config, recorder.clone());
     if let Some(warmer) = &warmer {
-        warm::during_init(&ctx, warmer).await;
+        warm::during_init(&warmup, warmer).await;
     }
     let mut restore = RestoreWatch::new(init_type == InitType::SnapStart);
     restore.init_done();
@@ -339,7 +359,16 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         dns: services.as_ref().and_then(|s| s.cache.clone()),
         invoke_events,
     };
-    EventLoop::new(&api, &ctx, shutdown_tx, flusher, inputs, restore)
+    let parts = events::Parts {
+        clock,
+        recorder,
+        diagnosis,
+        shutdown: shutdown_trigger,
+        warmup,
+        flush_interval: config.flush_interval,
+        pool_idle: config.pool_idle,
+    };
+    EventLoop::new(&api, parts, flusher, inputs, restore)
         .run()
         .await
 }

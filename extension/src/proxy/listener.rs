@@ -29,8 +29,8 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         .max_header_size(MAX_HEADER_BYTES)
         // Our own GuardedIo times header reads (hyper's timer would also cut idle keep-alive).
         .header_read_timeout(None);
-    let ctx = proxy.ctx.clone();
-    let shutdown = ctx.shutting_down();
+    let shutdown = proxy.shutdown.clone();
+    let shutdown = shutdown.wait();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -77,7 +77,7 @@ async fn serve_connection(
     // request is counted before the client sees the connection close.
     // At shutdown the connection finishes the request under way, answers it with
     // `Connection: close` and ends (an idle one ends at once): drained, not cut.
-    let shutdown = proxy.ctx.shutting_down();
+    let shutdown = proxy.shutdown.wait();
     tokio::pin!(shutdown);
     let served = tokio::select! {
         served = connection.as_mut() => served,

@@ -27,8 +27,12 @@ mod warmer;
 #[cfg(test)]
 mod tests;
 
-use crate::context::Context;
+use crate::clock::InvocationClock;
+use crate::config::Config;
 use crate::dns::DnsCache;
+use crate::findings::Findings;
+use crate::metrics::Recorder;
+use crate::shutdown::Shutdown;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -62,23 +66,35 @@ impl ProxyHandle {
     }
 }
 
+/// What the proxy is built from.
+pub struct ProxyDeps {
+    /// Ports, policy, routes, timeouts, pool and retry settings.
+    pub config: Arc<Config>,
+    /// Where every request, connect and stale connection is counted.
+    pub recorder: Recorder,
+    /// The invocation's deadline bounds route retries.
+    pub clock: Arc<InvocationClock>,
+    /// Listed by the status page.
+    pub findings: Arc<Findings>,
+    /// Stops the listener; answers after it close their connection.
+    pub shutdown: Shutdown,
+    /// Resolves upstream host names (the cache the DNS listener serves).
+    pub dns: Arc<DnsCache>,
+}
+
 /// Binds 127.0.0.1:`proxy_port` (synchronously, so the port is ready before Lambda
-/// registration returns) and serves until `ctx.shutting_down()` resolves.
-pub async fn bind(ctx: &Context, dns: Arc<DnsCache>) -> io::Result<ProxyHandle> {
-    bind_with(ctx, dns, ClientTimeouts::default())
+/// registration returns) and serves until shutdown.
+pub async fn bind(deps: ProxyDeps) -> io::Result<ProxyHandle> {
+    bind_with(deps, ClientTimeouts::default())
 }
 
 /// [`bind`] with other client timeouts (tests).
-pub fn bind_with(
-    ctx: &Context,
-    dns: Arc<DnsCache>,
-    timeouts: ClientTimeouts,
-) -> io::Result<ProxyHandle> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, ctx.config.proxy_port))?;
+pub fn bind_with(deps: ProxyDeps, timeouts: ClientTimeouts) -> io::Result<ProxyHandle> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, deps.config.proxy_port))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
-    let proxy = Arc::new(shared::Proxy::new(ctx, dns, local_addr.port(), timeouts));
+    let proxy = Arc::new(shared::Proxy::new(deps, local_addr.port(), timeouts));
     let task = tokio::spawn(listener::serve(listener, proxy.clone()));
     tracing::info!("proxy listening on {local_addr}");
     Ok(ProxyHandle {

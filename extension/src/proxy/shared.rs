@@ -17,16 +17,25 @@ use super::upstream::pool_stats::PoolStats;
 use super::upstream::prewarmed::{ParkedSocket, Prewarmed};
 use super::upstream::tls::TlsSetup;
 use super::upstream::Upstreams;
-use crate::context::Context;
+use crate::clock::InvocationClock;
+use crate::config::Config;
 use crate::dns::DnsCache;
+use crate::findings::Findings;
 use crate::metrics::Counter;
+use crate::metrics::Recorder;
+use crate::shutdown::Shutdown;
 use http::Response;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub(crate) struct Proxy {
-    pub ctx: Context,
+    pub config: Arc<Config>,
+    pub recorder: Recorder,
+    pub clock: Arc<InvocationClock>,
+    /// Read by the status page.
+    pub findings: Arc<Findings>,
+    pub shutdown: Shutdown,
     pub dialer: Arc<Dialer>,
     pub upstreams: Upstreams,
     pub breakers: Breakers,
@@ -45,14 +54,21 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// The proxy's state for a listener bound on `port`: resolve-check-connect, the pooled
     /// client with its TLS, parked and checked connections, breakers.
-    pub(crate) fn new(ctx: &Context, dns: Arc<DnsCache>, port: u16, timeouts: Timeouts) -> Proxy {
-        let config = &ctx.config;
+    pub(crate) fn new(deps: super::ProxyDeps, port: u16, timeouts: Timeouts) -> Proxy {
+        let super::ProxyDeps {
+            config,
+            recorder,
+            clock,
+            findings,
+            shutdown,
+            dns,
+        } = deps;
         let dialer = Arc::new(Dialer {
             dns: dns.clone(),
             policy: Policy::new(config.policy.clone(), vec![port, config.dns_port]),
             connect_timeout: config.connect_timeout,
-            recorder: ctx.recorder.clone(),
-            clock: ctx.clock.clone(),
+            recorder: recorder.clone(),
+            clock: clock.clone(),
         });
         let pools = Arc::new(PoolStats::default());
         let connector = WardenConnector {
@@ -61,30 +77,34 @@ impl Proxy {
             pools: pools.clone(),
             parked: Arc::new(Prewarmed::new(
                 config.pool_idle,
-                ctx.recorder.clone(),
-                ctx.clock.clone(),
+                recorder.clone(),
+                clock.clone(),
             )),
-            registry: Registry::new(ctx.recorder.clone(), ctx.clock.clone()),
+            registry: Registry::new(recorder.clone(), clock.clone()),
         };
         Proxy {
-            ctx: ctx.clone(),
             dialer,
             upstreams: Upstreams::new(connector, config.pool_idle),
             breakers: Breakers::new(FAILURES_TO_OPEN, OPEN_FOR),
             pools,
-            sockets: Prewarmed::new(config.pool_idle, ctx.recorder.clone(), ctx.clock.clone()),
+            sockets: Prewarmed::new(config.pool_idle, recorder.clone(), clock.clone()),
             dns,
             port,
             started: Instant::now(),
             timeouts,
             retry_max: config.retry_max,
-            slots: Slots::new(config.max_connections, ctx.recorder.clone()),
+            slots: Slots::new(config.max_connections, recorder.clone()),
+            config,
+            recorder,
+            clock,
+            findings,
+            shutdown,
         }
     }
 
     /// Counts the request and writes its decision line.
     pub(crate) fn commit(&self, record: &RequestRecord) {
-        record.commit(&self.ctx.recorder, self.ctx.config.lambda.region.as_deref());
+        record.commit(&self.recorder, self.config.lambda.region.as_deref());
     }
 
     /// Answers with an error of the proxy's own.
@@ -96,7 +116,7 @@ impl Proxy {
         record.refused(&refusal);
         self.commit(record);
         let mut res = refusal.response();
-        let recorder = self.ctx.recorder.clone();
+        let recorder = self.recorder.clone();
         let (dest, started) = (record.destination.clone(), record.started);
         res.body_mut()
             .on_done(Box::new(move |_| record_end(&recorder, &dest, started, 0)));
@@ -124,7 +144,7 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         let mut body = ProxyBody::upstream(body);
-        let recorder = self.ctx.recorder.clone();
+        let recorder = self.recorder.clone();
         let (dest, started) = (record.destination.clone(), record.started);
         body.on_done(Box::new(move |n| record_end(&recorder, &dest, started, n)));
         Response::from_parts(parts, body)
@@ -132,11 +152,8 @@ impl Proxy {
 
     pub(crate) fn note_breaker_failure(&self, key: &str, probe: bool) {
         if self.breakers.failure(key) {
-            self.ctx.recorder.count_for(
-                key.trim_start_matches("https://"),
-                Counter::CircuitOpen,
-                1,
-            );
+            self.recorder
+                .count_for(key.trim_start_matches("https://"), Counter::CircuitOpen, 1);
             tracing::warn!(
                 upstream = key,
                 probe,

@@ -108,7 +108,6 @@ impl Warmer {
     fn route_uri(&self, name: &str) -> Result<http::Uri, WarmError> {
         let route = self
             .proxy
-            .ctx
             .config
             .route(name)
             .ok_or_else(|| WarmError(format!("no route named {name:?}")))?;

@@ -16,9 +16,9 @@
 //!
 //! This module drives; the proxy owns the sockets ([`Warmer`]).
 
+use crate::config::Config;
 use crate::config::WarmTarget;
-use crate::context::Context;
-use crate::metrics::{Counter, Timing};
+use crate::metrics::{Counter, Recorder, Timing};
 use crate::proxy::{WarmError, Warmed, Warmer};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -51,25 +51,48 @@ pub struct WarmReport {
     pub timed_out: usize,
 }
 
+/// What the warm-up works from: the targets, its time budgets and where it counts.
+#[derive(Clone)]
+pub struct Warmup {
+    /// `EGRESS_WARDEN_WARM`.
+    pub targets: Arc<[WarmTarget]>,
+    /// `EGRESS_WARDEN_WARM_BUDGET_MS`: INIT's share.
+    pub init_budget: Duration,
+    /// `EGRESS_WARDEN_RESTORE_BUDGET_MS`: after a SnapStart restore.
+    pub restore_budget: Duration,
+    pub recorder: Recorder,
+}
+
+impl Warmup {
+    pub fn new(config: &Config, recorder: Recorder) -> Warmup {
+        Warmup {
+            targets: config.warm.clone().into(),
+            init_budget: config.warm_budget,
+            restore_budget: config.restore_budget,
+            recorder,
+        }
+    }
+}
+
 /// Warms every configured target, returning when all are done or the budget is spent.
-pub async fn during_init(ctx: &Context, warmer: &Warmer) -> WarmReport {
-    warm_all(ctx, warmer, ctx.config.warm_budget, "warm-up done").await
+pub async fn during_init(plan: &Warmup, warmer: &Warmer) -> WarmReport {
+    warm_all(plan, warmer, plan.init_budget, "warm-up done").await
 }
 
 /// After a restore from a snapshot (every connection from before it was let go): warms every
 /// configured target again, within `EGRESS_WARDEN_RESTORE_BUDGET_MS`.
-pub async fn after_restore(ctx: &Context, warmer: &Warmer) -> WarmReport {
+pub async fn after_restore(plan: &Warmup, warmer: &Warmer) -> WarmReport {
     warm_all(
-        ctx,
+        plan,
         warmer,
-        ctx.config.restore_budget,
+        plan.restore_budget,
         "warm-up after the restore done",
     )
     .await
 }
 
-async fn warm_all(ctx: &Context, warmer: &Warmer, budget: Duration, done: &str) -> WarmReport {
-    let targets = &ctx.config.warm;
+async fn warm_all(plan: &Warmup, warmer: &Warmer, budget: Duration, done: &str) -> WarmReport {
+    let targets = &plan.targets[..];
     let mut report = WarmReport::default();
     if targets.is_empty() {
         return report;
@@ -78,9 +101,9 @@ async fn warm_all(ctx: &Context, warmer: &Warmer, budget: Duration, done: &str) 
     let running: Vec<JoinHandle<TargetReport>> = targets
         .iter()
         .map(|target| {
-            let (ctx, warmer, target) = (ctx.clone(), warmer.clone(), target.clone());
+            let (plan, warmer, target) = (plan.clone(), warmer.clone(), target.clone());
             tokio::spawn(async move {
-                warm_target(&ctx, &warmer, &target, wanted(&target), Phase::Init).await
+                warm_target(&plan, &warmer, &target, wanted(&target), Phase::Init).await
             })
         })
         .collect();
@@ -187,7 +210,7 @@ impl Rewarm {
 /// every idle connection now (dead ones are dropped and noted), then tops the configured
 /// targets up in the background, except those backing off after failed re-warms
 /// (`rewarm`). Returns whether it did.
-pub fn after_thaw(ctx: &Context, warmer: &Warmer, rewarm: &Rewarm, gap: Option<Duration>) -> bool {
+pub fn after_thaw(plan: &Warmup, warmer: &Warmer, rewarm: &Rewarm, gap: Option<Duration>) -> bool {
     if gap.is_none_or(|g| g < THAW_GAP) {
         return false;
     }
@@ -199,7 +222,7 @@ pub fn after_thaw(ctx: &Context, warmer: &Warmer, rewarm: &Rewarm, gap: Option<D
             "after a pause: dropped upstream connections the peer had closed"
         );
     }
-    for (index, target) in ctx.config.warm.iter().enumerate() {
+    for (index, target) in plan.targets.iter().enumerate() {
         let missing = wanted(target).saturating_sub(open(warmer, target));
         if missing == 0 {
             continue;
@@ -208,10 +231,10 @@ pub fn after_thaw(ctx: &Context, warmer: &Warmer, rewarm: &Rewarm, gap: Option<D
             tracing::debug!(host = %label(target), "warm-up target backing off after failures");
             continue;
         }
-        let (ctx, warmer, target, rewarm) =
-            (ctx.clone(), warmer.clone(), target.clone(), rewarm.clone());
+        let (plan, warmer, target, rewarm) =
+            (plan.clone(), warmer.clone(), target.clone(), rewarm.clone());
         tokio::spawn(async move {
-            let report = warm_target(&ctx, &warmer, &target, missing, Phase::Thaw).await;
+            let report = warm_target(&plan, &warmer, &target, missing, Phase::Thaw).await;
             let skip = rewarm.done(index, report.ready > 0);
             if skip > 0 {
                 tracing::debug!(host = %report.target, skip, "warm-up target: next thaws skipped");
@@ -260,7 +283,7 @@ enum Phase {
 
 /// Opens `n` connections to one target in parallel; counts, times and logs the outcome.
 async fn warm_target(
-    ctx: &Context,
+    plan: &Warmup,
     warmer: &Warmer,
     target: &WarmTarget,
     n: u32,
@@ -297,7 +320,7 @@ async fn warm_target(
         }
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let recorder = &ctx.recorder;
+    let recorder = &plan.recorder;
     if ready > 0 {
         recorder.count(Counter::WarmConnections, u64::from(ready));
         recorder.observe_ms(Timing::WarmMs, ready_after.as_secs_f64() * 1000.0);

@@ -4,10 +4,12 @@
 //! dnspython through `tests/dns/query.py`).
 #![allow(dead_code)]
 
+use egress_warden::clock::InvocationClock;
 use egress_warden::config::Config;
-use egress_warden::context::{Context, InvocationClock};
+use egress_warden::context::Context;
 use egress_warden::dns::{self, DnsCache, DnsServerHandle, DnsTuning};
 use egress_warden::metrics::Recorder;
+use egress_warden::shutdown;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -19,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 /// The SOA MINIMUM of the test zone (negative answers are cacheable this long, before caps).
@@ -332,7 +333,7 @@ pub struct Harness {
     pub server: DnsServerHandle,
     pub port: u16,
     pub recorder: Recorder,
-    shutdown: watch::Sender<bool>,
+    shutdown: shutdown::ShutdownTrigger,
 }
 
 pub struct Setup {
@@ -393,7 +394,7 @@ impl Harness {
         vars.extend(setup.vars.into_iter().map(|(k, v)| (k.to_owned(), v)));
         let (config, problems) = Config::from_vars(&vars);
         assert!(problems.is_empty(), "config problems: {problems:?}");
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = shutdown::channel();
         let recorder = Recorder::new();
         let ctx = Context {
             config: Arc::new(config),
@@ -424,7 +425,7 @@ impl Harness {
     }
 
     pub fn shut_down(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
     }
 }
 

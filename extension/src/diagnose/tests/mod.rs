@@ -5,7 +5,8 @@ mod proxy_tests;
 mod rules_tests;
 
 use super::{Diagnosis, Entry, Facts, Settings, Window};
-use crate::context::{Findings, InvocationClock};
+use crate::clock::InvocationClock;
+use crate::findings::Findings;
 use crate::metrics::{ConnectOutcome, ConnectPurpose, DnsOutcome, Event, Recorder};
 use std::net::SocketAddr;
 use std::sync::Arc;

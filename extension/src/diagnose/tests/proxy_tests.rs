@@ -2,17 +2,19 @@
 //! route, and the status page shows what the diagnosis found.
 
 use super::connect;
+use crate::clock::InvocationClock;
 use crate::config::Config;
-use crate::context::{Context, InvocationClock};
+use crate::context::Context;
 use crate::diagnose::Diagnosis;
+use crate::diagnose::Settings;
 use crate::dns::DnsCache;
 use crate::metrics::{ConnectOutcome, Recorder};
+use crate::shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 /// A loopback port with nothing listening.
 fn closed_port() -> u16 {
@@ -95,18 +97,31 @@ async fn refused_traffic_is_no_finding_and_the_status_page_lists_findings() {
     .collect();
     let (config, problems) = Config::from_vars(&vars);
     assert!(problems.is_empty(), "{problems:?}");
-    let (_shutdown, shutdown_rx) = watch::channel(false);
-    let ctx = Context::new(
-        Arc::new(config),
-        Recorder::new(),
-        Arc::new(InvocationClock::new()),
-        shutdown_rx,
+    let (_shutdown, shutdown_rx) = shutdown::channel();
+    let ctx = Context {
+        config: Arc::new(config),
+        recorder: Recorder::new(),
+        clock: Arc::new(InvocationClock::new()),
+        findings: Default::default(),
+        shutdown: shutdown_rx,
+    };
+    let _diagnosis: Arc<Diagnosis> = Diagnosis::start(
+        ctx.recorder.clone(),
+        ctx.clock.clone(),
+        ctx.findings.clone(),
+        Settings::from_config(&ctx.config),
     );
-    let _diagnosis: Arc<Diagnosis> = Diagnosis::start(&ctx);
     let cache = DnsCache::new(&ctx).expect("DNS cache");
-    let handle = crate::proxy::bind(&ctx, cache)
-        .await
-        .expect("bind the proxy");
+    let handle = crate::proxy::bind(crate::proxy::ProxyDeps {
+        config: ctx.config.clone(),
+        recorder: ctx.recorder.clone(),
+        clock: ctx.clock.clone(),
+        findings: ctx.findings.clone(),
+        shutdown: ctx.shutdown.clone(),
+        dns: cache,
+    })
+    .await
+    .expect("bind the proxy");
     let proxy = handle.local_addr();
 
     let port = closed_port();

@@ -17,7 +17,8 @@
 use super::batch::Plan;
 use super::client::{ClientSettings, CloudWatch, FailureKind, PutError, ATTEMPT_TIMEOUT};
 use super::{FINDING, PUT_ERRORS_METRIC, SYMPTOM_METRIC};
-use crate::context::{self, FindingStatus, InvocationClock};
+use crate::clock::InvocationClock;
+use crate::findings::{self as context, FindingStatus};
 use crate::metrics::{EmfWriter, Recorder, Snapshot, MAX_DESTINATIONS, OTHER_DESTINATION};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -42,7 +42,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         copy
     });
     let may_repeat = method_allows_retry(&parts.method, &parts.headers);
-    let recorder = proxy.ctx.recorder.clone();
+    let recorder = proxy.recorder.clone();
     let dest = record.destination.clone();
     let body = UpstreamBody::stream(
         body,

@@ -49,7 +49,7 @@ pub(crate) async fn dispatch(
         slot.phase.tunnel();
     } else {
         // Draining at shutdown: this is the connection's last answer, and the client is told.
-        if *proxy.ctx.shutdown.borrow() {
+        if proxy.shutdown.has_begun() {
             res.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
@@ -65,7 +65,7 @@ pub(crate) async fn dispatch(
 async fn origin(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_owned();
     if path == STATUS_PATH && matches!(*req.method(), Method::GET | Method::HEAD) {
-        return status::response(proxy);
+        return status::response(proxy).await;
     }
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let (name, rest) = split_route(path_and_query);

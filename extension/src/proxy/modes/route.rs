@@ -46,7 +46,7 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let mut record = RequestRecord::new(Kind::Route, req.method());
     record.route = Some(name.to_owned());
-    let Some(route) = proxy.ctx.config.route(name).cloned() else {
+    let Some(route) = proxy.config.route(name).cloned() else {
         let refusal = Refusal::new(
             StatusCode::NOT_FOUND,
             "unknown_route",
@@ -110,11 +110,11 @@ pub(crate) async fn handle(
         );
         let body = match (&replay, stream.take()) {
             (Some(bytes), _) => {
-                record_bytes_out(&proxy.ctx.recorder, &record.destination, bytes.len() as u64);
+                record_bytes_out(&proxy.recorder, &record.destination, bytes.len() as u64);
                 UpstreamBody::replay(bytes)
             }
             (None, Some(incoming)) => {
-                let recorder = proxy.ctx.recorder.clone();
+                let recorder = proxy.recorder.clone();
                 let dest = record.destination.clone();
                 UpstreamBody::stream(
                     incoming,
@@ -226,7 +226,7 @@ pub(crate) async fn handle(
 
 /// Bounded by the route timeout and the invocation's deadline (when one is known).
 fn budget(proxy: &Proxy) -> Duration {
-    match proxy.ctx.clock.remaining() {
+    match proxy.clock.remaining() {
         Some(left) => ROUTE_TIMEOUT
             .min(left.saturating_sub(DEADLINE_MARGIN))
             .max(Duration::from_millis(1)),

@@ -8,14 +8,12 @@ use http::{HeaderValue, Response, StatusCode};
 use std::sync::Arc;
 
 pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
-    // The page shows findings as of now, not as of the last INVOKE.
-    proxy.ctx.findings.refresh();
     serde_json::json!({
         "service": "egress-warden",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": proxy.started.elapsed().as_secs(),
-        "invocations": proxy.ctx.clock.invocations(),
-        "config": proxy.ctx.config.summary(),
+        "invocations": proxy.clock.invocations(),
+        "config": proxy.config.summary(),
         "proxy": {
             "listen": format!("127.0.0.1:{}", proxy.port),
             "active_connections": proxy.slots.active(),
@@ -31,11 +29,13 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
         },
         "dns": proxy.dns.status(),
         "breakers": proxy.breakers.describe(),
-        "findings": proxy.ctx.findings.describe(),
+        "findings": proxy.findings.describe(),
     })
 }
 
-pub(crate) fn response(proxy: &Arc<Proxy>) -> Response<ProxyBody> {
+pub(crate) async fn response(proxy: &Arc<Proxy>) -> Response<ProxyBody> {
+    // The page shows findings as of now, not as of the last INVOKE.
+    proxy.findings.refresh().await;
     let body = serde_json::to_vec_pretty(&document(proxy)).unwrap_or_else(|_| b"{}".to_vec());
     let mut res = Response::new(ProxyBody::full(body.into()));
     *res.status_mut() = StatusCode::OK;

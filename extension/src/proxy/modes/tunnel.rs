@@ -117,7 +117,7 @@ pub(crate) async fn handle(
             None => tracing::debug!(destination, spliced = relayed.spliced, "tunnel closed"),
         }
         let client_first = early.first.or(relayed.client_first);
-        let recorder = &proxy.ctx.recorder;
+        let recorder = &proxy.recorder;
         if let Some(ttfb) = tunnel_ttfb(started, client_first, relayed.upstream_first) {
             recorder.observe_ms_for(&destination, crate::metrics::Timing::TtfbMs, ttfb);
         }
@@ -181,8 +181,8 @@ async fn until_first_answer<C: AsyncRead + Unpin>(
             return Err(io::Error::from(io::ErrorKind::ConnectionReset));
         }
         replaced = true;
-        proxy.ctx.recorder.note(
-            proxy.ctx.clock.invocations(),
+        proxy.recorder.note(
+            proxy.clock.invocations(),
             Event::StaleConnection {
                 host: target.host.clone(),
                 addr,

@@ -159,7 +159,7 @@ async fn at_shutdown_a_request_in_flight_is_answered_with_connection_close() {
     // An idle kept-alive connection as well.
     let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    proxy.shutdown.send(true).unwrap();
+    proxy.shutdown.trigger();
     let reply = read_reply(&mut client)
         .await
         .expect("the request in flight is answered");

@@ -12,30 +12,35 @@ mod upstream;
 mod warm_tests;
 
 use super::{bind_with, ClientTimeouts, ProxyHandle};
+use crate::clock::InvocationClock;
 use crate::config::Config;
-use crate::context::{Context, InvocationClock};
+use crate::context::Context;
 use crate::dns::DnsCache;
 use crate::metrics::{Counter, Recorder, Snapshot};
+use crate::shutdown::{self, ShutdownTrigger};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 pub(super) struct Harness {
     pub addr: SocketAddr,
     pub recorder: Recorder,
     pub clock: Arc<InvocationClock>,
     pub ctx: Context,
-    pub shutdown: watch::Sender<bool>,
+    pub shutdown: ShutdownTrigger,
     handle: ProxyHandle,
 }
 
 impl Harness {
     pub fn warmer(&self) -> super::Warmer {
         self.handle.warmer()
+    }
+
+    pub fn warmup(&self) -> crate::warm::Warmup {
+        crate::warm::Warmup::new(&self.ctx.config, self.recorder.clone())
     }
 
     pub fn port(&self) -> u16 {
@@ -73,7 +78,7 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
     all.retain(|(_, v)| v != "<unset>");
     let (config, problems) = Config::from_vars(&all);
     assert!(problems.is_empty(), "config problems: {problems:?}");
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = shutdown::channel();
     let recorder = Recorder::new();
     let clock = Arc::new(InvocationClock::new());
     let ctx = Context {
@@ -84,7 +89,15 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
         shutdown: rx,
     };
     let dns = DnsCache::new(&ctx).expect("dns cache");
-    let handle = bind_with(&ctx, dns, timeouts).expect("bind");
+    let deps = super::ProxyDeps {
+        config: ctx.config.clone(),
+        recorder: ctx.recorder.clone(),
+        clock: ctx.clock.clone(),
+        findings: ctx.findings.clone(),
+        shutdown: ctx.shutdown.clone(),
+        dns: dns.clone(),
+    };
+    let handle = bind_with(deps, timeouts).expect("bind");
     Harness {
         addr: handle.local_addr(),
         recorder,

@@ -151,7 +151,7 @@ async fn connect_takes_the_socket_warmed_during_init() {
     ])
     .await;
 
-    let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+    let report = warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
     assert_eq!(report.timed_out, 0);
     assert_eq!(report.targets.len(), 1);
     assert_eq!(report.targets[0].ready, 2, "{report:?}");
@@ -213,7 +213,7 @@ async fn a_warmed_route_serves_its_first_request_without_a_new_connection() {
             ("EGRESS_WARDEN_WARM", "api"),
         ])
         .await;
-        let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+        let report = warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
         assert_eq!(report.targets[0].ready, 1, "{report:?}");
         assert_eq!(accepted(&up), 1);
         assert_eq!(count(&proxy.take(), Counter::WarmConnections), 1);
@@ -264,7 +264,7 @@ async fn warm_up_stays_within_its_budget_and_failures_do_not_stop_it() {
     .await;
 
     let started = Instant::now();
-    let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+    let report = warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(280), "{took:?}");
     assert!(took < Duration::from_millis(800), "over budget: {took:?}");
@@ -298,7 +298,7 @@ async fn a_warmed_socket_the_peer_closed_is_never_handed_out() {
     let up = upstream::echo_closing_idle(Duration::from_millis(150)).await;
     let target = format!("127.0.0.1:{}", up.addr.port());
     let proxy = start(&[("EGRESS_WARDEN_WARM", &target)]).await;
-    let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+    let report = warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
     assert_eq!(report.targets[0].ready, 1);
     // The peer closes the idle connection.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -319,7 +319,7 @@ async fn a_warmed_socket_that_resets_on_first_use_is_replaced_without_the_client
     let up = upstream::reset_first_then_echo().await;
     let target = format!("127.0.0.1:{}", up.addr.port());
     let proxy = start(&[("EGRESS_WARDEN_WARM", &target)]).await;
-    let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+    let report = warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
     assert_eq!(report.targets[0].ready, 1);
 
     let (reply, mut tunnel) = connect(proxy.addr, &target).await;
@@ -345,22 +345,22 @@ async fn after_a_pause_dead_sockets_are_dropped_and_targets_warmed_again() {
     let proxy = start(&[("EGRESS_WARDEN_WARM", &format!("{target}*2"))]).await;
     let warmer = proxy.warmer();
     let rewarm = warm::Rewarm::default();
-    warm::during_init(&proxy.ctx, &warmer).await;
+    warm::during_init(&proxy.warmup(), &warmer).await;
     assert_eq!(warmer.parked_host_port("127.0.0.1", up.addr.port()), 2);
     tokio::time::sleep(Duration::from_millis(900)).await;
 
     // Back-to-back invokes do nothing.
     assert!(!warm::after_thaw(
-        &proxy.ctx,
+        &proxy.warmup(),
         &warmer,
         &rewarm,
         Some(Duration::from_millis(20))
     ));
-    assert!(!warm::after_thaw(&proxy.ctx, &warmer, &rewarm, None));
+    assert!(!warm::after_thaw(&proxy.warmup(), &warmer, &rewarm, None));
     assert!(stale_caught(&proxy).is_empty());
 
     assert!(warm::after_thaw(
-        &proxy.ctx,
+        &proxy.warmup(),
         &warmer,
         &rewarm,
         Some(Duration::from_secs(30))
@@ -392,7 +392,7 @@ async fn a_warmed_route_connection_the_peer_closed_is_replaced() {
             ("EGRESS_WARDEN_WARM", "api"),
         ])
         .await;
-        let report = warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+        let report = warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
         assert_eq!(report.targets[0].ready, 1);
         tokio::time::sleep(Duration::from_millis(900)).await;
 
@@ -536,7 +536,7 @@ async fn after_a_restore_no_connection_from_before_is_used_even_a_live_one() {
         // One connection pooled after use, one parked by the warm-up.
         let reply = raw(proxy.addr, get).await.expect("reply");
         assert_eq!(reply.status, 200, "h2={h2}: {reply:?}");
-        warm::during_init(&proxy.ctx, &proxy.warmer()).await;
+        warm::during_init(&proxy.warmup(), &proxy.warmer()).await;
         let before = accepted(&up);
         assert!(before >= 1, "h2={h2}");
         proxy.take();

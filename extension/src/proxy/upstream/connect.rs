@@ -2,7 +2,7 @@
 //! failure), each attempt bounded by `EGRESS_WARDEN_CONNECT_TIMEOUT_MS`. The socket address
 //! handed to `connect` is the one the policy saw: nothing resolves the name again.
 
-use crate::context::InvocationClock;
+use crate::clock::InvocationClock;
 use crate::dns::DnsCache;
 use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, Recorder};
 use crate::proxy::policy::host::Target;

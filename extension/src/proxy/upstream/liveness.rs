@@ -13,7 +13,7 @@
 //! sat idle, [`Registry::sweep`] does the same for that pool and waits until the dead
 //! connections are gone, so hyper cannot hand one out.
 
-use crate::context::InvocationClock;
+use crate::clock::InvocationClock;
 use crate::metrics::{Event, Recorder};
 use std::collections::HashMap;
 use std::fmt;

@@ -2,7 +2,7 @@
 //! TCP sockets for `CONNECT host:port`, ready TLS connections for route mode. Each is checked
 //! alive when taken; a dead one is noted as stale (caught) and never handed out.
 
-use crate::context::InvocationClock;
+use crate::clock::InvocationClock;
 use crate::metrics::{Event, Recorder};
 use crate::proxy::upstream::liveness::{probe, Liveness};
 use std::collections::{HashMap, VecDeque};
