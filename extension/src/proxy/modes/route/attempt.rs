@@ -1,0 +1,266 @@
+//! One attempt of a route request, in parts: which upstream the breaker admits, the body to
+//! send (kept to be sent again, or streamed once), how many attempts are left, and what the
+//! result means — answer, refuse, retry after a wait, or go again at once past a stale
+//! pooled connection.
+
+use super::{host_for_uri, upstream_key};
+use crate::config::{Route, Upstream};
+use crate::proxy::body::UpstreamBody;
+use crate::proxy::request::outcome::{find_source, Refusal};
+use crate::proxy::request::record::{record_bytes_out, RequestRecord};
+use crate::proxy::shared::Proxy;
+use crate::proxy::upstream::breaker::Admission;
+use crate::proxy::upstream::connect::Failure;
+use crate::proxy::upstream::liveness::stale_in;
+use crate::proxy::upstream::retry::status_allows_retry;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use std::time::{Duration, Instant};
+use tokio::time::error::Elapsed;
+
+/// Stale pooled connections skipped in a row before the request fails (several can die at
+/// once when the sandbox was frozen; a revalidation after the first usually finds the rest).
+const MAX_STALE_SKIPS: u32 = 3;
+/// Request bodies up to this size (with a known length) are kept to be sent again.
+const MAX_REPLAY_BYTES: u64 = 1024 * 1024;
+
+/// The attempts of one request: counted ones (bounded by `EGRESS_WARDEN_RETRY_MAX` and the
+/// deadline) and free ones past stale pooled connections (which sent nothing).
+pub(super) struct Attempts {
+    number: u32,
+    max: u32,
+    stale_skips: u32,
+    deadline: Instant,
+}
+
+impl Attempts {
+    pub(super) fn new(retry_max: u32, deadline: Instant) -> Attempts {
+        Attempts {
+            number: 1,
+            max: retry_max.max(1),
+            stale_skips: 0,
+            deadline,
+        }
+    }
+
+    /// The current counted attempt, from 1.
+    pub(super) fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Whether another counted attempt may follow a wait of `wait`.
+    pub(super) fn another_fits(&self, wait: Duration) -> bool {
+        self.number < self.max && Instant::now() + wait < self.deadline
+    }
+
+    pub(super) fn advance(&mut self) {
+        self.number += 1;
+    }
+
+    /// Takes a free attempt past a stale connection, if any are left and time is.
+    fn skip_stale(&mut self) -> bool {
+        if self.stale_skips < MAX_STALE_SKIPS && Instant::now() < self.deadline {
+            self.stale_skips += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The request body: kept when its size is known and small, so it can be sent again;
+/// streamed otherwise (then only a failure before anything was sent can be retried).
+pub(super) enum RequestBody {
+    Replay(Bytes),
+    /// Taken by the first attempt.
+    Stream(Option<Incoming>),
+}
+
+impl RequestBody {
+    pub(super) async fn read(body: Incoming) -> Result<RequestBody, Refusal> {
+        match body.size_hint().upper() {
+            Some(n) if n <= MAX_REPLAY_BYTES => match body.collect().await {
+                Ok(collected) => Ok(RequestBody::Replay(collected.to_bytes())),
+                Err(err) => Err(Refusal::bad_request(format!(
+                    "reading the request body failed: {err}"
+                ))),
+            },
+            _ => Ok(RequestBody::Stream(Some(body))),
+        }
+    }
+
+    pub(super) fn can_repeat(&self) -> bool {
+        matches!(self, RequestBody::Replay(_))
+    }
+
+    /// The body for the next attempt, with its bytes counted towards the destination.
+    pub(super) fn for_attempt(
+        &mut self,
+        proxy: &Proxy,
+        record: &RequestRecord,
+    ) -> Result<UpstreamBody, Refusal> {
+        match self {
+            RequestBody::Replay(bytes) => {
+                record_bytes_out(&proxy.recorder, &record.destination, bytes.len() as u64);
+                Ok(UpstreamBody::replay(bytes))
+            }
+            RequestBody::Stream(stream) => match stream.take() {
+                Some(incoming) => {
+                    let recorder = proxy.recorder.clone();
+                    let dest = record.destination.clone();
+                    Ok(UpstreamBody::stream(
+                        incoming,
+                        Box::new(move |n| record_bytes_out(&recorder, &dest, n)),
+                    ))
+                }
+                // The streamed body went out with an earlier attempt (never retried; defensive).
+                None => Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "cannot resend a streamed body",
+                )),
+            },
+        }
+    }
+}
+
+/// The upstream an attempt goes to.
+pub(super) struct Chosen<'r> {
+    pub upstream: &'r Upstream,
+    /// The breaker's key for the route's primary.
+    primary_key: String,
+    on_primary: bool,
+    /// The one attempt a half-open breaker lets through.
+    probe: bool,
+}
+
+/// The primary, unless its breaker is open: then the fallback, or `503 circuit_open`.
+pub(super) fn choose<'r>(
+    proxy: &Proxy,
+    route: &'r Route,
+    record: &mut RequestRecord,
+) -> Result<Chosen<'r>, Refusal> {
+    let primary_key = upstream_key(&route.primary);
+    let (upstream, probe) = match proxy.breakers.admit(&primary_key) {
+        Admission::Pass => (&route.primary, false),
+        Admission::Probe => (&route.primary, true),
+        Admission::Reject => match &route.fallback {
+            Some(fallback) => {
+                record.fallback = true;
+                (fallback, false)
+            }
+            None => {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit_open",
+                    format!("{} is failing; its circuit is open", route.primary.uri),
+                ))
+            }
+        },
+    };
+    record.set_target(
+        &upstream.host,
+        format!("{}:{}", host_for_uri(&upstream.host), upstream.port),
+    );
+    Ok(Chosen {
+        on_primary: std::ptr::eq(upstream, &route.primary),
+        upstream,
+        primary_key,
+        probe,
+    })
+}
+
+/// What allows a retry, worked out once the attempt's result is in.
+#[derive(Clone, Copy)]
+pub(super) struct Retry {
+    /// The method (or an idempotency key) makes sending again safe.
+    pub may_repeat: bool,
+    pub can_repeat_body: bool,
+    pub attempts_left: bool,
+}
+
+pub(super) enum Next {
+    Answer(Response<Incoming>),
+    Refuse(Refusal),
+    /// Retry after the backoff; the refusal says why the attempt failed.
+    RetryAfter(Refusal),
+    /// A pooled connection was found dead before the request was written: go again at once.
+    SkipStale(hyper_util::client::legacy::Error),
+}
+
+type AttemptResult = Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, Elapsed>;
+
+/// Judges an attempt's result, feeding the breaker on the way.
+pub(super) fn judge(
+    proxy: &Proxy,
+    record: &mut RequestRecord,
+    chosen: &Chosen<'_>,
+    retry: Retry,
+    attempts: &mut Attempts,
+    result: AttemptResult,
+) -> Next {
+    let Retry {
+        may_repeat,
+        can_repeat_body,
+        attempts_left,
+    } = retry;
+    match result {
+        Ok(Ok(res)) => {
+            if chosen.on_primary {
+                proxy.breakers.success(&chosen.primary_key);
+            }
+            let status = res.status();
+            if !(status_allows_retry(status) && may_repeat && can_repeat_body && attempts_left) {
+                return Next::Answer(res);
+            }
+            Next::RetryAfter(Refusal::new(
+                status,
+                "upstream_status",
+                format!("upstream answered {status}"),
+            ))
+        }
+        Ok(Err(err))
+            if stale_in(&err) == Some(false) && can_repeat_body && attempts.skip_stale() =>
+        {
+            Next::SkipStale(err)
+        }
+        Ok(Err(err)) => {
+            let failure = find_source::<Failure>(&err);
+            if let Some(f) = failure {
+                record.addr = f.addr();
+                record.dns_ms = f.dns_ms();
+            }
+            let refusal = Refusal::from_client_error(&err);
+            let connect_phase = failure.is_some_and(Failure::is_connect_phase);
+            if chosen.on_primary {
+                if connect_phase {
+                    proxy.note_breaker_failure(&chosen.primary_key, chosen.probe);
+                } else {
+                    proxy.breakers.success(&chosen.primary_key);
+                }
+            }
+            tracing::debug!(
+                attempt = attempts.number(),
+                "route attempt failed: {}",
+                refusal.message
+            );
+            let repeatable = attempts_left && can_repeat_body && (connect_phase || may_repeat);
+            if refusal.is_denial() || !repeatable {
+                return Next::Refuse(refusal);
+            }
+            Next::RetryAfter(refusal)
+        }
+        Err(_) => {
+            if chosen.on_primary {
+                proxy.note_breaker_failure(&chosen.primary_key, chosen.probe);
+            }
+            let refusal = Refusal::upstream_timeout();
+            if !(attempts_left && can_repeat_body && may_repeat) {
+                return Next::Refuse(refusal);
+            }
+            Next::RetryAfter(refusal)
+        }
+    }
+}
