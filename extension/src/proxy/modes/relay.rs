@@ -15,9 +15,10 @@ use crate::proxy::client::limits::GuardedIo;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use rustix::pipe::{PipeFlags, SpliceFlags};
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -29,7 +30,7 @@ use tokio::net::TcpStream;
 /// fills it marks a bulk flow.
 const BUF: usize = 32 * 1024;
 /// Pipe size asked for: more data per splice call (the default pipe holds 64 KiB).
-const PIPE_SIZE: libc::c_int = 512 * 1024;
+const PIPE_SIZE: usize = 512 * 1024;
 
 /// What a finished tunnel moved, and how it ended.
 #[derive(Debug, Default)]
@@ -162,20 +163,13 @@ thread_local! {
 /// cleared under the same event, as tokio's own reads do, so the next call waits instead of
 /// reading EAGAIN. Returns the bytes moved; 0 at the end of the stream.
 async fn move_some(from: &TcpStream, to: &mut WriteHalf<'_>) -> io::Result<usize> {
-    let fd = from.as_raw_fd();
     loop {
         from.readable().await?;
         let moved = SCRATCH.with_borrow_mut(|buf| -> io::Result<Option<(usize, Vec<u8>)>> {
             buf.clear();
             let mut got = 0;
             let read = from.try_io(Interest::READABLE, || {
-                let spare = buf.spare_capacity_mut();
-                // SAFETY: `fd` is the open socket `from` owns; read(2) writes at most
-                // `spare.len()` bytes into the vector's spare capacity.
-                let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
-                got = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-                // SAFETY: read(2) initialised the first `got` bytes of the spare capacity.
-                unsafe { buf.set_len(got) };
+                got = rustix::io::read(from, rustix::buffer::spare_capacity(buf))?;
                 if got > 0 && got < BUF {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
@@ -217,11 +211,10 @@ fn unsupported(err: &io::Error) -> bool {
 
 /// Socket → pipe: what the socket holds, up to the pipe's size (the pipe is empty here).
 async fn splice_in(from: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
-    let (fd, into) = (from.as_raw_fd(), pipe.write.as_raw_fd());
     loop {
         from.readable().await?;
         // tokio clears the readiness on EAGAIN, so the next `readable()` waits for an event.
-        match from.try_io(Interest::READABLE, || splice(fd, into, pipe.size)) {
+        match from.try_io(Interest::READABLE, || splice(from, &pipe.write, pipe.size)) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             moved => return moved,
         }
@@ -230,10 +223,9 @@ async fn splice_in(from: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
 
 /// Pipe → socket: all `n` bytes the pipe holds.
 async fn splice_out(pipe: &Pipe, to: &TcpStream, mut n: usize) -> io::Result<()> {
-    let (fd, from) = (to.as_raw_fd(), pipe.read.as_raw_fd());
     while n > 0 {
         to.writable().await?;
-        match to.try_io(Interest::WRITABLE, || splice(from, fd, n)) {
+        match to.try_io(Interest::WRITABLE, || splice(&pipe.read, to, n)) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -243,24 +235,10 @@ async fn splice_out(pipe: &Pipe, to: &TcpStream, mut n: usize) -> io::Result<()>
     Ok(())
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are open (owned by the caller's sockets and pipe); null
-    // offsets because neither end is seekable.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    // No offsets: neither end is seekable.
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
 }
 
 struct Pipe {
@@ -271,22 +249,14 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let mut fds: [libc::c_int; 2] = [-1, -1];
-        // SAFETY: pipe2 fills the two-element array on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: fcntl on a descriptor we own; a refusal (above pipe-max-size) keeps the default.
-        let size = unsafe {
-            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
-            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
-        };
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // A refusal (above /proc/sys/fs/pipe-max-size) keeps the default size.
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        let size = rustix::pipe::fcntl_getpipe_size(&write).unwrap_or(64 * 1024);
         Ok(Pipe {
             read,
             write,
-            size: usize::try_from(size).unwrap_or(64 * 1024).max(4096),
+            size: size.max(4096),
         })
     }
 }

@@ -7,7 +7,7 @@ use crate::metrics::{Event, Recorder};
 use crate::proxy::upstream::liveness::{probe, Liveness};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,8 @@ pub(crate) struct ParkedSocket {
 }
 
 impl ParkedSocket {
-    fn fd(&self) -> RawFd {
-        self.dialed.stream.as_raw_fd()
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.dialed.stream.as_fd()
     }
 }
 
