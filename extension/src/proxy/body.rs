@@ -1,8 +1,11 @@
 //! Bodies the proxy sends: to the client ([`ProxyBody`]) and upstream ([`UpstreamBody`]).
-//! Both count bytes as they pass and report when they are done (fully sent or dropped),
-//! which is when a request's `request_ms` and byte counts are known.
+//! Both are a [`Counted`] body: bytes held in memory or a stream passed on, counting the bytes
+//! as they pass and reporting when done (fully sent or dropped), which is when a request's
+//! `request_ms` and byte counts are known. They differ in whose fault a stream error is.
 
 use bytes::Bytes;
+use http_body_util::combinators::MapErr;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -13,35 +16,52 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Runs once when a body is finished or dropped, with the bytes that went through.
 pub(crate) type OnDone = Box<dyn FnOnce(u64) + Send>;
 
-enum Source {
-    Empty,
-    Full(Option<Bytes>),
-    Upstream(Incoming),
-}
+type Stream = MapErr<Incoming, fn(hyper::Error) -> BoxError>;
 
-/// A response body towards the client.
-pub(crate) struct ProxyBody {
-    source: Source,
+/// Bytes in memory or a stream, counted, with callbacks for when it is done.
+pub(crate) struct Counted {
+    inner: Either<Full<Bytes>, Stream>,
     bytes: u64,
     on_done: Vec<OnDone>,
 }
 
-impl ProxyBody {
-    pub(crate) fn empty() -> ProxyBody {
-        ProxyBody::from_source(Source::Empty)
+/// A response body towards the client; a stream error is the upstream's.
+pub(crate) type ProxyBody = Counted;
+/// A request body towards the upstream: the client's stream as it arrives, or a buffered
+/// copy that can be sent again on a retry; a stream error is the client's.
+pub(crate) type UpstreamBody = Counted;
+
+impl Counted {
+    pub(crate) fn empty() -> Counted {
+        Counted::full(Bytes::new())
     }
 
-    pub(crate) fn full(bytes: Bytes) -> ProxyBody {
-        ProxyBody::from_source(Source::Full(Some(bytes)))
+    pub(crate) fn full(bytes: Bytes) -> Counted {
+        Counted::from_inner(Either::Left(Full::new(bytes)))
     }
 
-    pub(crate) fn upstream(body: Incoming) -> ProxyBody {
-        ProxyBody::from_source(Source::Upstream(body))
+    /// An upstream response, passed on to the client.
+    pub(crate) fn upstream(body: Incoming) -> Counted {
+        let upstream_error: fn(hyper::Error) -> BoxError = |err| err.into();
+        Counted::from_inner(Either::Right(body.map_err(upstream_error)))
     }
 
-    fn from_source(source: Source) -> ProxyBody {
-        ProxyBody {
-            source,
+    /// The client's request body, passed on upstream; `on_done` gets the bytes sent.
+    pub(crate) fn stream(body: Incoming, on_done: OnDone) -> Counted {
+        let client_error: fn(hyper::Error) -> BoxError = |err| Box::new(ClientBodyError(err));
+        let mut counted = Counted::from_inner(Either::Right(body.map_err(client_error)));
+        counted.on_done(on_done);
+        counted
+    }
+
+    /// A buffered request body, to send (again).
+    pub(crate) fn replay(bytes: &Bytes) -> Counted {
+        Counted::full(bytes.clone())
+    }
+
+    fn from_inner(inner: Either<Full<Bytes>, Stream>) -> Counted {
+        Counted {
+            inner,
             bytes: 0,
             on_done: Vec::new(),
         }
@@ -59,13 +79,13 @@ impl ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.done();
     }
 }
 
-impl Body for ProxyBody {
+impl Body for Counted {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -74,16 +94,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.source {
-            Source::Empty => Poll::Ready(None),
-            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        };
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -97,20 +108,11 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Empty => true,
-            Source::Full(bytes) => bytes.is_none(),
-            Source::Upstream(body) => body.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Empty => SizeHint::with_exact(0),
-            Source::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Source::Full(None) => SizeHint::with_exact(0),
-            Source::Upstream(body) => body.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
 
@@ -128,82 +130,5 @@ impl std::fmt::Display for ClientBodyError {
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.0)
-    }
-}
-
-/// A request body towards the upstream: the client's stream as it arrives, or a buffered
-/// copy that can be sent again on a retry.
-pub(crate) enum UpstreamBody {
-    Empty,
-    Full(Option<Bytes>),
-    Stream(Incoming, u64, Option<OnDone>),
-}
-
-impl UpstreamBody {
-    pub(crate) fn stream(body: Incoming, on_done: OnDone) -> UpstreamBody {
-        UpstreamBody::Stream(body, 0, Some(on_done))
-    }
-
-    pub(crate) fn replay(bytes: &Bytes) -> UpstreamBody {
-        if bytes.is_empty() {
-            UpstreamBody::Empty
-        } else {
-            UpstreamBody::Full(Some(bytes.clone()))
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let UpstreamBody::Stream(_, n, on_done) = self {
-            if let Some(f) = on_done.take() {
-                f(*n);
-            }
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Stream(body, n, _) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        *n += data.len() as u64;
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    Poll::Ready(Some(Err(Box::new(ClientBodyError(err)))))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Full(bytes) => bytes.is_none(),
-            UpstreamBody::Stream(body, _, _) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            UpstreamBody::Full(None) => SizeHint::with_exact(0),
-            UpstreamBody::Stream(body, _, _) => body.size_hint(),
-        }
     }
 }

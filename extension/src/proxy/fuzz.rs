@@ -71,7 +71,8 @@ pub fn request_head(data: &[u8]) {
                 base_path: "/v1".into(),
                 uri: "https://api.example.com:8443/v1".into(),
             };
-            if let Ok(upstream_req) = build_request(&parts, &upstream, rest, UpstreamBody::Empty) {
+            if let Ok(upstream_req) = build_request(&parts, &upstream, rest, UpstreamBody::empty())
+            {
                 // Whatever the path holds, the request goes to the route's upstream.
                 assert_eq!(upstream_req.uri().host(), Some("api.example.com"));
                 assert_eq!(upstream_req.uri().port_u16(), Some(8443));

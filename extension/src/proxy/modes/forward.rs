@@ -34,7 +34,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
 
     // Only a bodiless request can be sent again (a streamed body is gone once sent).
     let again = (body.size_hint().exact() == Some(0)).then(|| {
-        let mut copy = Request::new(UpstreamBody::Empty);
+        let mut copy = Request::new(UpstreamBody::empty());
         *copy.method_mut() = parts.method.clone();
         *copy.uri_mut() = parts.uri.clone();
         *copy.version_mut() = parts.version;

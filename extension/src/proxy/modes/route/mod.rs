@@ -182,14 +182,14 @@ mod tests {
             &p,
             &upstream("/v1", 443),
             "/users?id=3",
-            UpstreamBody::Empty,
+            UpstreamBody::empty(),
         )
         .unwrap();
         assert_eq!(r.uri().to_string(), "https://api.example.com/v1/users?id=3");
         assert_eq!(r.headers()[HOST], "api.example.com");
-        let r = build_request(&p, &upstream("", 8443), "", UpstreamBody::Empty).unwrap();
+        let r = build_request(&p, &upstream("", 8443), "", UpstreamBody::empty()).unwrap();
         assert_eq!(r.uri().to_string(), "https://api.example.com:8443/");
-        let r = build_request(&p, &upstream("/v1", 443), "?q=1", UpstreamBody::Empty).unwrap();
+        let r = build_request(&p, &upstream("/v1", 443), "?q=1", UpstreamBody::empty()).unwrap();
         assert_eq!(r.uri().to_string(), "https://api.example.com/v1/?q=1");
     }
 }
