@@ -15,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod diagnose;
 pub mod dns;
+pub mod error_chain;
 pub mod findings;
 pub mod lifecycle;
 pub mod metrics;

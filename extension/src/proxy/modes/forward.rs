@@ -5,10 +5,11 @@
 //! got turned out stale: found dead before anything was written (any method), or broken
 //! before an answer for an idempotent method (the same rule as route mode's retries).
 
+use crate::error_chain::{describe, find};
 use crate::proxy::body::{ProxyBody, UpstreamBody};
 use crate::proxy::policy::host::Target;
 use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
-use crate::proxy::request::outcome::{chain, find_source, Refusal};
+use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::{record_bytes_out, Kind, RequestRecord};
 use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::connect::Failure;
@@ -58,7 +59,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     if let (Err(err), Some(again)) = (&result, again) {
         let stale = stale_in(err);
         if stale == Some(false) || (stale == Some(true) && may_repeat) {
-            tracing::debug!(destination = %record.destination, "sending again on another connection: {}", chain(err));
+            tracing::debug!(destination = %record.destination, "sending again on another connection: {}", describe(err));
             // Its siblings may have died the same way: drop them before the next try.
             proxy.upstreams.sweep(&pool_key).await;
             record.retries += 1;
@@ -69,11 +70,11 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         Ok(res) => proxy.relay(&mut record, res, sent_at),
         Err(err) => {
             let refusal = Refusal::from_client_error(&err);
-            if let Some(failure) = find_source::<Failure>(&err) {
+            if let Some(failure) = find::<Failure>(&err) {
                 record.addr = failure.addr();
                 record.dns_ms = failure.dns_ms();
             }
-            tracing::debug!(destination = %record.destination, "forward failed: {}", chain(&err));
+            tracing::debug!(destination = %record.destination, "forward failed: {}", describe(&err));
             proxy.refuse(&mut record, refusal)
         }
     }

@@ -17,7 +17,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::client::slots::ConnSlot;
 use crate::proxy::modes::relay::relay;
 use crate::proxy::policy::host::Target;
-use crate::proxy::request::outcome::Refusal;
+use crate::proxy::request::outcome::{is_reset, Refusal};
 use crate::proxy::request::record::{record_bytes_out, record_end, Kind, RequestRecord};
 use crate::proxy::shared::Proxy;
 use http::{Request, Response, StatusCode};
@@ -164,7 +164,7 @@ async fn until_first_answer<C: AsyncRead + Unpin>(
                 kept.extend_from_slice(&buf[..n]);
                 match upstream.write_all(&buf[..n]).await {
                     Ok(()) => None,
-                    Err(err) if is_reset(&err) => Some(true),
+                    Err(err) if is_reset(err.kind()) => Some(true),
                     Err(err) => return Err(err),
                 }
             }
@@ -172,7 +172,7 @@ async fn until_first_answer<C: AsyncRead + Unpin>(
                 // Closed before anything was sent: nothing is lost by going elsewhere.
                 Ok(0) if kept.is_empty() => Some(false),
                 Ok(_) => break,
-                Err(err) if is_reset(&err) => Some(true),
+                Err(err) if is_reset(err.kind()) => Some(true),
                 Err(err) => return Err(err),
             },
         };
@@ -205,15 +205,6 @@ async fn until_first_answer<C: AsyncRead + Unpin>(
         first: first_read,
     };
     Ok((upstream, early))
-}
-
-fn is_reset(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-    )
 }
 
 /// From the client's first byte to the upstream's first byte; for protocols where the

@@ -1,11 +1,11 @@
 //! How a failure is answered and counted: one table from failure kind to status code,
 //! `X-Egress-Warden-Error` token and error counters, so every path reports alike.
 
+use crate::error_chain::{describe, find};
 use crate::metrics::Counter;
 use crate::proxy::body::{ClientBodyError, ProxyBody};
 use crate::proxy::upstream::connect::Failure;
 use http::{HeaderValue, Response, StatusCode};
-use std::error::Error as StdError;
 use std::io;
 
 pub(crate) const ERROR_HEADER: &str = "x-egress-warden-error";
@@ -64,7 +64,7 @@ impl Refusal {
             Failure::Dns { .. } => (StatusCode::BAD_GATEWAY, "dns_failure", DNS),
             Failure::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "connect_timeout", TIMEOUT),
             Failure::Refused { .. } => (StatusCode::BAD_GATEWAY, "connect_refused", REFUSED),
-            Failure::Io { kind, .. } if is_reset(*kind) => {
+            Failure::Io { kind, .. } if is_broken(*kind) => {
                 (StatusCode::BAD_GATEWAY, "connection_reset", RESET)
             }
             Failure::Io { .. } => (StatusCode::BAD_GATEWAY, "connect_failed", OTHER),
@@ -91,27 +91,27 @@ impl Refusal {
     /// A request that failed inside hyper's client: a connect failure carries our own
     /// [`Failure`]; otherwise the connection broke after the request went out.
     pub(crate) fn from_client_error(err: &hyper_util::client::legacy::Error) -> Refusal {
-        if let Some(failure) = find_source::<Failure>(err) {
+        if let Some(failure) = find::<Failure>(err) {
             return Refusal::from_failure(failure);
         }
-        if let Some(body) = find_source::<ClientBodyError>(err) {
+        if let Some(body) = find::<ClientBodyError>(err) {
             return Refusal::bad_request(body.to_string());
         }
         let reset = || Refusal {
             status: StatusCode::BAD_GATEWAY,
             token: "upstream_reset",
             counters: RESET,
-            message: format!("the upstream connection broke: {}", chain(err)),
+            message: format!("the upstream connection broke: {}", describe(err)),
         };
-        if let Some(io) = find_source::<io::Error>(err) {
-            if is_reset(io.kind()) {
+        if let Some(io) = find::<io::Error>(err) {
+            if is_broken(io.kind()) {
                 return reset();
             }
             if io.kind() == io::ErrorKind::TimedOut {
                 return Refusal::upstream_timeout();
             }
         }
-        if let Some(h) = find_source::<hyper::Error>(err) {
+        if let Some(h) = find::<hyper::Error>(err) {
             if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
                 return reset();
             }
@@ -123,7 +123,7 @@ impl Refusal {
             status: StatusCode::BAD_GATEWAY,
             token: "upstream_error",
             counters: OTHER,
-            message: format!("the upstream request failed: {}", chain(err)),
+            message: format!("the upstream request failed: {}", describe(err)),
         }
     }
 
@@ -158,40 +158,17 @@ pub(crate) fn text_response(
     res
 }
 
-fn is_reset(kind: io::ErrorKind) -> bool {
+/// The peer reset or aborted the connection, or it broke under a write.
+pub(crate) fn is_reset(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
         io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
     )
 }
 
-pub(crate) fn find_source<'a, T: StdError + 'static>(
-    err: &'a (dyn StdError + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(err);
-    // Error chains are short; the bound only guards against a cyclic `source()`.
-    for _ in 0..16 {
-        let e = current?;
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// "outer: inner: innermost", for logs.
-pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut current = err.source();
-    for _ in 0..8 {
-        let Some(e) = current else { break };
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        current = e.source();
-    }
-    out
+/// A broken connection, or an answer cut short by the peer's close.
+fn is_broken(kind: io::ErrorKind) -> bool {
+    is_reset(kind) || kind == io::ErrorKind::UnexpectedEof
 }

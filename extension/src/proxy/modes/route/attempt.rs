@@ -5,8 +5,9 @@
 
 use super::{host_for_uri, upstream_key};
 use crate::config::{Route, Upstream};
+use crate::error_chain::find;
 use crate::proxy::body::UpstreamBody;
-use crate::proxy::request::outcome::{find_source, Refusal};
+use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::{record_bytes_out, RequestRecord};
 use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::breaker::Admission;
@@ -227,7 +228,7 @@ pub(super) fn judge(
             Next::SkipStale(err)
         }
         Ok(Err(err)) => {
-            let failure = find_source::<Failure>(&err);
+            let failure = find::<Failure>(&err);
             if let Some(f) = failure {
                 record.addr = f.addr();
                 record.dns_ms = f.dns_ms();

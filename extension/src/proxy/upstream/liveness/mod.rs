@@ -115,31 +115,26 @@ impl StaleConnection {
 /// Whether an error chain says a request failed on a stale connection: `Some(false)` when
 /// nothing was sent, `Some(true)` when it was.
 pub(crate) fn stale_in(err: &(dyn std::error::Error + 'static)) -> Option<bool> {
-    let mut current = Some(err);
-    // Error chains are short; the bound only guards against a cyclic `source()`.
-    for _ in 0..16 {
-        let e = current?;
+    crate::error_chain::sources(err).find_map(|e| {
         if let Some(stale) = e.downcast_ref::<StaleConnection>() {
             return Some(stale.sent);
         }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(stale) = io
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<StaleConnection>())
-            {
-                return Some(stale.sent);
-            }
-            let message = io.to_string();
-            if message.contains(STALE_UNSENT) {
-                return Some(false);
-            }
-            if message.contains(STALE_SENT) {
-                return Some(true);
-            }
+        let io = e.downcast_ref::<io::Error>()?;
+        if let Some(stale) = io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<StaleConnection>())
+        {
+            return Some(stale.sent);
         }
-        current = e.source();
-    }
-    None
+        let message = io.to_string();
+        if message.contains(STALE_UNSENT) {
+            Some(false)
+        } else if message.contains(STALE_SENT) {
+            Some(true)
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]
