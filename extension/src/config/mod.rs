@@ -7,6 +7,8 @@
 
 mod parse;
 mod redact;
+#[cfg(test)]
+mod tests;
 
 use ipnet::IpNet;
 use std::fmt;
