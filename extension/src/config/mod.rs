@@ -5,6 +5,7 @@
 //! feature is switched off or the default kept), so every problem is reported at once and
 //! the function keeps running. `EGRESS_WARDEN_STRICT=true` turns problems into an INIT error.
 
+mod items;
 mod parse;
 mod redact;
 #[cfg(test)]
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use parse::normalize_host;
+pub use items::normalize_host;
 pub use redact::redact;
 
 pub const PREFIX: &str = "EGRESS_WARDEN_";
