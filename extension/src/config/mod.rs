@@ -7,9 +7,11 @@
 
 mod items;
 mod parse;
+mod reader;
 mod redact;
 #[cfg(test)]
 mod tests;
+mod variables;
 
 use ipnet::IpNet;
 use std::fmt;

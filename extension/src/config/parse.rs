@@ -1,406 +1,45 @@
-//! [`super::Config::from_vars`]: one reader that collects every problem; the parsers of single
-//! values and list items are in [`super::items`].
+//! [`super::Config::from_vars`]: one small reader per concern, called in a fixed order so
+//! the problems always come out in the same order (unknown names first).
 
 use super::items::{
     parse_cidr, parse_dns_upstream, parse_level, parse_route, parse_rule, parse_warm,
 };
-use super::*;
-use std::collections::{BTreeSet, HashMap};
-
-pub(super) const KNOWN: &[&str] = &[
-    "DISABLE",
-    "STRICT",
-    "LOG_LEVEL",
-    "PROXY_PORT",
-    "DNS_PORT",
-    "DNS_UPSTREAMS",
-    "DNS_MIN_TTL_S",
-    "DNS_MAX_TTL_S",
-    "DNS_NEGATIVE_TTL_S",
-    "DNS_STALE_S",
-    "ALLOW",
-    "DENY",
-    "POLICY",
-    "CA_BUNDLE",
-    "VPC_CIDRS",
-    "ROUTES",
-    "WARM",
-    "WARM_BUDGET_MS",
-    "CONNECT_TIMEOUT_MS",
-    "POOL_IDLE_S",
-    "RETRY_MAX",
-    "MAX_CONNECTIONS",
-    "METRICS_SINK",
-    "METRICS_NAMESPACE",
-    "CLOUDWATCH_ENDPOINT",
-    "FLUSH_INTERVAL_S",
-    "RESTORE_BUDGET_MS",
-];
+use super::reader::Reader;
+use super::variables::Var;
+use super::{
+    Config, DnsSettings, InitType, LambdaEnv, LogLevel, MetricsSettings, MetricsSink, PolicyMode,
+    PolicySettings, Problem, Route, WarmTarget, NAT_IDLE_TIMEOUT_S,
+};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const DEFAULT_VPC_CIDRS: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10";
-
-struct Reader<'a> {
-    vars: HashMap<&'a str, &'a str>,
-    problems: Vec<Problem>,
-}
-
-impl<'a> Reader<'a> {
-    fn get(&self, suffix: &str) -> Option<(String, &'a str)> {
-        let name = format!("{PREFIX}{suffix}");
-        let value = self.vars.get(name.as_str()).copied()?;
-        Some((name, value))
-    }
-
-    /// Records a bad variable. Every text is masked ([`redact`]): a rejected URL may carry
-    /// the very credentials it was rejected for, and the value is quoted in the messages too.
-    fn problem(&mut self, variable: &str, value: &str, expected: &str, effect: &str) {
-        self.problems.push(Problem {
-            variable: variable.to_owned(),
-            value: redact(value),
-            expected: redact(expected),
-            effect: redact(effect),
-        });
-    }
-
-    fn bool(&mut self, suffix: &str, default: bool) -> bool {
-        let Some((name, value)) = self.get(suffix) else {
-            return default;
-        };
-        // Exactly `true`/`false` (any case): the exec wrapper reads EGRESS_WARDEN_DISABLE the
-        // same way, so the two can never disagree on whether the proxy is there.
-        match value.trim().to_ascii_lowercase().as_str() {
-            "true" => true,
-            "false" | "" => false,
-            _ => {
-                let effect = format!("using the default ({default})");
-                self.problem(&name, value, "true or false", &effect);
-                default
-            }
-        }
-    }
-
-    /// A number in `min..=max`; on a bad value `fallback` (the feature's off switch or its
-    /// default), described by `effect`.
-    fn number(
-        &mut self,
-        suffix: &str,
-        default: u64,
-        min: u64,
-        max: u64,
-        fallback: u64,
-        effect: &str,
-    ) -> u64 {
-        let Some((name, value)) = self.get(suffix) else {
-            return default;
-        };
-        match value.trim().parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                let expected = format!("a whole number from {min} to {max}");
-                self.problem(&name, value, &expected, effect);
-                fallback
-            }
-        }
-    }
-
-    fn port(&mut self, suffix: &str, default: u16, feature: &str) -> u16 {
-        let effect = format!("the {feature} is disabled");
-        let Some((name, value)) = self.get(suffix) else {
-            return default;
-        };
-        match value.trim().parse::<u16>() {
-            Ok(port) => port,
-            Err(_) => {
-                self.problem(
-                    &name,
-                    value,
-                    "a port number from 0 to 65535 (0 disables)",
-                    &effect,
-                );
-                0
-            }
-        }
-    }
-
-    /// Splits a comma list, parses each item and reports each bad item on its own.
-    fn list<T>(
-        &mut self,
-        suffix: &str,
-        default: &str,
-        expected: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Vec<T> {
-        let (name, value) = match self.get(suffix) {
-            Some((name, value)) => (name, value.to_owned()),
-            None => (format!("{PREFIX}{suffix}"), default.to_owned()),
-        };
-        let mut items = Vec::new();
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match parse(item) {
-                Ok(parsed) => items.push(parsed),
-                Err(why) => {
-                    let expected = format!("{expected} ({why})");
-                    let effect = format!("the entry {item:?} is ignored");
-                    self.problem(&name, item, &expected, &effect);
-                }
-            }
-        }
-        items
-    }
-}
+const DEFAULT_NAMESPACE: &str = "EgressWarden";
+const HOST_RULES: &str = "host globs with optional :port, or CIDR ranges";
 
 pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
-    let mut r = Reader {
-        vars: vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-        problems: Vec::new(),
-    };
-    let lambda_var = |name: &str| r.vars.get(name).map(|v| v.to_string());
-    let function_name = lambda_var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "unknown".into());
-    let region = lambda_var("AWS_REGION").or_else(|| lambda_var("AWS_DEFAULT_REGION"));
-    let initialization_type = match lambda_var("AWS_LAMBDA_INITIALIZATION_TYPE").as_deref() {
-        Some("provisioned-concurrency") => InitType::ProvisionedConcurrency,
-        Some("snap-start") => InitType::SnapStart,
-        Some("lambda-managed-instances") => InitType::ManagedInstances,
-        _ => InitType::OnDemand,
-    };
-    let log_json =
-        lambda_var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    let lambda_log_level = lambda_var("AWS_LAMBDA_LOG_LEVEL");
-
-    let unknown: BTreeSet<String> = r
-        .vars
-        .keys()
-        .filter_map(|k| k.strip_prefix(PREFIX))
-        .filter(|suffix| !KNOWN.contains(suffix))
-        .map(|suffix| format!("{PREFIX}{suffix}"))
-        .collect();
-    for name in unknown {
-        let value = r.vars.get(name.as_str()).copied().unwrap_or_default();
-        r.problem(
-            &name,
-            value,
-            "one of the variables documented in the README",
-            "it is ignored",
-        );
-    }
-
-    let disable = r.bool("DISABLE", false);
-    let strict = r.bool("STRICT", false);
-
-    let log_level = match r.get("LOG_LEVEL") {
-        Some((name, value)) => parse_level(value).unwrap_or_else(|| {
-            r.problem(
-                &name,
-                value,
-                "trace, debug, info, warn or error",
-                "using info",
-            );
-            LogLevel::Info
-        }),
-        None => lambda_log_level
-            .as_deref()
-            .and_then(parse_level)
-            .unwrap_or(LogLevel::Info),
-    };
-
-    let proxy_port = r.port("PROXY_PORT", 3128, "proxy");
-    let dns_port = r.port("DNS_PORT", 1053, "DNS listener");
-
-    let upstreams = r.list(
-        "DNS_UPSTREAMS",
-        "",
-        "a comma list of ip or ip:port",
-        parse_dns_upstream,
-    );
-    let min_ttl = r.number("DNS_MIN_TTL_S", 0, 0, 86_400, 0, "using 0");
-    let max_ttl = r.number("DNS_MAX_TTL_S", 300, 1, 86_400, 300, "using 300");
-    let max_ttl = if max_ttl < min_ttl {
-        let value = max_ttl.to_string();
-        r.problem(
-            "EGRESS_WARDEN_DNS_MAX_TTL_S",
-            &value,
-            "a value not below EGRESS_WARDEN_DNS_MIN_TTL_S",
-            "using the minimum TTL as the maximum",
-        );
-        min_ttl
-    } else {
-        max_ttl
-    };
-    let negative_ttl = r.number("DNS_NEGATIVE_TTL_S", 5, 0, 3_600, 5, "using 5");
-    let stale = r.number("DNS_STALE_S", 3_600, 0, 86_400 * 7, 3_600, "using 3600");
-
-    let allow = r.list(
-        "ALLOW",
-        "",
-        "host globs with optional :port, or CIDR ranges",
-        parse_rule,
-    );
-    let deny = r.list(
-        "DENY",
-        "",
-        "host globs with optional :port, or CIDR ranges",
-        parse_rule,
-    );
-    let mode = match r.get("POLICY") {
-        None => PolicyMode::Observe,
-        Some((name, value)) => match value.trim().to_ascii_lowercase().as_str() {
-            "observe" | "" => PolicyMode::Observe,
-            "enforce" => PolicyMode::Enforce,
-            _ => {
-                r.problem(
-                    &name,
-                    value,
-                    "observe or enforce",
-                    "ALLOW/DENY lists are only observed (logged and counted, not enforced)",
-                );
-                PolicyMode::Observe
-            }
-        },
-    };
-
-    let ca_bundle = match r.get("CA_BUNDLE") {
-        None => None,
-        Some((_, value)) if value.trim().is_empty() => None,
-        Some((name, value)) => {
-            let path = PathBuf::from(value.trim());
-            if path.is_file() {
-                Some(path)
-            } else {
-                r.problem(
-                    &name,
-                    value,
-                    "the path of a readable PEM file",
-                    "only the system roots are trusted",
-                );
-                None
-            }
-        }
-    };
-
+    let mut r = Reader::new(vars);
+    r.report_unknown();
+    let lambda = lambda_env(&r);
+    let disable = r.bool(Var::Disable, false);
+    let strict = r.bool(Var::Strict, false);
+    let (log_level, log_json) = logging(&mut r);
+    let proxy_port = r.port(Var::ProxyPort, 3128, "proxy");
+    let dns_port = r.port(Var::DnsPort, 1053, "DNS listener");
+    let dns = dns(&mut r);
+    let policy = policy(&mut r);
+    let ca_bundle = ca_bundle(&mut r);
     let vpc_cidrs = r.list(
-        "VPC_CIDRS",
+        Var::VpcCidrs,
         DEFAULT_VPC_CIDRS,
         "a comma list of CIDR ranges",
         parse_cidr,
     );
-
-    let routes = r.list(
-        "ROUTES",
-        "",
-        "name=https://primary[|https://fallback]",
-        parse_route,
-    );
-    let mut seen = BTreeSet::new();
-    let mut unique_routes = Vec::new();
-    for route in routes {
-        if seen.insert(route.name.clone()) {
-            unique_routes.push(route);
-        } else {
-            let name = format!("{PREFIX}ROUTES");
-            let effect = format!("the second route {:?} is ignored", route.name);
-            r.problem(&name, &route.name, "unique route names", &effect);
-        }
-    }
-    let routes = unique_routes;
-
-    let warm = r.list("WARM", "", "host:port[*n] or route[*n]", |s| {
-        parse_warm(s, &routes)
-    });
-    let default_budget = match initialization_type {
-        InitType::OnDemand => 1_000,
-        InitType::ProvisionedConcurrency | InitType::SnapStart | InitType::ManagedInstances => {
-            5_000
-        }
-    };
-    let warm_budget = r.number(
-        "WARM_BUDGET_MS",
-        default_budget,
-        0,
-        60_000,
-        default_budget,
-        "using the default",
-    );
-    // Unset: the execution model decides (the lifecycle knows once registered whether INVOKE
-    // events will come).
-    let flush_interval = match r.get("FLUSH_INTERVAL_S") {
-        None => None,
-        Some(_) => {
-            let seconds = r.number(
-                "FLUSH_INTERVAL_S",
-                0,
-                0,
-                3_600,
-                u64::MAX,
-                "using the default (30 where no INVOKE events come, else 0)",
-            );
-            (seconds != u64::MAX).then(|| Duration::from_secs(seconds))
-        }
-    };
-    let restore_budget = r.number("RESTORE_BUDGET_MS", 1_000, 0, 10_000, 1_000, "using 1000");
-    let connect_timeout = r.number("CONNECT_TIMEOUT_MS", 3_000, 1, 120_000, 3_000, "using 3000");
-    let pool_idle = r.number(
-        "POOL_IDLE_S",
-        60,
-        1,
-        NAT_IDLE_TIMEOUT_S - 1,
-        60,
-        "using 60 (it must stay below the NAT gateway's 350 s idle timeout)",
-    );
-    let retry_max = r.number("RETRY_MAX", 3, 1, 10, 3, "using 3") as u32;
-    let max_connections = r.number("MAX_CONNECTIONS", 1024, 1, 65_536, 1024, "using 1024") as usize;
-
-    let sink = match r.get("METRICS_SINK") {
-        None => MetricsSink::Emf,
-        Some((name, value)) => match value.trim().to_ascii_lowercase().as_str() {
-            "emf" | "" => MetricsSink::Emf,
-            "cloudwatch" => MetricsSink::CloudWatch,
-            "both" => MetricsSink::Both,
-            "off" => MetricsSink::Off,
-            _ => {
-                r.problem(&name, value, "emf, cloudwatch, both or off", "using emf");
-                MetricsSink::Emf
-            }
-        },
-    };
-    let namespace = match r.get("METRICS_NAMESPACE") {
-        None => "EgressWarden".to_owned(),
-        Some((name, value)) => {
-            let value = value.trim();
-            if !value.is_empty()
-                && value.len() <= 255
-                && !value.starts_with(':')
-                && value.is_ascii()
-            {
-                value.to_owned()
-            } else {
-                r.problem(
-                    &name,
-                    value,
-                    "1 to 255 ASCII characters, not starting with ':'",
-                    "using EgressWarden",
-                );
-                "EgressWarden".to_owned()
-            }
-        }
-    };
-    let cloudwatch_endpoint = match r.get("CLOUDWATCH_ENDPOINT") {
-        None => None,
-        Some((_, value)) if value.trim().is_empty() => None,
-        Some((name, value)) => match value.trim().parse::<http::Uri>() {
-            Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => {
-                Some(value.trim().to_owned())
-            }
-            _ => {
-                r.problem(
-                    &name,
-                    value,
-                    "an http:// or https:// URL",
-                    "using the SDK's default endpoint",
-                );
-                None
-            }
-        },
-    };
+    let routes = routes(&mut r);
+    let lifecycle = lifecycle(&mut r, &routes, lambda.initialization_type);
+    let limits = limits(&mut r);
+    let metrics = metrics(&mut r);
 
     let config = Config {
         disable,
@@ -409,35 +48,283 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         log_json,
         proxy_port,
         dns_port,
-        dns: DnsSettings {
-            upstreams,
-            min_ttl: Duration::from_secs(min_ttl),
-            max_ttl: Duration::from_secs(max_ttl),
-            negative_ttl: Duration::from_secs(negative_ttl),
-            stale: Duration::from_secs(stale),
-        },
-        policy: PolicySettings { allow, deny, mode },
+        dns,
+        policy,
         ca_bundle,
         vpc_cidrs,
         routes,
-        warm,
-        warm_budget: Duration::from_millis(warm_budget),
-        restore_budget: Duration::from_millis(restore_budget),
-        flush_interval,
-        connect_timeout: Duration::from_millis(connect_timeout),
-        pool_idle: Duration::from_secs(pool_idle),
-        retry_max,
-        max_connections,
-        metrics: MetricsSettings {
-            sink,
-            namespace,
-            cloudwatch_endpoint,
-        },
-        lambda: LambdaEnv {
-            function_name,
-            region,
-            initialization_type,
-        },
+        warm: lifecycle.warm,
+        warm_budget: lifecycle.warm_budget,
+        restore_budget: lifecycle.restore_budget,
+        flush_interval: lifecycle.flush_interval,
+        connect_timeout: limits.connect_timeout,
+        pool_idle: limits.pool_idle,
+        retry_max: limits.retry_max,
+        max_connections: limits.max_connections,
+        metrics,
+        lambda,
     };
-    (config, r.problems)
+    (config, r.into_problems())
+}
+
+/// What Lambda itself sets; never a problem (Lambda, not the user, wrote it).
+fn lambda_env(r: &Reader) -> LambdaEnv {
+    let initialization_type = match r.lambda_var("AWS_LAMBDA_INITIALIZATION_TYPE") {
+        Some("provisioned-concurrency") => InitType::ProvisionedConcurrency,
+        Some("snap-start") => InitType::SnapStart,
+        Some("lambda-managed-instances") => InitType::ManagedInstances,
+        _ => InitType::OnDemand,
+    };
+    LambdaEnv {
+        function_name: r
+            .lambda_var("AWS_LAMBDA_FUNCTION_NAME")
+            .unwrap_or("unknown")
+            .to_owned(),
+        region: r
+            .lambda_var("AWS_REGION")
+            .or_else(|| r.lambda_var("AWS_DEFAULT_REGION"))
+            .map(str::to_owned),
+        initialization_type,
+    }
+}
+
+/// The level (ours, else the function's, else info) and whether lines are JSON (as the
+/// function's own logs are).
+fn logging(r: &mut Reader) -> (LogLevel, bool) {
+    let log_json = r
+        .lambda_var("AWS_LAMBDA_LOG_FORMAT")
+        .is_some_and(|format| format.eq_ignore_ascii_case("json"));
+    let log_level = match r.get(Var::LogLevel) {
+        Some(value) => parse_level(value).unwrap_or_else(|| {
+            r.problem(
+                Var::LogLevel.name(),
+                value,
+                "trace, debug, info, warn or error",
+                "using info",
+            );
+            LogLevel::Info
+        }),
+        None => r
+            .lambda_var("AWS_LAMBDA_LOG_LEVEL")
+            .and_then(parse_level)
+            .unwrap_or(LogLevel::Info),
+    };
+    (log_level, log_json)
+}
+
+fn dns(r: &mut Reader) -> DnsSettings {
+    let upstreams = r.list(
+        Var::DnsUpstreams,
+        "",
+        "a comma list of ip or ip:port",
+        parse_dns_upstream,
+    );
+    let min_ttl = r.number(Var::DnsMinTtlS, 0, 0..=86_400, "using 0");
+    let max_ttl = r.number(Var::DnsMaxTtlS, 300, 1..=86_400, "using 300");
+    // A clamp whose maximum is below its minimum has no answer; the minimum wins.
+    let max_ttl = if max_ttl < min_ttl {
+        r.problem(
+            Var::DnsMaxTtlS.name(),
+            &max_ttl.to_string(),
+            "a value not below EGRESS_WARDEN_DNS_MIN_TTL_S",
+            "using the minimum TTL as the maximum",
+        );
+        min_ttl
+    } else {
+        max_ttl
+    };
+    let negative_ttl = r.number(Var::DnsNegativeTtlS, 5, 0..=3_600, "using 5");
+    let stale = r.number(Var::DnsStaleS, 3_600, 0..=86_400 * 7, "using 3600");
+    DnsSettings {
+        upstreams,
+        min_ttl: Duration::from_secs(min_ttl),
+        max_ttl: Duration::from_secs(max_ttl),
+        negative_ttl: Duration::from_secs(negative_ttl),
+        stale: Duration::from_secs(stale),
+    }
+}
+
+fn policy(r: &mut Reader) -> PolicySettings {
+    let allow = r.list(Var::Allow, "", HOST_RULES, parse_rule);
+    let deny = r.list(Var::Deny, "", HOST_RULES, parse_rule);
+    // A bad mode never enforces: denying traffic the user did not ask to deny is worse.
+    let mode = r.keyword(
+        Var::Policy,
+        PolicyMode::Observe,
+        &[
+            ("observe", PolicyMode::Observe),
+            ("enforce", PolicyMode::Enforce),
+        ],
+        "observe or enforce",
+        "ALLOW/DENY lists are only observed (logged and counted, not enforced)",
+    );
+    PolicySettings { allow, deny, mode }
+}
+
+/// Checked now, so a wrong path is reported at INIT rather than at the first TLS handshake.
+fn ca_bundle(r: &mut Reader) -> Option<PathBuf> {
+    let value = r.get(Var::CaBundle)?;
+    if value.trim().is_empty() {
+        return None;
+    }
+    let path = PathBuf::from(value.trim());
+    if path.is_file() {
+        return Some(path);
+    }
+    r.problem(
+        Var::CaBundle.name(),
+        value,
+        "the path of a readable PEM file",
+        "only the system roots are trusted",
+    );
+    None
+}
+
+/// A route is addressed by its name (`/<route>/<path>`), so a repeated name is dropped.
+fn routes(r: &mut Reader) -> Vec<Route> {
+    let routes = r.list(
+        Var::Routes,
+        "",
+        "name=https://primary[|https://fallback]",
+        parse_route,
+    );
+    let mut seen = BTreeSet::new();
+    let mut unique = Vec::with_capacity(routes.len());
+    for route in routes {
+        if seen.insert(route.name.clone()) {
+            unique.push(route);
+        } else {
+            let effect = format!("the second route {:?} is ignored", route.name);
+            r.problem(
+                Var::Routes.name(),
+                &route.name,
+                "unique route names",
+                &effect,
+            );
+        }
+    }
+    unique
+}
+
+/// Warm-up at INIT and after a restore, and the metrics flush timer.
+struct Lifecycle {
+    warm: Vec<WarmTarget>,
+    warm_budget: Duration,
+    flush_interval: Option<Duration>,
+    restore_budget: Duration,
+}
+
+fn lifecycle(r: &mut Reader, routes: &[Route], initialization_type: InitType) -> Lifecycle {
+    let warm = r.list(Var::Warm, "", "host:port[*n] or route[*n]", |item| {
+        parse_warm(item, routes)
+    });
+    // On demand, warm-up delays the first invocation; elsewhere INIT is not on a request's path.
+    let default_budget_ms = match initialization_type {
+        InitType::OnDemand => 1_000,
+        InitType::ProvisionedConcurrency | InitType::SnapStart | InitType::ManagedInstances => {
+            5_000
+        }
+    };
+    let warm_budget_ms = r.number(
+        Var::WarmBudgetMs,
+        default_budget_ms,
+        0..=60_000,
+        "using the default",
+    );
+    // Unset (or bad): the execution model decides, once registration tells whether INVOKE
+    // events will come.
+    let flush_interval_s = r.optional_number(
+        Var::FlushIntervalS,
+        0..=3_600,
+        "using the default (30 where no INVOKE events come, else 0)",
+    );
+    let restore_budget_ms = r.number(Var::RestoreBudgetMs, 1_000, 0..=10_000, "using 1000");
+    Lifecycle {
+        warm,
+        warm_budget: Duration::from_millis(warm_budget_ms),
+        flush_interval: flush_interval_s.map(Duration::from_secs),
+        restore_budget: Duration::from_millis(restore_budget_ms),
+    }
+}
+
+struct Limits {
+    connect_timeout: Duration,
+    pool_idle: Duration,
+    retry_max: u32,
+    max_connections: usize,
+}
+
+fn limits(r: &mut Reader) -> Limits {
+    let connect_timeout_ms = r.number(Var::ConnectTimeoutMs, 3_000, 1..=120_000, "using 3000");
+    // Closed before the NAT gateway drops them, which would answer the next request with RST.
+    let pool_idle_s = r.number(
+        Var::PoolIdleS,
+        60,
+        1..=NAT_IDLE_TIMEOUT_S - 1,
+        "using 60 (it must stay below the NAT gateway's 350 s idle timeout)",
+    );
+    Limits {
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        pool_idle: Duration::from_secs(pool_idle_s),
+        retry_max: r.number(Var::RetryMax, 3, 1..=10, "using 3"),
+        max_connections: r.number(Var::MaxConnections, 1024, 1..=65_536, "using 1024"),
+    }
+}
+
+fn metrics(r: &mut Reader) -> MetricsSettings {
+    let sink = r.keyword(
+        Var::MetricsSink,
+        MetricsSink::Emf,
+        &[
+            ("emf", MetricsSink::Emf),
+            ("cloudwatch", MetricsSink::CloudWatch),
+            ("both", MetricsSink::Both),
+            ("off", MetricsSink::Off),
+        ],
+        "emf, cloudwatch, both or off",
+        "using emf",
+    );
+    MetricsSettings {
+        sink,
+        namespace: namespace(r),
+        cloudwatch_endpoint: cloudwatch_endpoint(r),
+    }
+}
+
+/// CloudWatch's rules for a namespace, checked here so a bad one is not rejected on every flush.
+fn namespace(r: &mut Reader) -> String {
+    let Some(value) = r.get(Var::MetricsNamespace) else {
+        return DEFAULT_NAMESPACE.to_owned();
+    };
+    let value = value.trim();
+    if !value.is_empty() && value.len() <= 255 && !value.starts_with(':') && value.is_ascii() {
+        return value.to_owned();
+    }
+    r.problem(
+        Var::MetricsNamespace.name(),
+        value,
+        "1 to 255 ASCII characters, not starting with ':'",
+        "using EgressWarden",
+    );
+    DEFAULT_NAMESPACE.to_owned()
+}
+
+fn cloudwatch_endpoint(r: &mut Reader) -> Option<String> {
+    let value = r.get(Var::CloudwatchEndpoint)?;
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    match trimmed.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => Some(trimmed.to_owned()),
+        _ => {
+            r.problem(
+                Var::CloudwatchEndpoint.name(),
+                value,
+                "an http:// or https:// URL",
+                "using the SDK's default endpoint",
+            );
+            None
+        }
+    }
 }

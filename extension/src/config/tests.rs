@@ -1,6 +1,6 @@
 //! Parsing the variables as a whole: defaults, every problem reported, nothing secret shown.
 
-use super::parse::KNOWN;
+use super::variables::Var;
 use super::*;
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -157,7 +157,7 @@ fn no_variable_shows_a_credential_in_its_problem() {
         format!("api.example.com:443,{url}*2"),
     ];
     // Every documented variable, and a typo (an unknown variable's value is echoed too).
-    let mut names: Vec<String> = KNOWN.iter().map(|k| format!("{PREFIX}{k}")).collect();
+    let mut names: Vec<String> = Var::ALL.iter().map(|var| var.name().to_owned()).collect();
     names.push(format!("{PREFIX}ROUTEZ"));
     let mut shown = 0;
     for name in &names {
