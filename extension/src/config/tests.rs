@@ -2,6 +2,7 @@
 
 use super::variables::Var;
 use super::*;
+use std::collections::BTreeSet;
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -68,6 +69,35 @@ fn unknown_variables_are_reported() {
     let (_, problems) = Config::from_vars(&vars(&[("EGRESS_WARDEN_PROXYPORT", "1")]));
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].variable, "EGRESS_WARDEN_PROXYPORT");
+}
+
+#[test]
+fn the_variable_table_names_each_variable_once_under_the_prefix() {
+    let names: BTreeSet<&str> = Var::ALL.iter().map(|var| var.name()).collect();
+    assert_eq!(names.len(), Var::ALL.len(), "a name is in the table twice");
+    for name in names {
+        let suffix = name.strip_prefix(PREFIX).unwrap_or_default();
+        assert!(
+            !suffix.is_empty()
+                && suffix
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn every_variable_in_the_table_is_read() {
+    // A value no variable accepts: a variable the parser never reads would raise no problem.
+    for var in Var::ALL {
+        let (_, problems) = Config::from_vars(&vars(&[(var.name(), "ü:x")]));
+        assert!(
+            problems.iter().any(|p| p.variable == var.name()),
+            "{} is in the table but not read: {problems:?}",
+            var.name()
+        );
+    }
 }
 
 #[test]
