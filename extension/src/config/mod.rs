@@ -5,8 +5,13 @@
 //! feature is switched off or the default kept), so every problem is reported at once and
 //! the function keeps running. `EGRESS_WARDEN_STRICT=true` turns problems into an INIT error.
 
+mod items;
 mod parse;
+mod reader;
 mod redact;
+#[cfg(test)]
+mod tests;
+mod variables;
 
 use ipnet::IpNet;
 use std::fmt;
@@ -14,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use parse::normalize_host;
+pub use items::normalize_host;
 pub use redact::redact;
 
 pub const PREFIX: &str = "EGRESS_WARDEN_";

@@ -1,433 +1,45 @@
-//! The parsers behind [`super::Config::from_vars`]: one reader that collects every problem.
+//! [`super::Config::from_vars`]: one small reader per concern, called in a fixed order so
+//! the problems always come out in the same order (unknown names first).
 
-use super::*;
-use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
-use std::str::FromStr;
-
-const KNOWN: &[&str] = &[
-    "DISABLE",
-    "STRICT",
-    "LOG_LEVEL",
-    "PROXY_PORT",
-    "DNS_PORT",
-    "DNS_UPSTREAMS",
-    "DNS_MIN_TTL_S",
-    "DNS_MAX_TTL_S",
-    "DNS_NEGATIVE_TTL_S",
-    "DNS_STALE_S",
-    "ALLOW",
-    "DENY",
-    "POLICY",
-    "CA_BUNDLE",
-    "VPC_CIDRS",
-    "ROUTES",
-    "WARM",
-    "WARM_BUDGET_MS",
-    "CONNECT_TIMEOUT_MS",
-    "POOL_IDLE_S",
-    "RETRY_MAX",
-    "MAX_CONNECTIONS",
-    "METRICS_SINK",
-    "METRICS_NAMESPACE",
-    "CLOUDWATCH_ENDPOINT",
-    "FLUSH_INTERVAL_S",
-    "RESTORE_BUDGET_MS",
-];
+use super::items::{
+    parse_cidr, parse_dns_upstream, parse_level, parse_route, parse_rule, parse_warm,
+};
+use super::reader::Reader;
+use super::variables::Var;
+use super::{
+    Config, DnsSettings, InitType, LambdaEnv, LogLevel, MetricsSettings, MetricsSink, PolicyMode,
+    PolicySettings, Problem, Route, WarmTarget, NAT_IDLE_TIMEOUT_S,
+};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const DEFAULT_VPC_CIDRS: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10";
-
-/// Normalises a host name the way both policy rules and requests are compared: brackets
-/// and one trailing dot removed, IP literals in canonical form, names lower-cased and
-/// IDNA-encoded. Equal hosts always normalise to equal strings, so `EXAMPLE.com.` cannot
-/// slip past a rule for `example.com`.
-pub fn normalize_host(raw: &str) -> Result<String, String> {
-    let trimmed = raw.trim();
-    let unbracketed = trimmed
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(trimmed);
-    if let Ok(ip) = IpAddr::from_str(unbracketed) {
-        return Ok(ip.to_string());
-    }
-    let name = unbracketed.strip_suffix('.').unwrap_or(unbracketed);
-    if name.is_empty() {
-        return Err("an empty host name".into());
-    }
-    let ascii =
-        idna::domain_to_ascii(name).map_err(|_| format!("{raw:?} is not a valid host name"))?;
-    // RFC 1035 §2.3.4: labels of 1 to 63 octets, 253 in all (without the root's dot).
-    let labels_ok = ascii
-        .split('.')
-        .all(|label| (1..=63).contains(&label.len()));
-    if !labels_ok || ascii.len() > 253 {
-        return Err(format!("{raw:?} is not a valid host name"));
-    }
-    Ok(ascii)
-}
-
-struct Reader<'a> {
-    vars: HashMap<&'a str, &'a str>,
-    problems: Vec<Problem>,
-}
-
-impl<'a> Reader<'a> {
-    fn get(&self, suffix: &str) -> Option<(String, &'a str)> {
-        let name = format!("{PREFIX}{suffix}");
-        let value = self.vars.get(name.as_str()).copied()?;
-        Some((name, value))
-    }
-
-    /// Records a bad variable. Every text is masked ([`redact`]): a rejected URL may carry
-    /// the very credentials it was rejected for, and the value is quoted in the messages too.
-    fn problem(&mut self, variable: &str, value: &str, expected: &str, effect: &str) {
-        self.problems.push(Problem {
-            variable: variable.to_owned(),
-            value: redact(value),
-            expected: redact(expected),
-            effect: redact(effect),
-        });
-    }
-
-    fn bool(&mut self, suffix: &str, default: bool) -> bool {
-        let Some((name, value)) = self.get(suffix) else {
-            return default;
-        };
-        // Exactly `true`/`false` (any case): the exec wrapper reads EGRESS_WARDEN_DISABLE the
-        // same way, so the two can never disagree on whether the proxy is there.
-        match value.trim().to_ascii_lowercase().as_str() {
-            "true" => true,
-            "false" | "" => false,
-            _ => {
-                let effect = format!("using the default ({default})");
-                self.problem(&name, value, "true or false", &effect);
-                default
-            }
-        }
-    }
-
-    /// A number in `min..=max`; on a bad value `fallback` (the feature's off switch or its
-    /// default), described by `effect`.
-    fn number(
-        &mut self,
-        suffix: &str,
-        default: u64,
-        min: u64,
-        max: u64,
-        fallback: u64,
-        effect: &str,
-    ) -> u64 {
-        let Some((name, value)) = self.get(suffix) else {
-            return default;
-        };
-        match value.trim().parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                let expected = format!("a whole number from {min} to {max}");
-                self.problem(&name, value, &expected, effect);
-                fallback
-            }
-        }
-    }
-
-    fn port(&mut self, suffix: &str, default: u16, feature: &str) -> u16 {
-        let effect = format!("the {feature} is disabled");
-        let Some((name, value)) = self.get(suffix) else {
-            return default;
-        };
-        match value.trim().parse::<u16>() {
-            Ok(port) => port,
-            Err(_) => {
-                self.problem(
-                    &name,
-                    value,
-                    "a port number from 0 to 65535 (0 disables)",
-                    &effect,
-                );
-                0
-            }
-        }
-    }
-
-    /// Splits a comma list, parses each item and reports each bad item on its own.
-    fn list<T>(
-        &mut self,
-        suffix: &str,
-        default: &str,
-        expected: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Vec<T> {
-        let (name, value) = match self.get(suffix) {
-            Some((name, value)) => (name, value.to_owned()),
-            None => (format!("{PREFIX}{suffix}"), default.to_owned()),
-        };
-        let mut items = Vec::new();
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match parse(item) {
-                Ok(parsed) => items.push(parsed),
-                Err(why) => {
-                    let expected = format!("{expected} ({why})");
-                    let effect = format!("the entry {item:?} is ignored");
-                    self.problem(&name, item, &expected, &effect);
-                }
-            }
-        }
-        items
-    }
-}
+const DEFAULT_NAMESPACE: &str = "EgressWarden";
+const HOST_RULES: &str = "host globs with optional :port, or CIDR ranges";
 
 pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
-    let mut r = Reader {
-        vars: vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-        problems: Vec::new(),
-    };
-    let lambda_var = |name: &str| r.vars.get(name).map(|v| v.to_string());
-    let function_name = lambda_var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "unknown".into());
-    let region = lambda_var("AWS_REGION").or_else(|| lambda_var("AWS_DEFAULT_REGION"));
-    let initialization_type = match lambda_var("AWS_LAMBDA_INITIALIZATION_TYPE").as_deref() {
-        Some("provisioned-concurrency") => InitType::ProvisionedConcurrency,
-        Some("snap-start") => InitType::SnapStart,
-        Some("lambda-managed-instances") => InitType::ManagedInstances,
-        _ => InitType::OnDemand,
-    };
-    let log_json =
-        lambda_var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    let lambda_log_level = lambda_var("AWS_LAMBDA_LOG_LEVEL");
-
-    let unknown: BTreeSet<String> = r
-        .vars
-        .keys()
-        .filter_map(|k| k.strip_prefix(PREFIX))
-        .filter(|suffix| !KNOWN.contains(suffix))
-        .map(|suffix| format!("{PREFIX}{suffix}"))
-        .collect();
-    for name in unknown {
-        let value = r.vars.get(name.as_str()).copied().unwrap_or_default();
-        r.problem(
-            &name,
-            value,
-            "one of the variables documented in the README",
-            "it is ignored",
-        );
-    }
-
-    let disable = r.bool("DISABLE", false);
-    let strict = r.bool("STRICT", false);
-
-    let log_level = match r.get("LOG_LEVEL") {
-        Some((name, value)) => parse_level(value).unwrap_or_else(|| {
-            r.problem(
-                &name,
-                value,
-                "trace, debug, info, warn or error",
-                "using info",
-            );
-            LogLevel::Info
-        }),
-        None => lambda_log_level
-            .as_deref()
-            .and_then(parse_level)
-            .unwrap_or(LogLevel::Info),
-    };
-
-    let proxy_port = r.port("PROXY_PORT", 3128, "proxy");
-    let dns_port = r.port("DNS_PORT", 1053, "DNS listener");
-
-    let upstreams = r.list(
-        "DNS_UPSTREAMS",
-        "",
-        "a comma list of ip or ip:port",
-        parse_dns_upstream,
-    );
-    let min_ttl = r.number("DNS_MIN_TTL_S", 0, 0, 86_400, 0, "using 0");
-    let max_ttl = r.number("DNS_MAX_TTL_S", 300, 1, 86_400, 300, "using 300");
-    let max_ttl = if max_ttl < min_ttl {
-        let value = max_ttl.to_string();
-        r.problem(
-            "EGRESS_WARDEN_DNS_MAX_TTL_S",
-            &value,
-            "a value not below EGRESS_WARDEN_DNS_MIN_TTL_S",
-            "using the minimum TTL as the maximum",
-        );
-        min_ttl
-    } else {
-        max_ttl
-    };
-    let negative_ttl = r.number("DNS_NEGATIVE_TTL_S", 5, 0, 3_600, 5, "using 5");
-    let stale = r.number("DNS_STALE_S", 3_600, 0, 86_400 * 7, 3_600, "using 3600");
-
-    let allow = r.list(
-        "ALLOW",
-        "",
-        "host globs with optional :port, or CIDR ranges",
-        parse_rule,
-    );
-    let deny = r.list(
-        "DENY",
-        "",
-        "host globs with optional :port, or CIDR ranges",
-        parse_rule,
-    );
-    let mode = match r.get("POLICY") {
-        None => PolicyMode::Observe,
-        Some((name, value)) => match value.trim().to_ascii_lowercase().as_str() {
-            "observe" | "" => PolicyMode::Observe,
-            "enforce" => PolicyMode::Enforce,
-            _ => {
-                r.problem(
-                    &name,
-                    value,
-                    "observe or enforce",
-                    "ALLOW/DENY lists are only observed (logged and counted, not enforced)",
-                );
-                PolicyMode::Observe
-            }
-        },
-    };
-
-    let ca_bundle = match r.get("CA_BUNDLE") {
-        None => None,
-        Some((_, value)) if value.trim().is_empty() => None,
-        Some((name, value)) => {
-            let path = PathBuf::from(value.trim());
-            if path.is_file() {
-                Some(path)
-            } else {
-                r.problem(
-                    &name,
-                    value,
-                    "the path of a readable PEM file",
-                    "only the system roots are trusted",
-                );
-                None
-            }
-        }
-    };
-
+    let mut r = Reader::new(vars);
+    r.report_unknown();
+    let lambda = lambda_env(&r);
+    let disable = r.bool(Var::Disable, false);
+    let strict = r.bool(Var::Strict, false);
+    let (log_level, log_json) = logging(&mut r);
+    let proxy_port = r.port(Var::ProxyPort, 3128, "proxy");
+    let dns_port = r.port(Var::DnsPort, 1053, "DNS listener");
+    let dns = dns(&mut r);
+    let policy = policy(&mut r);
+    let ca_bundle = ca_bundle(&mut r);
     let vpc_cidrs = r.list(
-        "VPC_CIDRS",
+        Var::VpcCidrs,
         DEFAULT_VPC_CIDRS,
         "a comma list of CIDR ranges",
-        |s| IpNet::from_str(s).map_err(|_| "not a CIDR range".into()),
+        parse_cidr,
     );
-
-    let routes = r.list(
-        "ROUTES",
-        "",
-        "name=https://primary[|https://fallback]",
-        parse_route,
-    );
-    let mut seen = BTreeSet::new();
-    let mut unique_routes = Vec::new();
-    for route in routes {
-        if seen.insert(route.name.clone()) {
-            unique_routes.push(route);
-        } else {
-            let name = format!("{PREFIX}ROUTES");
-            let effect = format!("the second route {:?} is ignored", route.name);
-            r.problem(&name, &route.name, "unique route names", &effect);
-        }
-    }
-    let routes = unique_routes;
-
-    let warm = r.list("WARM", "", "host:port[*n] or route[*n]", |s| {
-        parse_warm(s, &routes)
-    });
-    let default_budget = match initialization_type {
-        InitType::OnDemand => 1_000,
-        InitType::ProvisionedConcurrency | InitType::SnapStart | InitType::ManagedInstances => {
-            5_000
-        }
-    };
-    let warm_budget = r.number(
-        "WARM_BUDGET_MS",
-        default_budget,
-        0,
-        60_000,
-        default_budget,
-        "using the default",
-    );
-    // Unset: the execution model decides (the lifecycle knows once registered whether INVOKE
-    // events will come).
-    let flush_interval = match r.get("FLUSH_INTERVAL_S") {
-        None => None,
-        Some(_) => {
-            let seconds = r.number(
-                "FLUSH_INTERVAL_S",
-                0,
-                0,
-                3_600,
-                u64::MAX,
-                "using the default (30 where no INVOKE events come, else 0)",
-            );
-            (seconds != u64::MAX).then(|| Duration::from_secs(seconds))
-        }
-    };
-    let restore_budget = r.number("RESTORE_BUDGET_MS", 1_000, 0, 10_000, 1_000, "using 1000");
-    let connect_timeout = r.number("CONNECT_TIMEOUT_MS", 3_000, 1, 120_000, 3_000, "using 3000");
-    let pool_idle = r.number(
-        "POOL_IDLE_S",
-        60,
-        1,
-        NAT_IDLE_TIMEOUT_S - 1,
-        60,
-        "using 60 (it must stay below the NAT gateway's 350 s idle timeout)",
-    );
-    let retry_max = r.number("RETRY_MAX", 3, 1, 10, 3, "using 3") as u32;
-    let max_connections = r.number("MAX_CONNECTIONS", 1024, 1, 65_536, 1024, "using 1024") as usize;
-
-    let sink = match r.get("METRICS_SINK") {
-        None => MetricsSink::Emf,
-        Some((name, value)) => match value.trim().to_ascii_lowercase().as_str() {
-            "emf" | "" => MetricsSink::Emf,
-            "cloudwatch" => MetricsSink::CloudWatch,
-            "both" => MetricsSink::Both,
-            "off" => MetricsSink::Off,
-            _ => {
-                r.problem(&name, value, "emf, cloudwatch, both or off", "using emf");
-                MetricsSink::Emf
-            }
-        },
-    };
-    let namespace = match r.get("METRICS_NAMESPACE") {
-        None => "EgressWarden".to_owned(),
-        Some((name, value)) => {
-            let value = value.trim();
-            if !value.is_empty()
-                && value.len() <= 255
-                && !value.starts_with(':')
-                && value.is_ascii()
-            {
-                value.to_owned()
-            } else {
-                r.problem(
-                    &name,
-                    value,
-                    "1 to 255 ASCII characters, not starting with ':'",
-                    "using EgressWarden",
-                );
-                "EgressWarden".to_owned()
-            }
-        }
-    };
-    let cloudwatch_endpoint = match r.get("CLOUDWATCH_ENDPOINT") {
-        None => None,
-        Some((_, value)) if value.trim().is_empty() => None,
-        Some((name, value)) => match value.trim().parse::<http::Uri>() {
-            Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => {
-                Some(value.trim().to_owned())
-            }
-            _ => {
-                r.problem(
-                    &name,
-                    value,
-                    "an http:// or https:// URL",
-                    "using the SDK's default endpoint",
-                );
-                None
-            }
-        },
-    };
+    let routes = routes(&mut r);
+    let lifecycle = lifecycle(&mut r, &routes, lambda.initialization_type);
+    let limits = limits(&mut r);
+    let metrics = metrics(&mut r);
 
     let config = Config {
         disable,
@@ -436,413 +48,283 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         log_json,
         proxy_port,
         dns_port,
-        dns: DnsSettings {
-            upstreams,
-            min_ttl: Duration::from_secs(min_ttl),
-            max_ttl: Duration::from_secs(max_ttl),
-            negative_ttl: Duration::from_secs(negative_ttl),
-            stale: Duration::from_secs(stale),
-        },
-        policy: PolicySettings { allow, deny, mode },
+        dns,
+        policy,
         ca_bundle,
         vpc_cidrs,
         routes,
-        warm,
-        warm_budget: Duration::from_millis(warm_budget),
-        restore_budget: Duration::from_millis(restore_budget),
-        flush_interval,
-        connect_timeout: Duration::from_millis(connect_timeout),
-        pool_idle: Duration::from_secs(pool_idle),
-        retry_max,
-        max_connections,
-        metrics: MetricsSettings {
-            sink,
-            namespace,
-            cloudwatch_endpoint,
-        },
-        lambda: LambdaEnv {
-            function_name,
-            region,
-            initialization_type,
-        },
+        warm: lifecycle.warm,
+        warm_budget: lifecycle.warm_budget,
+        restore_budget: lifecycle.restore_budget,
+        flush_interval: lifecycle.flush_interval,
+        connect_timeout: limits.connect_timeout,
+        pool_idle: limits.pool_idle,
+        retry_max: limits.retry_max,
+        max_connections: limits.max_connections,
+        metrics,
+        lambda,
     };
-    (config, r.problems)
+    (config, r.into_problems())
 }
 
-fn parse_level(value: &str) -> Option<LogLevel> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "trace" => Some(LogLevel::Trace),
-        "debug" => Some(LogLevel::Debug),
-        "info" => Some(LogLevel::Info),
-        "warn" | "warning" => Some(LogLevel::Warn),
-        "error" | "fatal" => Some(LogLevel::Error),
-        _ => None,
-    }
-}
-
-fn parse_dns_upstream(item: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = SocketAddr::from_str(item) {
-        return Ok(addr);
-    }
-    let ip = item
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(item);
-    IpAddr::from_str(ip)
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| "not an IP address".into())
-}
-
-/// Splits `host[:port]`, accepting `[v6]:port` and bare IPv6 literals.
-fn split_host_port(item: &str) -> Result<(&str, Option<u16>), String> {
-    let bad_port = || format!("bad port in {item:?}");
-    if let Some(rest) = item.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("unclosed '[' in {item:?}"))?;
-        return match after.strip_prefix(':') {
-            Some(port) => Ok((host, Some(port.parse().map_err(|_| bad_port())?))),
-            None if after.is_empty() => Ok((host, None)),
-            None => Err(format!("unexpected {after:?} after ']'")),
-        };
-    }
-    if item.matches(':').count() > 1 {
-        return Ok((item, None));
-    }
-    match item.split_once(':') {
-        Some((host, port)) => Ok((host, Some(port.parse().map_err(|_| bad_port())?))),
-        None => Ok((item, None)),
-    }
-}
-
-fn parse_rule(item: &str) -> Result<PolicyRule, String> {
-    if item.contains('/') {
-        return IpNet::from_str(item)
-            .map(|net| PolicyRule::Cidr(net.trunc()))
-            .map_err(|_| "not a CIDR range".into());
-    }
-    let (host, port) = split_host_port(item)?;
-    let pattern = match host.strip_prefix("*.") {
-        Some(rest) => format!("*.{}", normalize_host(rest)?),
-        None if host == "*" => "*".to_owned(),
-        None => {
-            if host.contains('*') {
-                return Err("'*' is only allowed as a leading '*.' label".into());
-            }
-            normalize_host(host)?
-        }
+/// What Lambda itself sets; never a problem (Lambda, not the user, wrote it).
+fn lambda_env(r: &Reader) -> LambdaEnv {
+    let initialization_type = match r.lambda_var("AWS_LAMBDA_INITIALIZATION_TYPE") {
+        Some("provisioned-concurrency") => InitType::ProvisionedConcurrency,
+        Some("snap-start") => InitType::SnapStart,
+        Some("lambda-managed-instances") => InitType::ManagedInstances,
+        _ => InitType::OnDemand,
     };
-    Ok(PolicyRule::Host { pattern, port })
+    LambdaEnv {
+        function_name: r
+            .lambda_var("AWS_LAMBDA_FUNCTION_NAME")
+            .unwrap_or("unknown")
+            .to_owned(),
+        region: r
+            .lambda_var("AWS_REGION")
+            .or_else(|| r.lambda_var("AWS_DEFAULT_REGION"))
+            .map(str::to_owned),
+        initialization_type,
+    }
 }
 
-fn parse_upstream(raw: &str) -> Result<Upstream, String> {
-    let uri: http::Uri = raw.parse().map_err(|_| format!("{raw:?} is not a URL"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(format!("{raw:?} must start with https://"));
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{raw:?} has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!("{raw:?} must not carry credentials"));
-    }
-    let host = normalize_host(authority.host())?;
-    let port = authority.port_u16().unwrap_or(443);
-    if uri.query().is_some() {
-        return Err(format!("{raw:?} must not have a query"));
-    }
-    let base_path = uri.path().trim_end_matches('/').to_owned();
-    Ok(Upstream {
-        host,
-        port,
-        base_path,
-        uri: raw.to_owned(),
-    })
-}
-
-fn parse_route(item: &str) -> Result<Route, String> {
-    let (name, targets) = item.split_once('=').ok_or("missing '='")?;
-    let name = name.trim();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "route name {name:?} must be letters, digits, '-' or '_'"
-        ));
-    }
-    if name.starts_with('_') {
-        return Err("route names starting with '_' are reserved".into());
-    }
-    let mut parts = targets.split('|').map(str::trim);
-    let primary = parse_upstream(parts.next().unwrap_or_default())?;
-    let fallback = parts.next().map(parse_upstream).transpose()?;
-    if parts.next().is_some() {
-        return Err("at most one fallback".into());
-    }
-    Ok(Route {
-        name: name.to_owned(),
-        primary,
-        fallback,
-    })
-}
-
-fn parse_warm(item: &str, routes: &[Route]) -> Result<WarmTarget, String> {
-    let (target, count) = match item.rsplit_once('*') {
-        Some((target, count)) => {
-            let count: u32 = count
-                .trim()
-                .parse()
-                .map_err(|_| "bad count after '*'".to_string())?;
-            if !(1..=64).contains(&count) {
-                return Err("the count must be 1 to 64".into());
-            }
-            (target.trim(), count)
-        }
-        None => (item, 1),
-    };
-    if routes.iter().any(|r| r.name == target) {
-        return Ok(WarmTarget::Route {
-            name: target.to_owned(),
-            count,
-        });
-    }
-    match split_host_port(target)? {
-        (host, Some(port)) => Ok(WarmTarget::HostPort {
-            host: normalize_host(host)?,
-            port,
-            count,
+/// The level (ours, else the function's, else info) and whether lines are JSON (as the
+/// function's own logs are).
+fn logging(r: &mut Reader) -> (LogLevel, bool) {
+    let log_json = r
+        .lambda_var("AWS_LAMBDA_LOG_FORMAT")
+        .is_some_and(|format| format.eq_ignore_ascii_case("json"));
+    let log_level = match r.get(Var::LogLevel) {
+        Some(value) => parse_level(value).unwrap_or_else(|| {
+            r.problem(
+                Var::LogLevel.name(),
+                value,
+                "trace, debug, info, warn or error",
+                "using info",
+            );
+            LogLevel::Info
         }),
-        (_, None) => Err(format!("{target:?} is neither host:port nor a route name")),
+        None => r
+            .lambda_var("AWS_LAMBDA_LOG_LEVEL")
+            .and_then(parse_level)
+            .unwrap_or(LogLevel::Info),
+    };
+    (log_level, log_json)
+}
+
+fn dns(r: &mut Reader) -> DnsSettings {
+    let upstreams = r.list(
+        Var::DnsUpstreams,
+        "",
+        "a comma list of ip or ip:port",
+        parse_dns_upstream,
+    );
+    let min_ttl = r.number(Var::DnsMinTtlS, 0, 0..=86_400, "using 0");
+    let max_ttl = r.number(Var::DnsMaxTtlS, 300, 1..=86_400, "using 300");
+    // A clamp whose maximum is below its minimum has no answer; the minimum wins.
+    let max_ttl = if max_ttl < min_ttl {
+        r.problem(
+            Var::DnsMaxTtlS.name(),
+            &max_ttl.to_string(),
+            "a value not below EGRESS_WARDEN_DNS_MIN_TTL_S",
+            "using the minimum TTL as the maximum",
+        );
+        min_ttl
+    } else {
+        max_ttl
+    };
+    let negative_ttl = r.number(Var::DnsNegativeTtlS, 5, 0..=3_600, "using 5");
+    let stale = r.number(Var::DnsStaleS, 3_600, 0..=86_400 * 7, "using 3600");
+    DnsSettings {
+        upstreams,
+        min_ttl: Duration::from_secs(min_ttl),
+        max_ttl: Duration::from_secs(max_ttl),
+        negative_ttl: Duration::from_secs(negative_ttl),
+        stale: Duration::from_secs(stale),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn policy(r: &mut Reader) -> PolicySettings {
+    let allow = r.list(Var::Allow, "", HOST_RULES, parse_rule);
+    let deny = r.list(Var::Deny, "", HOST_RULES, parse_rule);
+    // A bad mode never enforces: denying traffic the user did not ask to deny is worse.
+    let mode = r.keyword(
+        Var::Policy,
+        PolicyMode::Observe,
+        &[
+            ("observe", PolicyMode::Observe),
+            ("enforce", PolicyMode::Enforce),
+        ],
+        "observe or enforce",
+        "ALLOW/DENY lists are only observed (logged and counted, not enforced)",
+    );
+    PolicySettings { allow, deny, mode }
+}
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+/// Checked now, so a wrong path is reported at INIT rather than at the first TLS handshake.
+fn ca_bundle(r: &mut Reader) -> Option<PathBuf> {
+    let value = r.get(Var::CaBundle)?;
+    if value.trim().is_empty() {
+        return None;
     }
-
-    #[test]
-    fn defaults_match_the_interface() {
-        let (c, problems) = Config::from_vars(&[]);
-        assert!(problems.is_empty());
-        assert_eq!(c.proxy_port, 3128);
-        assert_eq!(c.dns_port, 1053);
-        assert_eq!(c.dns.max_ttl, Duration::from_secs(300));
-        assert_eq!(c.dns.negative_ttl, Duration::from_secs(5));
-        assert_eq!(c.dns.stale, Duration::from_secs(3600));
-        assert_eq!(c.policy.mode, PolicyMode::Observe);
-        assert_eq!(c.vpc_cidrs.len(), 4);
-        assert_eq!(c.warm_budget, Duration::from_millis(1000));
-        assert_eq!(c.connect_timeout, Duration::from_millis(3000));
-        assert_eq!(c.pool_idle, Duration::from_secs(60));
-        assert_eq!(c.retry_max, 3);
-        assert_eq!(c.max_connections, 1024);
-        assert_eq!(c.metrics.sink, MetricsSink::Emf);
-        assert_eq!(c.metrics.namespace, "EgressWarden");
+    let path = PathBuf::from(value.trim());
+    if path.is_file() {
+        return Some(path);
     }
+    r.problem(
+        Var::CaBundle.name(),
+        value,
+        "the path of a readable PEM file",
+        "only the system roots are trusted",
+    );
+    None
+}
 
-    #[test]
-    fn every_problem_is_reported_at_once_and_the_feature_switched_off() {
-        let (c, problems) = Config::from_vars(&vars(&[
-            ("EGRESS_WARDEN_PROXY_PORT", "abc"),
-            ("EGRESS_WARDEN_POLICY", "maybe"),
-            ("EGRESS_WARDEN_POOL_IDLE_S", "400"),
-            (
-                "EGRESS_WARDEN_ALLOW",
-                "good.example.com, bad*glob.com ,10.0.0.0/8",
-            ),
-        ]));
-        let names: Vec<_> = problems.iter().map(|p| p.variable.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "EGRESS_WARDEN_PROXY_PORT",
-                "EGRESS_WARDEN_ALLOW",
-                "EGRESS_WARDEN_POLICY",
-                "EGRESS_WARDEN_POOL_IDLE_S",
-            ]
-        );
-        assert_eq!(c.proxy_port, 0);
-        assert_eq!(c.policy.mode, PolicyMode::Observe);
-        assert_eq!(c.pool_idle, Duration::from_secs(60));
-        assert_eq!(c.policy.allow.len(), 2);
-        let line = problems[0].to_string();
-        assert!(
-            line.contains("EGRESS_WARDEN_PROXY_PORT")
-                && line.contains("\"abc\"")
-                && line.contains("0 to 65535")
-        );
-    }
-
-    #[test]
-    fn unknown_variables_are_reported() {
-        let (_, problems) = Config::from_vars(&vars(&[("EGRESS_WARDEN_PROXYPORT", "1")]));
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].variable, "EGRESS_WARDEN_PROXYPORT");
-    }
-
-    #[test]
-    fn hosts_normalise_against_known_bypasses() {
-        for raw in [
-            "Example.COM",
-            "example.com.",
-            "[example.com]",
-            " example.com ",
-        ] {
-            assert_eq!(normalize_host(raw).as_deref(), Ok("example.com"), "{raw}");
-        }
-        assert_eq!(
-            normalize_host("bücher.de").as_deref(),
-            Ok("xn--bcher-kva.de")
-        );
-        assert_eq!(
-            normalize_host("[::FFFF:169.254.169.254]").as_deref(),
-            Ok("::ffff:169.254.169.254")
-        );
-        assert!(normalize_host("a..b").is_err());
-        // Found by the `host` fuzz target: an empty first label slipped past `*.` rules.
-        assert!(normalize_host(".evil.example").is_err());
-        assert!(normalize_host(&format!("{}.example", "a".repeat(64))).is_err());
-        assert!(normalize_host(&format!("{}.example", "a".repeat(63))).is_ok());
-        assert!(normalize_host(".").is_err());
-    }
-
-    #[test]
-    fn routes_and_warm_targets() {
-        let (c, problems) = Config::from_vars(&vars(&[
-            (
-                "EGRESS_WARDEN_ROUTES",
-                "api=https://api.example.com/v1/|https://backup.example.com:8443,x=http://insecure",
-            ),
-            (
-                "EGRESS_WARDEN_WARM",
-                "api*2,db.internal:5432,[::1]:443*3,nothing",
-            ),
-        ]));
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        let api = c.route("api").map(|r| r.primary.clone());
-        assert_eq!(api.as_ref().map(|u| u.base_path.as_str()), Some("/v1"));
-        assert_eq!(
-            c.route("api")
-                .and_then(|r| r.fallback.as_ref())
-                .map(|u| u.port),
-            Some(8443)
-        );
-        assert_eq!(
-            c.warm,
-            vec![
-                WarmTarget::Route {
-                    name: "api".into(),
-                    count: 2
-                },
-                WarmTarget::HostPort {
-                    host: "db.internal".into(),
-                    port: 5432,
-                    count: 1
-                },
-                WarmTarget::HostPort {
-                    host: "::1".into(),
-                    port: 443,
-                    count: 3
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn provisioned_concurrency_gets_a_larger_budget() {
-        let (c, _) = Config::from_vars(&vars(&[(
-            "AWS_LAMBDA_INITIALIZATION_TYPE",
-            "provisioned-concurrency",
-        )]));
-        assert_eq!(c.warm_budget, Duration::from_millis(5000));
-    }
-
-    #[test]
-    fn no_variable_shows_a_credential_in_its_problem() {
-        let url = "https://deploy:hunter2@api.example.com/v1?api_key=s3cr3t";
-        let values = [
-            url.to_owned(),
-            format!("api={url}"),
-            format!("api=https://api.example.com|{url}"),
-            format!("api.example.com:443,{url}*2"),
-        ];
-        // Every documented variable, and a typo (an unknown variable's value is echoed too).
-        let mut names: Vec<String> = KNOWN.iter().map(|k| format!("{PREFIX}{k}")).collect();
-        names.push(format!("{PREFIX}ROUTEZ"));
-        let mut shown = 0;
-        for name in &names {
-            for value in &values {
-                let (_, problems) = Config::from_vars(&vars(&[(name, value)]));
-                for problem in problems {
-                    let line = problem.to_string();
-                    assert!(
-                        !line.contains("hunter2") && !line.contains("s3cr3t"),
-                        "{name}={value:?} → {line}"
-                    );
-                    shown += 1;
-                }
-            }
-        }
-        assert!(
-            shown >= names.len(),
-            "the values were rejected somewhere: {shown}"
-        );
-        let (_, problems) = Config::from_vars(&vars(&[("EGRESS_WARDEN_ROUTES", &values[1])]));
-        assert_eq!(problems.len(), 1);
-        assert!(
-            problems[0]
-                .to_string()
-                .contains("https://***@api.example.com/v1?api_key=***"),
-            "{}",
-            problems[0]
-        );
-    }
-
-    #[test]
-    fn managed_instances_and_the_flush_timer_and_restore_budget() {
-        let (c, problems) = Config::from_vars(&vars(&[(
-            "AWS_LAMBDA_INITIALIZATION_TYPE",
-            "lambda-managed-instances",
-        )]));
-        assert!(problems.is_empty());
-        assert_eq!(c.lambda.initialization_type, InitType::ManagedInstances);
-        assert!(!c.lambda.initialization_type.has_invoke_events());
-        assert_eq!(c.flush_interval, None, "the model's default");
-        assert_eq!(c.warm_budget, Duration::from_millis(5000));
-        let (c, _) = Config::from_vars(&vars(&[("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")]));
-        assert_eq!(c.restore_budget, Duration::from_millis(1000));
-        let (c, problems) = Config::from_vars(&vars(&[
-            ("EGRESS_WARDEN_FLUSH_INTERVAL_S", "0"),
-            ("EGRESS_WARDEN_RESTORE_BUDGET_MS", "250"),
-        ]));
-        assert!(problems.is_empty());
-        assert_eq!(c.flush_interval, Some(Duration::ZERO));
-        assert_eq!(c.restore_budget, Duration::from_millis(250));
-        for bad in ["-1", "soon", "3601"] {
-            let (c, problems) =
-                Config::from_vars(&vars(&[("EGRESS_WARDEN_FLUSH_INTERVAL_S", bad)]));
-            assert_eq!(problems.len(), 1, "{bad}");
-            assert_eq!(problems[0].variable, "EGRESS_WARDEN_FLUSH_INTERVAL_S");
-            assert_eq!(c.flush_interval, None, "{bad}: the default");
+/// A route is addressed by its name (`/<route>/<path>`), so a repeated name is dropped.
+fn routes(r: &mut Reader) -> Vec<Route> {
+    let routes = r.list(
+        Var::Routes,
+        "",
+        "name=https://primary[|https://fallback]",
+        parse_route,
+    );
+    let mut seen = BTreeSet::new();
+    let mut unique = Vec::with_capacity(routes.len());
+    for route in routes {
+        if seen.insert(route.name.clone()) {
+            unique.push(route);
+        } else {
+            let effect = format!("the second route {:?} is ignored", route.name);
+            r.problem(
+                Var::Routes.name(),
+                &route.name,
+                "unique route names",
+                &effect,
+            );
         }
     }
+    unique
+}
 
-    #[test]
-    fn log_level_falls_back_to_lambda_setting() {
-        let (c, _) = Config::from_vars(&vars(&[
-            ("AWS_LAMBDA_LOG_LEVEL", "DEBUG"),
-            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
-        ]));
-        assert_eq!(c.log_level, LogLevel::Debug);
-        assert!(c.log_json);
+/// Warm-up at INIT and after a restore, and the metrics flush timer.
+struct Lifecycle {
+    warm: Vec<WarmTarget>,
+    warm_budget: Duration,
+    flush_interval: Option<Duration>,
+    restore_budget: Duration,
+}
+
+fn lifecycle(r: &mut Reader, routes: &[Route], initialization_type: InitType) -> Lifecycle {
+    let warm = r.list(Var::Warm, "", "host:port[*n] or route[*n]", |item| {
+        parse_warm(item, routes)
+    });
+    // On demand, warm-up delays the first invocation; elsewhere INIT is not on a request's path.
+    let default_budget_ms = match initialization_type {
+        InitType::OnDemand => 1_000,
+        InitType::ProvisionedConcurrency | InitType::SnapStart | InitType::ManagedInstances => {
+            5_000
+        }
+    };
+    let warm_budget_ms = r.number(
+        Var::WarmBudgetMs,
+        default_budget_ms,
+        0..=60_000,
+        "using the default",
+    );
+    // Unset (or bad): the execution model decides, once registration tells whether INVOKE
+    // events will come.
+    let flush_interval_s = r.optional_number(
+        Var::FlushIntervalS,
+        0..=3_600,
+        "using the default (30 where no INVOKE events come, else 0)",
+    );
+    let restore_budget_ms = r.number(Var::RestoreBudgetMs, 1_000, 0..=10_000, "using 1000");
+    Lifecycle {
+        warm,
+        warm_budget: Duration::from_millis(warm_budget_ms),
+        flush_interval: flush_interval_s.map(Duration::from_secs),
+        restore_budget: Duration::from_millis(restore_budget_ms),
+    }
+}
+
+struct Limits {
+    connect_timeout: Duration,
+    pool_idle: Duration,
+    retry_max: u32,
+    max_connections: usize,
+}
+
+fn limits(r: &mut Reader) -> Limits {
+    let connect_timeout_ms = r.number(Var::ConnectTimeoutMs, 3_000, 1..=120_000, "using 3000");
+    // Closed before the NAT gateway drops them, which would answer the next request with RST.
+    let pool_idle_s = r.number(
+        Var::PoolIdleS,
+        60,
+        1..=NAT_IDLE_TIMEOUT_S - 1,
+        "using 60 (it must stay below the NAT gateway's 350 s idle timeout)",
+    );
+    Limits {
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        pool_idle: Duration::from_secs(pool_idle_s),
+        retry_max: r.number(Var::RetryMax, 3, 1..=10, "using 3"),
+        max_connections: r.number(Var::MaxConnections, 1024, 1..=65_536, "using 1024"),
+    }
+}
+
+fn metrics(r: &mut Reader) -> MetricsSettings {
+    let sink = r.keyword(
+        Var::MetricsSink,
+        MetricsSink::Emf,
+        &[
+            ("emf", MetricsSink::Emf),
+            ("cloudwatch", MetricsSink::CloudWatch),
+            ("both", MetricsSink::Both),
+            ("off", MetricsSink::Off),
+        ],
+        "emf, cloudwatch, both or off",
+        "using emf",
+    );
+    MetricsSettings {
+        sink,
+        namespace: namespace(r),
+        cloudwatch_endpoint: cloudwatch_endpoint(r),
+    }
+}
+
+/// CloudWatch's rules for a namespace, checked here so a bad one is not rejected on every flush.
+fn namespace(r: &mut Reader) -> String {
+    let Some(value) = r.get(Var::MetricsNamespace) else {
+        return DEFAULT_NAMESPACE.to_owned();
+    };
+    let value = value.trim();
+    if !value.is_empty() && value.len() <= 255 && !value.starts_with(':') && value.is_ascii() {
+        return value.to_owned();
+    }
+    r.problem(
+        Var::MetricsNamespace.name(),
+        value,
+        "1 to 255 ASCII characters, not starting with ':'",
+        "using EgressWarden",
+    );
+    DEFAULT_NAMESPACE.to_owned()
+}
+
+fn cloudwatch_endpoint(r: &mut Reader) -> Option<String> {
+    let value = r.get(Var::CloudwatchEndpoint)?;
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    match trimmed.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => Some(trimmed.to_owned()),
+        _ => {
+            r.problem(
+                Var::CloudwatchEndpoint.name(),
+                value,
+                "an http:// or https:// URL",
+                "using the SDK's default endpoint",
+            );
+            None
+        }
     }
 }

@@ -1,0 +1,198 @@
+//! Parsers for one value or one list item: hosts, policy rules, DNS upstreams, route
+//! upstreams, routes and warm-up targets. Each returns why an item is bad; the reader turns
+//! that into a problem.
+
+use super::{LogLevel, PolicyRule, Route, Upstream, WarmTarget};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// Normalises a host name the way both policy rules and requests are compared: brackets
+/// and one trailing dot removed, IP literals in canonical form, names lower-cased and
+/// IDNA-encoded. Equal hosts always normalise to equal strings, so `EXAMPLE.com.` cannot
+/// slip past a rule for `example.com`.
+pub fn normalize_host(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim();
+    let unbracketed = trimmed
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    if let Ok(ip) = IpAddr::from_str(unbracketed) {
+        return Ok(ip.to_string());
+    }
+    let name = unbracketed.strip_suffix('.').unwrap_or(unbracketed);
+    if name.is_empty() {
+        return Err("an empty host name".into());
+    }
+    let ascii =
+        idna::domain_to_ascii(name).map_err(|_| format!("{raw:?} is not a valid host name"))?;
+    // RFC 1035 §2.3.4: labels of 1 to 63 octets, 253 in all (without the root's dot).
+    let labels_ok = ascii
+        .split('.')
+        .all(|label| (1..=63).contains(&label.len()));
+    if !labels_ok || ascii.len() > 253 {
+        return Err(format!("{raw:?} is not a valid host name"));
+    }
+    Ok(ascii)
+}
+
+/// `trace`…`error`, any case; `warning` and `fatal` as other loggers spell them.
+pub(super) fn parse_level(value: &str) -> Option<LogLevel> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "trace" => Some(LogLevel::Trace),
+        "debug" => Some(LogLevel::Debug),
+        "info" => Some(LogLevel::Info),
+        "warn" | "warning" => Some(LogLevel::Warn),
+        "error" | "fatal" => Some(LogLevel::Error),
+        _ => None,
+    }
+}
+
+/// `ip` or `ip:port` (`[v6]:port`); the port defaults to 53.
+pub(super) fn parse_dns_upstream(item: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = SocketAddr::from_str(item) {
+        return Ok(addr);
+    }
+    let ip = item
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(item);
+    IpAddr::from_str(ip)
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| "not an IP address".into())
+}
+
+/// Splits `host[:port]`, accepting `[v6]:port` and bare IPv6 literals.
+fn split_host_port(item: &str) -> Result<(&str, Option<u16>), String> {
+    let bad_port = || format!("bad port in {item:?}");
+    if let Some(rest) = item.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in {item:?}"))?;
+        return match after.strip_prefix(':') {
+            Some(port) => Ok((host, Some(port.parse().map_err(|_| bad_port())?))),
+            None if after.is_empty() => Ok((host, None)),
+            None => Err(format!("unexpected {after:?} after ']'")),
+        };
+    }
+    if item.matches(':').count() > 1 {
+        return Ok((item, None));
+    }
+    match item.split_once(':') {
+        Some((host, port)) => Ok((host, Some(port.parse().map_err(|_| bad_port())?))),
+        None => Ok((item, None)),
+    }
+}
+
+/// A CIDR range, kept as written (ALLOW/DENY ranges are truncated to their network instead).
+pub(super) fn parse_cidr(item: &str) -> Result<IpNet, String> {
+    IpNet::from_str(item).map_err(|_| "not a CIDR range".into())
+}
+
+/// An ALLOW/DENY entry: a CIDR range, or a host glob (`*.` only as the leading label) with
+/// an optional port.
+pub(super) fn parse_rule(item: &str) -> Result<PolicyRule, String> {
+    if item.contains('/') {
+        return IpNet::from_str(item)
+            .map(|net| PolicyRule::Cidr(net.trunc()))
+            .map_err(|_| "not a CIDR range".into());
+    }
+    let (host, port) = split_host_port(item)?;
+    let pattern = match host.strip_prefix("*.") {
+        Some(rest) => format!("*.{}", normalize_host(rest)?),
+        None if host == "*" => "*".to_owned(),
+        None => {
+            if host.contains('*') {
+                return Err("'*' is only allowed as a leading '*.' label".into());
+            }
+            normalize_host(host)?
+        }
+    };
+    Ok(PolicyRule::Host { pattern, port })
+}
+
+/// An `https://` upstream with neither user info nor a query.
+fn parse_upstream(raw: &str) -> Result<Upstream, String> {
+    let uri: http::Uri = raw.parse().map_err(|_| format!("{raw:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{raw:?} must start with https://"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{raw:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{raw:?} must not carry credentials"));
+    }
+    let host = normalize_host(authority.host())?;
+    let port = authority.port_u16().unwrap_or(443);
+    if uri.query().is_some() {
+        return Err(format!("{raw:?} must not have a query"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream {
+        host,
+        port,
+        base_path,
+        uri: raw.to_owned(),
+    })
+}
+
+/// `name=https://primary[|https://fallback]`.
+pub(super) fn parse_route(item: &str) -> Result<Route, String> {
+    let (name, targets) = item.split_once('=').ok_or("missing '='")?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "route name {name:?} must be letters, digits, '-' or '_'"
+        ));
+    }
+    if name.starts_with('_') {
+        return Err("route names starting with '_' are reserved".into());
+    }
+    let mut parts = targets.split('|').map(str::trim);
+    let primary = parse_upstream(parts.next().unwrap_or_default())?;
+    let fallback = parts.next().map(parse_upstream).transpose()?;
+    if parts.next().is_some() {
+        return Err("at most one fallback".into());
+    }
+    Ok(Route {
+        name: name.to_owned(),
+        primary,
+        fallback,
+    })
+}
+
+/// `route[*n]` (a configured route's name) or `host:port[*n]`, n from 1 to 64.
+pub(super) fn parse_warm(item: &str, routes: &[Route]) -> Result<WarmTarget, String> {
+    let (target, count) = match item.rsplit_once('*') {
+        Some((target, count)) => {
+            let count: u32 = count
+                .trim()
+                .parse()
+                .map_err(|_| "bad count after '*'".to_string())?;
+            if !(1..=64).contains(&count) {
+                return Err("the count must be 1 to 64".into());
+            }
+            (target.trim(), count)
+        }
+        None => (item, 1),
+    };
+    if routes.iter().any(|r| r.name == target) {
+        return Ok(WarmTarget::Route {
+            name: target.to_owned(),
+            count,
+        });
+    }
+    match split_host_port(target)? {
+        (host, Some(port)) => Ok(WarmTarget::HostPort {
+            host: normalize_host(host)?,
+            port,
+            count,
+        }),
+        (_, None) => Err(format!("{target:?} is neither host:port nor a route name")),
+    }
+}
