@@ -1,18 +1,11 @@
 //! The recorder every part of the extension writes to.
 
 use super::observations::{self, Event, JournalRead, Observation};
-use super::{Counter, DestinationWindow, Gauge, Histogram, Snapshot, Timing};
+use super::{Counter, DestinationWindow, Gauge, Snapshot, Timing};
 use super::{MAX_DESTINATIONS, OTHER_DESTINATION};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-#[derive(Default)]
-struct Slow {
-    timings: BTreeMap<Timing, Histogram>,
-    named_counts: BTreeMap<String, u64>,
-    destinations: BTreeMap<String, DestinationWindow>,
-}
 
 struct GaugeCell {
     current: AtomicI64,
@@ -22,7 +15,9 @@ struct GaugeCell {
 pub(super) struct Inner {
     counters: Vec<AtomicU64>,
     gauges: Vec<GaugeCell>,
-    slow: Mutex<Slow>,
+    /// Timings, run-time counts and destinations; its counters and gauges stay empty (they
+    /// are the atomics above).
+    slow: Mutex<Snapshot>,
     /// Individual events for the diagnosis; a flush does not empty it.
     pub(super) journal: Mutex<observations::Journal>,
 }
@@ -53,7 +48,7 @@ impl Recorder {
             inner: Arc::new(Inner {
                 counters,
                 gauges,
-                slow: Mutex::new(Slow::default()),
+                slow: Mutex::new(Snapshot::default()),
                 journal: Mutex::new(observations::Journal::default()),
             }),
         }
@@ -61,7 +56,7 @@ impl Recorder {
 
     /// A poisoned lock only means another thread panicked mid-update of plain maps; the data
     /// is still usable and losing metrics would be worse.
-    fn slow(&self) -> MutexGuard<'_, Slow> {
+    fn slow(&self) -> MutexGuard<'_, Snapshot> {
         self.inner.slow.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -160,7 +155,7 @@ impl Recorder {
 
     /// Takes everything recorded since the previous call.
     pub fn take(&self) -> Snapshot {
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = std::mem::take(&mut *self.slow());
         for (i, counter) in Counter::ALL.iter().enumerate() {
             let n = self.inner.counters[i].swap(0, Ordering::Relaxed);
             if n > 0 {
@@ -178,34 +173,22 @@ impl Recorder {
                 snapshot.gauges.insert(*gauge, max);
             }
         }
-        let slow = std::mem::take(&mut *self.slow());
-        snapshot.timings = slow.timings;
-        snapshot.named_counts = slow.named_counts;
-        snapshot.destinations = slow.destinations;
         snapshot
     }
 
     /// Puts back a window that could not be delivered, so the next flush carries it.
-    pub fn restore(&self, snapshot: Snapshot) {
-        for (counter, n) in snapshot.counters {
+    pub fn restore(&self, mut window: Snapshot) {
+        // Counters and gauges go back into their atomics so `peek` and the window's peak
+        // still see them.
+        for (counter, n) in std::mem::take(&mut window.counters) {
             self.count(counter, n);
         }
-        let mut slow = self.slow();
-        for (timing, h) in snapshot.timings {
-            slow.timings.entry(timing).or_default().merge(&h);
+        for (gauge, level) in std::mem::take(&mut window.gauges) {
+            self.inner.gauges[gauge as usize]
+                .window_max
+                .fetch_max(level, Ordering::Relaxed);
         }
-        for (name, n) in snapshot.named_counts {
-            *slow.named_counts.entry(name).or_default() += n;
-        }
-        for (dest, window) in snapshot.destinations {
-            let mine = destination_window(&mut slow.destinations, &dest);
-            for (c, n) in window.counters {
-                *mine.counters.entry(c).or_default() += n;
-            }
-            for (t, h) in window.timings {
-                mine.timings.entry(t).or_default().merge(&h);
-            }
-        }
+        self.slow().merge_bounded(window);
     }
 }
 
@@ -285,5 +268,16 @@ mod tests {
         let again = r.take();
         assert_eq!(again.counters[&Counter::Errors], 3);
         assert_eq!(again.destinations["a:443"].counters[&Counter::Errors], 2);
+
+        r.gauge_add(Gauge::ActiveConnections, 4);
+        r.observe_ms(Timing::DnsMs, 2.0);
+        let snap = r.take();
+        r.gauge_add(Gauge::ActiveConnections, -4);
+        r.restore(snap.clone());
+        assert_eq!(
+            r.take(),
+            snap,
+            "the peak and the histograms come back as they were"
+        );
     }
 }

@@ -61,4 +61,58 @@ impl Snapshot {
             }
         }
     }
+    /// [`Snapshot::merge`], then folds destinations beyond [`MAX_DESTINATIONS`] into
+    /// [`OTHER_DESTINATION`] as the recorder does: windows merged while a send is in flight
+    /// or put back into the recorder must not grow without bound either.
+    pub fn merge_bounded(&mut self, other: Snapshot) {
+        self.merge(other);
+        if self.destinations.len() <= MAX_DESTINATIONS {
+            return;
+        }
+        let overflow: Vec<String> = self
+            .destinations
+            .keys()
+            .filter(|k| k.as_str() != OTHER_DESTINATION)
+            .skip(MAX_DESTINATIONS - 1)
+            .cloned()
+            .collect();
+        let mut other = Snapshot::default();
+        for key in overflow {
+            if let Some(window) = self.destinations.remove(&key) {
+                other
+                    .destinations
+                    .insert(OTHER_DESTINATION.to_owned(), window);
+                self.merge(std::mem::take(&mut other));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Counter, Recorder};
+
+    #[test]
+    fn merged_destinations_stay_bounded() {
+        let mut pending = Snapshot::default();
+        for round in 0..3 {
+            let r = Recorder::new();
+            for i in 0..MAX_DESTINATIONS {
+                r.count_for(&format!("r{round}-h{i}:443"), Counter::Requests, 1);
+            }
+            pending.merge_bounded(r.take());
+        }
+        assert_eq!(pending.destinations.len(), MAX_DESTINATIONS);
+        let total: u64 = pending
+            .destinations
+            .values()
+            .map(|d| d.counters[&Counter::Requests])
+            .sum();
+        assert_eq!(total, 3 * MAX_DESTINATIONS as u64);
+        assert_eq!(
+            pending.counters[&Counter::Requests],
+            3 * MAX_DESTINATIONS as u64
+        );
+    }
 }

@@ -19,7 +19,7 @@ use super::client::{ClientSettings, CloudWatch, FailureKind, PutError, ATTEMPT_T
 use super::{FINDING, PUT_ERRORS_METRIC, SYMPTOM_METRIC};
 use crate::clock::InvocationClock;
 use crate::findings::{self as context, FindingStatus};
-use crate::metrics::{EmfWriter, Recorder, Snapshot, MAX_DESTINATIONS, OTHER_DESTINATION};
+use crate::metrics::{EmfWriter, Recorder, Snapshot};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
@@ -96,7 +96,7 @@ impl Sink {
     pub fn submit(&self, window: Snapshot) {
         let inner = &self.inner;
         let mut st = inner.state();
-        merge_bounded(&mut st.pending, window);
+        st.pending.merge_bounded(window);
         if st.in_flight.as_ref().is_some_and(|f| !f.task.is_finished()) {
             return;
         }
@@ -127,7 +127,7 @@ impl Sink {
         let deadline = tokio::time::Instant::now() + budget;
         let (in_flight, last, cooling) = {
             let mut st = inner.state();
-            merge_bounded(&mut st.pending, window);
+            st.pending.merge_bounded(window);
             let cooling = st.cool_down_until.is_some_and(|t| Instant::now() < t);
             (
                 st.in_flight.take(),
@@ -203,7 +203,7 @@ impl Sink {
 }
 
 fn merged(mut a: Snapshot, b: Snapshot) -> Snapshot {
-    merge_bounded(&mut a, b);
+    a.merge_bounded(b);
     a
 }
 
@@ -267,7 +267,7 @@ impl Inner {
             if frozen && st.put_backs < MAX_PUT_BACKS {
                 st.put_backs += 1;
                 let unsent = plan.unsent();
-                merge_bounded(&mut st.pending, unsent);
+                st.pending.merge_bounded(unsent);
                 tracing::debug!(
                     "PutMetricData interrupted (likely a freeze), window kept for the next send: {}",
                     error.message
@@ -432,58 +432,9 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// `Snapshot::merge`, keeping the destination count bounded like the recorder does, since
-/// `pending` can gather many windows while a send is in flight or the environment is frozen.
-fn merge_bounded(into: &mut Snapshot, from: Snapshot) {
-    into.merge(from);
-    if into.destinations.len() <= MAX_DESTINATIONS {
-        return;
-    }
-    let overflow: Vec<String> = into
-        .destinations
-        .keys()
-        .filter(|k| k.as_str() != OTHER_DESTINATION)
-        .skip(MAX_DESTINATIONS - 1)
-        .cloned()
-        .collect();
-    let mut other = Snapshot::default();
-    for key in overflow {
-        if let Some(window) = into.destinations.remove(&key) {
-            other
-                .destinations
-                .insert(OTHER_DESTINATION.to_owned(), window);
-            into.merge(std::mem::take(&mut other));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Counter;
-
-    #[test]
-    fn pending_destinations_stay_bounded() {
-        let mut pending = Snapshot::default();
-        for round in 0..3 {
-            let r = Recorder::new();
-            for i in 0..MAX_DESTINATIONS {
-                r.count_for(&format!("r{round}-h{i}:443"), Counter::Requests, 1);
-            }
-            merge_bounded(&mut pending, r.take());
-        }
-        assert_eq!(pending.destinations.len(), MAX_DESTINATIONS);
-        let total: u64 = pending
-            .destinations
-            .values()
-            .map(|d| d.counters[&Counter::Requests])
-            .sum();
-        assert_eq!(total, 3 * MAX_DESTINATIONS as u64);
-        assert_eq!(
-            pending.counters[&Counter::Requests],
-            3 * MAX_DESTINATIONS as u64
-        );
-    }
 
     #[test]
     fn truncate_respects_char_boundaries() {
