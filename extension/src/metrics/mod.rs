@@ -8,6 +8,7 @@
 
 pub mod cloudwatch;
 mod emf;
+mod flat;
 mod histogram;
 mod names;
 pub mod observations;
