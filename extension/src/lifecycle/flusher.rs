@@ -6,15 +6,7 @@
 
 use crate::config::MetricsSink;
 use crate::metrics::cloudwatch::{self, CloudWatchSink};
-use crate::metrics::{EmfWriter, Recorder, Snapshot};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub(super) fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::metrics::{epoch_ms, EmfWriter, Recorder, Snapshot};
 
 pub(super) struct Flusher {
     recorder: Recorder,

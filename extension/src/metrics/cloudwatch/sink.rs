@@ -19,9 +19,9 @@ use super::client::{ClientSettings, CloudWatch, FailureKind, PutError, ATTEMPT_T
 use super::{FINDING, PUT_ERRORS_METRIC, SYMPTOM_METRIC};
 use crate::clock::InvocationClock;
 use crate::findings::{self as context, FindingStatus};
-use crate::metrics::{EmfWriter, Recorder, Snapshot};
+use crate::metrics::{epoch_ms, EmfWriter, Recorder, Snapshot};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
@@ -389,11 +389,10 @@ impl Inner {
         if window.is_empty() {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        if let Err(err) = self.emf.write(&window, now, &mut std::io::stdout().lock()) {
+        if let Err(err) = self
+            .emf
+            .write(&window, epoch_ms(), &mut std::io::stdout().lock())
+        {
             tracing::warn!("writing the EMF fallback failed, keeping the metrics: {err}");
             self.recorder.restore(window);
         }
