@@ -9,6 +9,7 @@ use super::{Settings, FINDING};
 use crate::config::redact;
 use crate::findings::{ActiveFinding, Findings};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,10 @@ impl Backoff {
 /// Tells the operator about failures and recoveries.
 pub struct Reporter {
     findings: Arc<Findings>,
+    /// The board entry is ours to clear. The diagnosis raises the same finding for AWS
+    /// endpoints the function cannot reach; a CloudWatch send that works again says nothing
+    /// about those.
+    raised: AtomicBool,
     namespace: String,
     region: String,
     /// Redacted, for evidence.
@@ -82,6 +87,7 @@ impl Reporter {
             .unwrap_or_else(|| format!("https://monitoring.{region}.amazonaws.com"));
         Reporter {
             findings,
+            raised: AtomicBool::new(false),
             namespace: settings.namespace.clone(),
             region,
             endpoint: redact(&endpoint),
@@ -117,7 +123,9 @@ impl Reporter {
                     evidence,
                     fix: unreachable_fix(&self.region),
                 });
-                if !raised {
+                if raised {
+                    self.raised.store(true, Ordering::Relaxed);
+                } else {
                     self.failed_again(error, failure);
                 }
                 raised
@@ -158,11 +166,12 @@ impl Reporter {
 
     /// A send succeeded after a failure of kind `reported` had been reported.
     pub fn recovered(&self, reported: FailureKind) {
-        let cleared = self.findings.clear(
-            FINDING,
-            "CloudWatch PutMetricData answers again; metrics go to CloudWatch",
-            json!({ "endpoint": self.endpoint }),
-        );
+        let cleared = self.raised.swap(false, Ordering::Relaxed)
+            && self.findings.clear(
+                FINDING,
+                "CloudWatch PutMetricData answers again; metrics go to CloudWatch",
+                json!({ "endpoint": self.endpoint }),
+            );
         if !cleared {
             tracing::info!(
                 "CloudWatch PutMetricData works again after {reported:?}; metrics go to CloudWatch"
@@ -255,6 +264,24 @@ mod tests {
         reporter.recovered(FailureKind::Unreachable);
         assert_eq!(backoff.recovered(), Some(FailureKind::Unreachable));
         assert!(!board.is_active(FINDING));
+    }
+
+    #[test]
+    fn a_recovery_leaves_the_diagnosis_entry_alone() {
+        let board = Arc::new(Findings::default());
+        let reporter = Reporter::new(&settings(), board.clone());
+        board.raise(ActiveFinding {
+            finding: FINDING,
+            summary: "sts unreachable".into(),
+            since_invocation: 1,
+            evidence: json!({}),
+            fix: "add an endpoint".into(),
+        });
+        let error = unreachable();
+        let failure = Backoff::default().failed(error.kind);
+        assert!(!reporter.failed(&error, failure, Duration::ZERO, 2));
+        reporter.recovered(FailureKind::Unreachable);
+        assert!(board.is_active(FINDING), "not the sink's to clear");
     }
 
     #[test]
