@@ -16,7 +16,7 @@
 //! dealt with: that call tells Lambda the extension is done with the invoke.
 
 use super::extensions_api::{Event, ExtensionsApi};
-use super::flusher::{epoch_ms, Flusher};
+use super::flusher::Flusher;
 use super::logging;
 use super::restore::{Restore, RestoreWatch};
 use crate::clock::InvocationClock;
@@ -278,14 +278,14 @@ impl<'a> EventLoop<'a> {
     async fn finish(&mut self, deadline_ms: Option<u64>, why: &str, reason: &str) {
         self.parts.shutdown.trigger();
         let drain_started = tokio::time::Instant::now();
-        let until = drain_started + drain_budget(deadline_ms, epoch_ms());
+        let until = drain_started + drain_budget(deadline_ms, metrics::epoch_ms());
         let recorder = &self.parts.recorder;
         while recorder.gauge_value(Gauge::ActiveConnections) > 0
             && tokio::time::Instant::now() < until
         {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        let left = deadline_ms.map(|d| d.saturating_sub(epoch_ms()));
+        let left = deadline_ms.map(|d| d.saturating_sub(metrics::epoch_ms()));
         tracing::info!(
             %reason,
             drained_ms = drain_started.elapsed().as_millis() as u64,

@@ -24,7 +24,7 @@ use crate::context::Context;
 use crate::diagnose::{self, Diagnosis};
 use crate::dns::{self, DnsCache, DnsServerHandle};
 use crate::findings::Findings;
-use crate::metrics::cloudwatch::CloudWatchSink;
+use crate::metrics::cloudwatch::{self, CloudWatchSink};
 use crate::metrics::{Counter, EmfWriter, Recorder, Timing};
 use crate::proxy::{self, ProxyDeps, ProxyHandle};
 use crate::shutdown;
@@ -347,12 +347,21 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         config.metrics.namespace.clone(),
         config.lambda.function_name.clone(),
     );
-    let flusher = Flusher::new(
-        recorder.clone(),
-        emf.clone(),
-        config.metrics.sink,
-        CloudWatchSink::start(&ctx, emf),
-    );
+    let cloudwatch = cloudwatch::Settings {
+        namespace: config.metrics.namespace.clone(),
+        function_name: config.lambda.function_name.clone(),
+        region: config.lambda.region.clone(),
+        endpoint: config.metrics.cloudwatch_endpoint.clone(),
+    };
+    let flusher = Flusher::new(recorder.clone(), emf, config.metrics.sink, |undelivered| {
+        CloudWatchSink::start(
+            cloudwatch,
+            recorder.clone(),
+            clock.clone(),
+            ctx.findings.clone(),
+            undelivered,
+        )
+    });
     let inputs = events::Inputs {
         telemetry: telemetry_rx,
         warmer,

@@ -4,7 +4,8 @@
 //! directive, 100 values per metric and 256 KiB per event. Anything that does not fit goes
 //! into another line; nothing is dropped.
 
-use super::{Histogram, Snapshot, Timing};
+use super::flat::{self, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION};
+use super::{Histogram, Snapshot};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
@@ -13,9 +14,6 @@ pub const EMF_MAX_VALUES_PER_METRIC: usize = 100;
 pub const EMF_MAX_EVENT_BYTES: usize = 256 * 1024;
 /// Room kept for `_aws`, dimensions and the line's framing when packing metrics.
 const ENVELOPE_ALLOWANCE: usize = 4 * 1024;
-
-pub const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
-pub const DESTINATION_DIMENSION: &str = "Destination";
 
 #[derive(Debug, Clone)]
 pub struct EmfWriter {
@@ -68,31 +66,20 @@ impl EmfWriter {
     /// Renders a window as EMF lines (without trailing newlines). An empty window gives none.
     pub fn render(&self, snapshot: &Snapshot, timestamp_ms: u64) -> Vec<String> {
         let mut lines = Vec::new();
-
-        let mut entries = Vec::new();
-        for (counter, n) in &snapshot.counters {
-            entries.push(Entry::new(counter.metric_name(), counter.unit(), json!(n)));
-        }
-        for (name, n) in &snapshot.named_counts {
-            entries.push(Entry::new(name, "Count", json!(n)));
-        }
-        for (gauge, level) in &snapshot.gauges {
-            entries.push(Entry::new(gauge.metric_name(), "Count", json!(level)));
-        }
-        for (timing, histogram) in &snapshot.timings {
-            histogram_entries(*timing, histogram, &mut entries);
-        }
-        self.pack(entries, None, timestamp_ms, &mut lines);
-
-        for (destination, window) in &snapshot.destinations {
+        for group in flat::flatten(snapshot) {
             let mut entries = Vec::new();
-            for (counter, n) in &window.counters {
-                entries.push(Entry::new(counter.metric_name(), counter.unit(), json!(n)));
+            for figure in group.figures {
+                match figure.reading {
+                    Reading::Count(n) => {
+                        entries.push(Entry::new(figure.name, figure.unit, json!(n)))
+                    }
+                    Reading::Level(l) => {
+                        entries.push(Entry::new(figure.name, figure.unit, json!(l)))
+                    }
+                    Reading::Distribution(h) => histogram_entries(figure.name, h, &mut entries),
+                }
             }
-            for (timing, histogram) in &window.timings {
-                histogram_entries(*timing, histogram, &mut entries);
-            }
-            self.pack(entries, Some(destination), timestamp_ms, &mut lines);
+            self.pack(entries, group.destination, timestamp_ms, &mut lines);
         }
         lines
     }
@@ -174,13 +161,12 @@ impl EmfWriter {
 
 /// A histogram as `Values`/`Counts` (with exact `Min`/`Max`/`Count`/`Sum`), split into
 /// chunks of at most 100 values that go into separate documents.
-fn histogram_entries(timing: Timing, histogram: &Histogram, entries: &mut Vec<Entry>) {
-    if histogram.count() == 0 {
-        return;
-    }
+fn histogram_entries(name: &str, histogram: &Histogram, entries: &mut Vec<Entry>) {
     let pairs = histogram.values_and_counts();
     let chunks: Vec<&[(f64, u64)]> = pairs.chunks(EMF_MAX_VALUES_PER_METRIC).collect();
-    let last = chunks.len() - 1;
+    let Some(last) = chunks.len().checked_sub(1) else {
+        return;
+    };
     let mut sum_so_far = 0.0;
     for (i, chunk) in chunks.iter().enumerate() {
         let count: u64 = chunk.iter().map(|(_, n)| n).sum();
@@ -198,20 +184,15 @@ fn histogram_entries(timing: Timing, histogram: &Histogram, entries: &mut Vec<En
             chunk[chunk.len() - 1].0
         };
         let value = json!({
-            "Values": chunk.iter().map(|(v, _)| round(*v)).collect::<Vec<_>>(),
+            "Values": chunk.iter().map(|(v, _)| round_ms(*v)).collect::<Vec<_>>(),
             "Counts": chunk.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-            "Min": round(min),
-            "Max": round(max),
+            "Min": round_ms(min),
+            "Max": round_ms(max),
             "Count": count,
-            "Sum": round(sum),
+            "Sum": round_ms(sum),
         });
-        entries.push(Entry::new(timing.metric_name(), "Milliseconds", value));
+        entries.push(Entry::new(name, "Milliseconds", value));
     }
-}
-
-/// A tenth of a microsecond is finer than anything we time; more digits only lengthen lines.
-fn round(ms: f64) -> f64 {
-    (ms * 10_000.0).round() / 10_000.0
 }
 
 #[cfg(test)]

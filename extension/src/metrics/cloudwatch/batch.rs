@@ -6,7 +6,9 @@
 //! This module knows nothing about the SDK: it builds plain [`Datum`]s so the packing can be
 //! tested exactly, and `client.rs` maps them onto the SDK's types.
 
-use crate::metrics::emf::{DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION};
+use crate::metrics::flat::{
+    self, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION,
+};
 use crate::metrics::{Histogram, Snapshot};
 
 pub const MAX_DATA_PER_REQUEST: usize = 1000;
@@ -49,47 +51,22 @@ impl Datum {
     }
 }
 
-/// Turns a window into data: counters, named counts and gauges as single values, timings as
-/// values/counts chunks of at most [`MAX_VALUES_PER_DATUM`], for `[FunctionName]` and for each
-/// `[FunctionName, Destination]` — the same dimension sets as the EMF lines.
+/// Turns a window into data: counts and levels as single values, timings as values/counts
+/// chunks of at most [`MAX_VALUES_PER_DATUM`], for `[FunctionName]` and for each
+/// `[FunctionName, Destination]` — the same figures and dimension sets as the EMF lines.
 pub fn data(snapshot: &Snapshot, function_name: &str) -> Vec<Datum> {
-    let function = vec![(FUNCTION_NAME_DIMENSION, function_name.to_owned())];
     let mut out = Vec::new();
-    for (counter, n) in &snapshot.counters {
-        out.push(value(
-            counter.metric_name(),
-            counter.unit(),
-            &function,
-            *n as f64,
-        ));
-    }
-    for (name, n) in &snapshot.named_counts {
-        out.push(value(name, "Count", &function, *n as f64));
-    }
-    for (gauge, level) in &snapshot.gauges {
-        out.push(value(
-            gauge.metric_name(),
-            "Count",
-            &function,
-            *level as f64,
-        ));
-    }
-    for (timing, histogram) in &snapshot.timings {
-        distribution(timing.metric_name(), histogram, &function, &mut out);
-    }
-    for (destination, window) in &snapshot.destinations {
-        let mut dims = function.clone();
-        dims.push((DESTINATION_DIMENSION, destination.clone()));
-        for (counter, n) in &window.counters {
-            out.push(value(
-                counter.metric_name(),
-                counter.unit(),
-                &dims,
-                *n as f64,
-            ));
+    for group in flat::flatten(snapshot) {
+        let mut dims = vec![(FUNCTION_NAME_DIMENSION, function_name.to_owned())];
+        if let Some(destination) = group.destination {
+            dims.push((DESTINATION_DIMENSION, destination.to_owned()));
         }
-        for (timing, histogram) in &window.timings {
-            distribution(timing.metric_name(), histogram, &dims, &mut out);
+        for figure in group.figures {
+            match figure.reading {
+                Reading::Count(n) => out.push(value(figure.name, figure.unit, &dims, n as f64)),
+                Reading::Level(l) => out.push(value(figure.name, figure.unit, &dims, l as f64)),
+                Reading::Distribution(h) => distribution(figure.name, h, &dims, &mut out),
+            }
         }
     }
     out
@@ -211,16 +188,11 @@ fn distribution(
             unit: "Milliseconds",
             dimensions: dims.to_vec(),
             payload: Payload::Distribution {
-                values: chunk.iter().map(|(v, _)| round(*v)).collect(),
+                values: chunk.iter().map(|(v, _)| round_ms(*v)).collect(),
                 counts: chunk.iter().map(|(_, n)| *n as f64).collect(),
             },
         });
     }
-}
-
-/// A tenth of a microsecond is finer than anything we time; more digits only lengthen bodies.
-fn round(ms: f64) -> f64 {
-    (ms * 10_000.0).round() / 10_000.0
 }
 
 #[cfg(test)]

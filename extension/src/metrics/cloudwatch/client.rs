@@ -10,6 +10,7 @@
 //! proxy already links), proxying explicitly disabled.
 
 use super::batch::{Datum, Payload};
+use super::Settings;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -35,13 +36,6 @@ use std::time::{Duration, SystemTime};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// One PutMetricData attempt, end to end.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
-
-/// Where the client sends and how it signs.
-#[derive(Debug, Clone)]
-pub struct ClientSettings {
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-}
 
 /// Why a request failed, as far as the operator's fix is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +65,7 @@ impl CloudWatch {
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` environment), region
     /// from `AWS_REGION`, endpoint from `EGRESS_WARDEN_CLOUDWATCH_ENDPOINT`. No I/O happens here
     /// beyond reading the environment and profile files; credentials resolve on first use.
-    pub async fn new(settings: &ClientSettings) -> CloudWatch {
+    pub async fn new(settings: &Settings) -> CloudWatch {
         let mut loader = aws_config::defaults(BehaviorVersion::v2026_01_12())
             .http_client(DirectHttpClient::default())
             // We never retry inside the SDK: a failed window goes to EMF (nothing is lost) and

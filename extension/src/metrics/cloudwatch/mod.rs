@@ -11,17 +11,25 @@
 //! end-to-end tests run on loopback — does not (getmoto/moto#9195); CloudWatch accepts both,
 //! so nothing is lost in production by staying on awsQuery.
 //!
+//! The sink only writes PutMetricData: which windows come here, and what becomes of one it
+//! could not deliver ([`Undelivered`]), is the flusher's choice.
+//!
 //! Layout: `batch` turns a window into requests within the API limits, `client` talks to
-//! CloudWatch (never through a proxy), `sink` decides when to send and how to fail.
+//! CloudWatch (never through a proxy), `sink` decides when to send, `outage` how long to back
+//! off and what to tell the operator.
 
-use crate::context::Context;
-use crate::metrics::{EmfWriter, Snapshot};
+use crate::clock::InvocationClock;
+use crate::findings::Findings;
+use crate::metrics::{Recorder, Snapshot};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "cloudwatch")]
 mod batch;
 #[cfg(feature = "cloudwatch")]
 mod client;
+#[cfg(feature = "cloudwatch")]
+mod outage;
 #[cfg(feature = "cloudwatch")]
 mod sink;
 
@@ -48,6 +56,20 @@ pub fn shutdown_budget(deadline_ms: Option<u64>, now_ms: u64) -> Duration {
     }
 }
 
+/// Where and as what the sink sends, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub namespace: String,
+    pub function_name: String,
+    pub region: Option<String>,
+    /// `EGRESS_WARDEN_CLOUDWATCH_ENDPOINT`; the SDK's regional endpoint when `None`.
+    pub endpoint: Option<String>,
+}
+
+/// What becomes of a window, or the part of one, that CloudWatch did not take. Called from
+/// the sink's background task as well as from [`CloudWatchSink::finish`].
+pub type Undelivered = Arc<dyn Fn(Snapshot) + Send + Sync>;
+
 /// The sink as the lifecycle sees it; exists in every build so the lifecycle has no `cfg`.
 pub struct CloudWatchSink {
     #[cfg(feature = "cloudwatch")]
@@ -55,58 +77,47 @@ pub struct CloudWatchSink {
 }
 
 impl CloudWatchSink {
-    /// The sink, when the configuration asks for it (`cloudwatch` or `both`) and this build
-    /// has it. `emf` writes the fallback (and, with `both`, is also the primary EMF sink).
+    /// The sink, in builds that have it. `recorder` gets the failure counts, `clock` tells a
+    /// freeze from an outage, `findings` shows an unreachable endpoint, and `undelivered`
+    /// takes what could not be sent.
     #[cfg(feature = "cloudwatch")]
-    pub fn start(ctx: &Context, emf: EmfWriter) -> Option<CloudWatchSink> {
-        use crate::config::MetricsSink;
-        let metrics = &ctx.config.metrics;
-        let emf_has_data = match metrics.sink {
-            MetricsSink::CloudWatch => false,
-            MetricsSink::Both => true,
-            MetricsSink::Emf | MetricsSink::Off => return None,
-        };
-        let function_name = match ctx.config.lambda.function_name.as_str() {
+    pub fn start(
+        mut settings: Settings,
+        recorder: Recorder,
+        clock: Arc<InvocationClock>,
+        findings: Arc<Findings>,
+        undelivered: Undelivered,
+    ) -> Option<CloudWatchSink> {
+        if settings.function_name.is_empty() {
             // CloudWatch rejects an empty dimension value; Lambda always sets the name.
-            "" => "unknown".to_owned(),
-            name => name.to_owned(),
-        };
-        let settings = sink::SinkSettings {
-            namespace: metrics.namespace.clone(),
-            function_name,
-            client: client::ClientSettings {
-                region: ctx.config.lambda.region.clone(),
-                endpoint: metrics.cloudwatch_endpoint.clone(),
-            },
-            emf_has_data,
-        };
+            settings.function_name = "unknown".to_owned();
+        }
         tracing::info!(
-            namespace = %metrics.namespace,
-            endpoint = %metrics
-                .cloudwatch_endpoint
+            namespace = %settings.namespace,
+            endpoint = %settings
+                .endpoint
                 .as_deref()
                 .map_or_else(|| "SDK default".to_owned(), crate::config::redact),
-            "metrics go to CloudWatch PutMetricData{}",
-            if emf_has_data { " and EMF on stdout" } else { " (EMF on stdout if it fails)" }
+            "sending metrics to CloudWatch PutMetricData"
         );
         Some(CloudWatchSink {
-            sink: sink::Sink::new(settings, ctx.recorder.clone(), ctx.clock.clone(), emf),
+            sink: sink::Sink::new(settings, recorder, clock, findings, undelivered),
         })
     }
 
     #[cfg(not(feature = "cloudwatch"))]
-    pub fn start(ctx: &Context, _emf: EmfWriter) -> Option<CloudWatchSink> {
-        use crate::config::MetricsSink;
-        if matches!(
-            ctx.config.metrics.sink,
-            MetricsSink::CloudWatch | MetricsSink::Both
-        ) {
-            tracing::warn!(
-                variable = "EGRESS_WARDEN_METRICS_SINK",
-                "this build has no CloudWatch sink (built without the `cloudwatch` feature); \
-                 metrics go to EMF on stdout"
-            );
-        }
+    pub fn start(
+        _settings: Settings,
+        _recorder: Recorder,
+        _clock: Arc<InvocationClock>,
+        _findings: Arc<Findings>,
+        _undelivered: Undelivered,
+    ) -> Option<CloudWatchSink> {
+        tracing::warn!(
+            variable = "EGRESS_WARDEN_METRICS_SINK",
+            "this build has no CloudWatch sink (built without the `cloudwatch` feature); \
+             metrics go to EMF on stdout"
+        );
         None
     }
 
@@ -118,7 +129,8 @@ impl CloudWatchSink {
         drop(window);
     }
 
-    /// SHUTDOWN: sends everything left within `budget`, else writes it as EMF.
+    /// SHUTDOWN: sends everything left within `budget`, else hands it to `undelivered`. The
+    /// failure counts land in the recorder, for the caller's last take.
     pub async fn finish(&self, window: Snapshot, budget: Duration) {
         #[cfg(feature = "cloudwatch")]
         self.sink.finish(window, budget).await;

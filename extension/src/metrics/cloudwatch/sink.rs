@@ -1,43 +1,35 @@
-//! When and what to send, and what to do when it fails.
+//! When and what to send; [`super::outage`] says how a failure is reported.
 //!
 //! - INVOKE: the window joins `pending`; if no send is in flight and the sink is not cooling
 //!   down, a background task sends `pending`, and then whatever gathered meanwhile, until it is
 //!   empty. Nothing here waits on the network, so `/event/next` is never delayed. One send at a
 //!   time: an unreachable endpoint costs one socket, not one per invoke.
-//! - Failure: the parts not delivered are written as EMF (nothing is lost), the failure is
-//!   counted (`cloudwatch_put_errors`), the first failure of an outage is reported as the
-//!   `aws_endpoint_unreachable` finding with its fix, and the sink cools down (30 s doubling
-//!   to 15 min) with windows going straight to EMF meanwhile. No window is retried forever.
+//! - Failure: the parts not delivered go to the flusher's [`Undelivered`] (EMF, so nothing is
+//!   lost), the failure is counted (`cloudwatch_put_errors`), an unreachable endpoint is
+//!   reported as the `aws_endpoint_unreachable` finding with its fix, and the sink cools down
+//!   (30 s doubling to 15 min) with windows handed straight back meanwhile. No window is
+//!   retried forever.
 //! - A send that spans a freeze (Lambda freezes the environment once the runtime and every
 //!   extension wait for the next event, possibly mid-request) fails through no fault of the
 //!   endpoint; its window is put back into `pending`, at most [`MAX_PUT_BACKS`] times in a row.
 //! - SHUTDOWN: the send in flight and a final send of everything left run side by side within
-//!   a budget well inside Lambda's 2 s deadline; whatever did not go out is written as EMF.
+//!   a budget well inside Lambda's 2 s deadline; whatever did not go out is handed back.
 
 use super::batch::Plan;
-use super::client::{ClientSettings, CloudWatch, FailureKind, PutError, ATTEMPT_TIMEOUT};
-use super::{FINDING, PUT_ERRORS_METRIC, SYMPTOM_METRIC};
+use super::client::{CloudWatch, FailureKind, PutError, ATTEMPT_TIMEOUT};
+use super::outage::{Backoff, Reporter};
+use super::{Settings, Undelivered, PUT_ERRORS_METRIC, SYMPTOM_METRIC};
 use crate::clock::InvocationClock;
-use crate::findings::{self as context, FindingStatus};
-use crate::metrics::{EmfWriter, Recorder, Snapshot, MAX_DESTINATIONS, OTHER_DESTINATION};
+use crate::findings::Findings;
+use crate::metrics::{Recorder, Snapshot};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 /// How many times in a row a window interrupted by a freeze is put back before its failure
 /// counts: bounds the delay when the endpoint is really unreachable and invokes are short.
 pub const MAX_PUT_BACKS: u32 = 2;
-const FIRST_COOL_DOWN: Duration = Duration::from_secs(30);
-const MAX_COOL_DOWN: Duration = Duration::from_secs(15 * 60);
-
-pub struct SinkSettings {
-    pub namespace: String,
-    pub function_name: String,
-    pub client: ClientSettings,
-    /// `both`: stdout already carries every window, so a failed send only adds its count.
-    pub emf_has_data: bool,
-}
 
 #[derive(Clone)]
 pub struct Sink {
@@ -45,10 +37,11 @@ pub struct Sink {
 }
 
 struct Inner {
-    settings: SinkSettings,
+    settings: Settings,
     recorder: Recorder,
     clock: Arc<InvocationClock>,
-    emf: EmfWriter,
+    reporter: Reporter,
+    undelivered: Undelivered,
     client: OnceCell<CloudWatch>,
     state: Mutex<State>,
 }
@@ -57,11 +50,8 @@ struct Inner {
 struct State {
     pending: Snapshot,
     in_flight: Option<InFlight>,
-    consecutive_failures: u32,
     put_backs: u32,
-    cool_down_until: Option<Instant>,
-    /// The current outage has been reported (a finding is logged once per change).
-    reported: Option<FailureKind>,
+    backoff: Backoff,
 }
 
 struct InFlight {
@@ -72,20 +62,22 @@ struct InFlight {
 
 impl Sink {
     pub fn new(
-        settings: SinkSettings,
+        settings: Settings,
         recorder: Recorder,
         clock: Arc<InvocationClock>,
-        emf: EmfWriter,
+        findings: Arc<Findings>,
+        undelivered: Undelivered,
     ) -> Sink {
         // The SDK client (configuration, root certificates) is built by the first send, in the
         // background of the first INVOKE: building it now would compete for the CPU with INIT
         // (measured: +2 ms p50 to the extension's INIT, docs/PERFORMANCE.md).
         Sink {
             inner: Arc::new(Inner {
+                reporter: Reporter::new(&settings, findings),
                 settings,
                 recorder,
                 clock,
-                emf,
+                undelivered,
                 client: OnceCell::new(),
                 state: Mutex::new(State::default()),
             }),
@@ -96,14 +88,14 @@ impl Sink {
     pub fn submit(&self, window: Snapshot) {
         let inner = &self.inner;
         let mut st = inner.state();
-        merge_bounded(&mut st.pending, window);
+        st.pending.merge_bounded(window);
         if st.in_flight.as_ref().is_some_and(|f| !f.task.is_finished()) {
             return;
         }
-        if st.cool_down_until.is_some_and(|t| Instant::now() < t) {
+        if st.backoff.cooling() {
             let window = std::mem::take(&mut st.pending);
             drop(st);
-            inner.fall_back(window, &[]);
+            inner.hand_back(window);
             return;
         }
         let window = std::mem::take(&mut st.pending);
@@ -116,10 +108,12 @@ impl Sink {
         st.in_flight = Some(InFlight { task, window });
     }
 
-    /// The SHUTDOWN path: everything left goes to CloudWatch within `budget`, or to EMF.
+    /// The SHUTDOWN path: everything left goes to CloudWatch within `budget`, or is handed
+    /// back. The failure counts go into the recorder, which the flusher takes once more
+    /// after this returns.
     ///
     /// The send already in flight and the final one run side by side under the same deadline.
-    /// A send still unanswered at the deadline is abandoned and its window written as EMF: if
+    /// A send still unanswered at the deadline is abandoned and its window handed back: if
     /// CloudWatch did take it after all, that window is counted twice — the price of never
     /// losing one, and only when CloudWatch answers slower than the whole budget.
     pub async fn finish(&self, window: Snapshot, budget: Duration) {
@@ -127,8 +121,8 @@ impl Sink {
         let deadline = tokio::time::Instant::now() + budget;
         let (in_flight, last, cooling) = {
             let mut st = inner.state();
-            merge_bounded(&mut st.pending, window);
-            let cooling = st.cool_down_until.is_some_and(|t| Instant::now() < t);
+            st.pending.merge_bounded(window);
+            let cooling = st.backoff.cooling();
             (
                 st.in_flight.take(),
                 std::mem::take(&mut st.pending),
@@ -180,30 +174,20 @@ impl Sink {
             }),
             Ok(()) => None,
         };
-        // The recorder has been flushed for the last time: the counts go with the fallback.
-        let mut counts = Vec::new();
-        if let Some(error) = &error {
-            counts.push((PUT_ERRORS_METRIC, 1));
-            if inner.report_failure(error, started.elapsed()) {
-                counts.push((SYMPTOM_METRIC, 1));
-            }
-        } else if !cooling {
-            tracing::debug!(
+        match &error {
+            Some(error) => inner.failed(error, started.elapsed()),
+            None if !cooling => tracing::debug!(
                 "final PutMetricData done in {} ms",
                 started.elapsed().as_millis()
-            );
+            ),
+            None => {}
         }
-        inner.fall_back(unsent, &counts);
-        // Counted by a send that failed while we waited, after the recorder's last flush.
-        let late = inner.recorder.take();
-        if !late.is_empty() {
-            inner.write_emf(late);
-        }
+        inner.hand_back(unsent);
     }
 }
 
 fn merged(mut a: Snapshot, b: Snapshot) -> Snapshot {
-    merge_bounded(&mut a, b);
+    a.merge_bounded(b);
     a
 }
 
@@ -215,7 +199,7 @@ impl Inner {
 
     async fn client(&self) -> &CloudWatch {
         self.client
-            .get_or_init(|| CloudWatch::new(&self.settings.client))
+            .get_or_init(|| CloudWatch::new(&self.settings))
             .await
     }
 
@@ -244,7 +228,7 @@ impl Inner {
         }
     }
 
-    /// One window; `None` when it failed (and was put back or written as EMF).
+    /// One window; `None` when it failed (and was put back or handed back).
     async fn send_once(&self, window: Snapshot) -> Option<()> {
         let started = Instant::now();
         let invocations = self.clock.invocations();
@@ -267,7 +251,7 @@ impl Inner {
             if frozen && st.put_backs < MAX_PUT_BACKS {
                 st.put_backs += 1;
                 let unsent = plan.unsent();
-                merge_bounded(&mut st.pending, unsent);
+                st.pending.merge_bounded(unsent);
                 tracing::debug!(
                     "PutMetricData interrupted (likely a freeze), window kept for the next send: {}",
                     error.message
@@ -275,12 +259,8 @@ impl Inner {
                 return None;
             }
         }
-        // Counted into the next window, which goes wherever windows go by then.
-        self.recorder.count_named(PUT_ERRORS_METRIC, 1);
-        if self.report_failure(&error, elapsed) {
-            self.recorder.count_named(SYMPTOM_METRIC, 1);
-        }
-        self.fall_back(plan.unsent(), &[]);
+        self.failed(&error, elapsed);
+        self.hand_back(plan.unsent());
         None
     }
 
@@ -305,189 +285,35 @@ impl Inner {
     }
 
     fn recovered(&self) {
-        let mut st = self.state();
-        st.put_backs = 0;
-        st.consecutive_failures = 0;
-        st.cool_down_until = None;
-        if st.reported.take().is_some() {
-            drop(st);
-            tracing::info!("CloudWatch PutMetricData works again; metrics go to CloudWatch");
+        let reported = {
+            let mut st = self.state();
+            st.put_backs = 0;
+            st.backoff.recovered()
+        };
+        if let Some(kind) = reported {
+            self.reporter.recovered(kind);
         }
     }
 
-    /// Starts the cool-down and reports the outage once per change. Returns whether this
-    /// failure raised the `aws_endpoint_unreachable` finding (the caller counts the symptom).
-    fn report_failure(&self, error: &PutError, elapsed: Duration) -> bool {
-        let mut st = self.state();
-        st.put_backs = 0;
-        st.consecutive_failures += 1;
-        let cool_down = FIRST_COOL_DOWN
-            .saturating_mul(1 << (st.consecutive_failures - 1).min(5))
-            .min(MAX_COOL_DOWN);
-        st.cool_down_until = Some(Instant::now() + cool_down);
-        let first_of_its_kind = st.reported != Some(error.kind);
-        st.reported = Some(error.kind);
-        let failures = st.consecutive_failures;
-        drop(st);
-        if !first_of_its_kind {
-            tracing::debug!(
-                "PutMetricData failed again ({failures} in a row): {}",
-                error.message
-            );
-            return false;
-        }
-        let region = self.settings.client.region.as_deref().unwrap_or("<region>");
-        let endpoint = self
-            .settings
-            .client
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| format!("https://monitoring.{region}.amazonaws.com"));
-        let evidence = serde_json::json!({
-            "endpoint": crate::config::redact(&endpoint),
-            "error": crate::config::redact(truncate(&error.message, 400)),
-            "elapsed_ms": elapsed.as_millis() as u64,
-            "consecutive_failures": failures,
-            "retry_in_s": cool_down.as_secs(),
-            "fallback": "emf",
-        });
-        match error.kind {
-            FailureKind::Unreachable => {
-                finding_line(&evidence, &unreachable_fix(region));
-                return true;
-            }
-            FailureKind::Rejected => tracing::error!(
-                evidence = %evidence,
-                "CloudWatch rejected PutMetricData; metrics go to EMF on stdout meanwhile. \
-                 Fix: allow cloudwatch:PutMetricData on the function's role (for namespace {}), \
-                 or set EGRESS_WARDEN_METRICS_SINK=emf",
-                self.settings.namespace
-            ),
-            FailureKind::Setup => tracing::error!(
-                evidence = %evidence,
-                "cannot call CloudWatch (credentials or region missing); metrics go to EMF on \
-                 stdout. Fix: run in Lambda (which provides both), or set \
-                 EGRESS_WARDEN_METRICS_SINK=emf"
-            ),
-        }
-        false
-    }
-
-    /// Writes what could not be delivered as EMF, with `counts` added to it.
-    fn fall_back(&self, mut window: Snapshot, counts: &[(&str, u64)]) {
-        if self.settings.emf_has_data {
-            // `both`: stdout already has every window; only the counts are new.
-            window = Snapshot::default();
-        }
-        for (name, n) in counts {
-            *window.named_counts.entry((*name).to_owned()).or_default() += n;
-        }
-        self.write_emf(window);
-    }
-
-    fn write_emf(&self, window: Snapshot) {
-        if window.is_empty() {
-            return;
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        if let Err(err) = self.emf.write(&window, now, &mut std::io::stdout().lock()) {
-            tracing::warn!("writing the EMF fallback failed, keeping the metrics: {err}");
-            self.recorder.restore(window);
+    /// Starts the cool-down, reports the failure and counts it into the recorder: into the
+    /// next window, or, at SHUTDOWN, into the flusher's last take.
+    fn failed(&self, error: &PutError, elapsed: Duration) {
+        let failure = {
+            let mut st = self.state();
+            st.put_backs = 0;
+            st.backoff.failed(error.kind)
+        };
+        self.recorder.count_named(PUT_ERRORS_METRIC, 1);
+        let invocation = self.clock.invocations();
+        if self.reporter.failed(error, failure, elapsed, invocation) {
+            self.recorder.count_named(SYMPTOM_METRIC, 1);
         }
     }
-}
 
-fn unreachable_fix(region: &str) -> String {
-    format!(
-        "The extension cannot reach CloudWatch to PutMetricData. In a VPC without a NAT gateway, \
-         add an interface VPC endpoint for com.amazonaws.{region}.monitoring with private DNS \
-         enabled, in the function's subnets, with a security group that allows HTTPS (443) from \
-         the function's security group; or give the subnets a route to a NAT gateway; or set \
-         EGRESS_WARDEN_METRICS_SINK=emf (metrics through CloudWatch Logs, no network needed). \
-         Until then every window is written as EMF to stdout, so nothing is lost."
-    )
-}
-
-/// The finding as one JSON line on stderr, in the same shape as the diagnosis's findings
-/// (`message`, `finding`, `status`, `evidence`, `fix`), marked with its source.
-fn finding_line(evidence: &serde_json::Value, fix: &str) {
-    let mut line = context::finding_line(
-        FindingStatus::Active,
-        FINDING,
-        "CloudWatch PutMetricData gets no answer; metrics go to EMF on stdout meanwhile",
-        evidence,
-        fix,
-    );
-    line["source"] = "cloudwatch_sink".into();
-    context::write_line(&line);
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-/// `Snapshot::merge`, keeping the destination count bounded like the recorder does, since
-/// `pending` can gather many windows while a send is in flight or the environment is frozen.
-fn merge_bounded(into: &mut Snapshot, from: Snapshot) {
-    into.merge(from);
-    if into.destinations.len() <= MAX_DESTINATIONS {
-        return;
-    }
-    let overflow: Vec<String> = into
-        .destinations
-        .keys()
-        .filter(|k| k.as_str() != OTHER_DESTINATION)
-        .skip(MAX_DESTINATIONS - 1)
-        .cloned()
-        .collect();
-    let mut other = Snapshot::default();
-    for key in overflow {
-        if let Some(window) = into.destinations.remove(&key) {
-            other
-                .destinations
-                .insert(OTHER_DESTINATION.to_owned(), window);
-            into.merge(std::mem::take(&mut other));
+    /// What CloudWatch did not take goes back to the flusher's choice of fallback.
+    fn hand_back(&self, window: Snapshot) {
+        if !window.is_empty() {
+            (self.undelivered)(window);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::Counter;
-
-    #[test]
-    fn pending_destinations_stay_bounded() {
-        let mut pending = Snapshot::default();
-        for round in 0..3 {
-            let r = Recorder::new();
-            for i in 0..MAX_DESTINATIONS {
-                r.count_for(&format!("r{round}-h{i}:443"), Counter::Requests, 1);
-            }
-            merge_bounded(&mut pending, r.take());
-        }
-        assert_eq!(pending.destinations.len(), MAX_DESTINATIONS);
-        let total: u64 = pending
-            .destinations
-            .values()
-            .map(|d| d.counters[&Counter::Requests])
-            .sum();
-        assert_eq!(total, 3 * MAX_DESTINATIONS as u64);
-        assert_eq!(
-            pending.counters[&Counter::Requests],
-            3 * MAX_DESTINATIONS as u64
-        );
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "hé");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

@@ -1,0 +1,140 @@
+//! A window as the flat list of figures both writers read (EMF lines and PutMetricData
+//! data), so the two cannot disagree on names, units, order or dimension sets.
+
+use super::{Histogram, Snapshot};
+
+pub const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
+pub const DESTINATION_DIMENSION: &str = "Destination";
+
+/// What one metric holds in a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading<'a> {
+    Count(u64),
+    /// A gauge's highest level in the window.
+    Level(i64),
+    /// Latencies in milliseconds; never empty.
+    Distribution(&'a Histogram),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figure<'a> {
+    pub name: &'a str,
+    pub unit: &'static str,
+    pub reading: Reading<'a>,
+}
+
+/// The figures of one dimension set: `[FunctionName]` when `destination` is `None`, else
+/// `[FunctionName, Destination]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group<'a> {
+    pub destination: Option<&'a str>,
+    pub figures: Vec<Figure<'a>>,
+}
+
+/// The function's figures (counters, run-time counts, gauges, timings), then each
+/// destination's (counters, timings). Empty histograms and empty groups are left out.
+pub fn flatten(snapshot: &Snapshot) -> Vec<Group<'_>> {
+    let mut function = Vec::new();
+    for (counter, n) in &snapshot.counters {
+        function.push(count(counter.metric_name(), counter.unit(), *n));
+    }
+    for (name, n) in &snapshot.named_counts {
+        function.push(count(name, "Count", *n));
+    }
+    for (gauge, level) in &snapshot.gauges {
+        function.push(Figure {
+            name: gauge.metric_name(),
+            unit: "Count",
+            reading: Reading::Level(*level),
+        });
+    }
+    function.extend(
+        snapshot
+            .timings
+            .iter()
+            .filter_map(|(t, h)| distribution(t.metric_name(), h)),
+    );
+    let mut groups = vec![Group {
+        destination: None,
+        figures: function,
+    }];
+    for (destination, window) in &snapshot.destinations {
+        let mut figures: Vec<Figure<'_>> = window
+            .counters
+            .iter()
+            .map(|(c, n)| count(c.metric_name(), c.unit(), *n))
+            .collect();
+        figures.extend(
+            window
+                .timings
+                .iter()
+                .filter_map(|(t, h)| distribution(t.metric_name(), h)),
+        );
+        groups.push(Group {
+            destination: Some(destination),
+            figures,
+        });
+    }
+    groups.retain(|g| !g.figures.is_empty());
+    groups
+}
+
+fn count<'a>(name: &'a str, unit: &'static str, n: u64) -> Figure<'a> {
+    Figure {
+        name,
+        unit,
+        reading: Reading::Count(n),
+    }
+}
+
+fn distribution<'a>(name: &'a str, histogram: &'a Histogram) -> Option<Figure<'a>> {
+    (histogram.count() > 0).then_some(Figure {
+        name,
+        unit: "Milliseconds",
+        reading: Reading::Distribution(histogram),
+    })
+}
+
+/// A tenth of a microsecond is finer than anything we time; more digits only lengthen the
+/// EMF lines and PutMetricData bodies.
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 10_000.0).round() / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Counter, Gauge, Recorder, Timing};
+
+    fn names<'a>(group: &Group<'a>) -> Vec<&'a str> {
+        group.figures.iter().map(|f| f.name).collect()
+    }
+
+    #[test]
+    fn the_function_group_comes_first_then_each_destination() {
+        let r = Recorder::new();
+        r.count(Counter::Invocations, 2);
+        r.count_named("symptom_idle_reset", 1);
+        r.gauge_add(Gauge::ActiveConnections, 3);
+        r.observe_ms_for("a:443", Timing::DnsMs, 1.0);
+        r.count_for("a:443", Counter::Requests, 1);
+        let window = r.take();
+        let groups = flatten(&window);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].destination, None);
+        assert_eq!(
+            names(&groups[0]),
+            [
+                "invocations",
+                "requests",
+                "symptom_idle_reset",
+                "active_connections",
+                "dns_ms"
+            ]
+        );
+        assert_eq!(groups[1].destination, Some("a:443"));
+        assert_eq!(names(&groups[1]), ["requests", "dns_ms"]);
+        assert_eq!(groups[0].figures[3].reading, Reading::Level(3));
+        assert!(flatten(&Snapshot::default()).is_empty());
+    }
+}
