@@ -4,6 +4,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Milliseconds since the Unix epoch, the clock of EMF timestamps and of Lambda's deadlines;
+/// 0 if the system clock is set before 1970.
+pub fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The current invocation as the Extensions API announced it.
 pub struct InvocationClock {
     started: Instant,
@@ -56,10 +65,6 @@ impl InvocationClock {
         if deadline == 0 {
             return None;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Some(Duration::from_millis(deadline.saturating_sub(now)))
+        Some(Duration::from_millis(deadline.saturating_sub(epoch_ms())))
     }
 }

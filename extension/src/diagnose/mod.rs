@@ -242,7 +242,6 @@ impl Diagnosis {
     /// Reads the new events and raises or clears findings.
     pub fn run(&self) {
         let invocation = self.clock.invocations();
-        self.recorder.mark_invocation(invocation);
         // Held across the read so two evaluations cannot both take the same events.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let read = self.recorder.observations_since(state.cursor);

@@ -134,8 +134,7 @@ impl Upstreams {
 
     /// Each query goes to the journal: the diagnosis judges throttling from them.
     fn note(&self, outcome: DnsOutcome, ms: f64) {
-        self.recorder
-            .note_current(Event::DnsUpstream { outcome, ms });
+        self.recorder.note(Event::DnsUpstream { outcome, ms });
     }
 
     async fn ask(&self, server: &Upstream, question: &Question) -> Result<DnsResponse, NetError> {

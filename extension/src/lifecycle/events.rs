@@ -19,7 +19,7 @@ use super::extensions_api::{Event, ExtensionsApi};
 use super::flusher::Flusher;
 use super::logging;
 use super::restore::{Restore, RestoreWatch};
-use crate::clock::InvocationClock;
+use crate::clock::{epoch_ms, InvocationClock};
 use crate::diagnose::Diagnosis;
 use crate::dns::DnsCache;
 use crate::metrics::{self, Counter, Gauge, Recorder};
@@ -158,6 +158,9 @@ impl<'a> EventLoop<'a> {
     fn on_invoke(&mut self, deadline_ms: u64, request_id: &str) {
         let restore = self.restore.event();
         let gap = self.parts.clock.begin_invocation(deadline_ms);
+        self.parts
+            .recorder
+            .begin_invocation(self.parts.clock.invocations());
         match (restore, &self.inputs.warmer) {
             // The restore handling checks and warms instead.
             (Some(restore), _) => self.restored(restore, None),
@@ -196,16 +199,14 @@ impl<'a> EventLoop<'a> {
             match event {
                 PlatformEvent::Start { request_id } if !self.inputs.invoke_events => {
                     self.parts.clock.note_invocation();
+                    recorder.begin_invocation(self.parts.clock.invocations());
                     recorder.incr(Counter::Invocations);
                     tracing::debug!(%request_id, "invocation started");
                 }
                 PlatformEvent::RuntimeDone { request_id, status } if status == "timeout" => {
                     recorder.incr(Counter::FunctionTimeouts);
                     // Evidence for the findings whose connects got no answer.
-                    recorder.note(
-                        self.parts.clock.invocations(),
-                        metrics::Event::FunctionTimeout,
-                    );
+                    recorder.note(metrics::Event::FunctionTimeout);
                     // The proxy's own lines before this one say which calls were still open.
                     tracing::warn!(
                         %request_id,
@@ -278,14 +279,14 @@ impl<'a> EventLoop<'a> {
     async fn finish(&mut self, deadline_ms: Option<u64>, why: &str, reason: &str) {
         self.parts.shutdown.trigger();
         let drain_started = tokio::time::Instant::now();
-        let until = drain_started + drain_budget(deadline_ms, metrics::epoch_ms());
+        let until = drain_started + drain_budget(deadline_ms, epoch_ms());
         let recorder = &self.parts.recorder;
         while recorder.gauge_value(Gauge::ActiveConnections) > 0
             && tokio::time::Instant::now() < until
         {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        let left = deadline_ms.map(|d| d.saturating_sub(metrics::epoch_ms()));
+        let left = deadline_ms.map(|d| d.saturating_sub(epoch_ms()));
         tracing::info!(
             %reason,
             drained_ms = drain_started.elapsed().as_millis() as u64,

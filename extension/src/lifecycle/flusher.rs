@@ -6,9 +6,10 @@
 //! never run at once, and each takes the window out of the recorder whole: an observation
 //! lands in exactly one flush. A window that cannot be written is put back for the next.
 
+use crate::clock::epoch_ms;
 use crate::config::MetricsSink;
 use crate::metrics::cloudwatch::{self, CloudWatchSink, Undelivered};
-use crate::metrics::{epoch_ms, EmfWriter, Recorder, Snapshot};
+use crate::metrics::{EmfWriter, Recorder, Snapshot};
 use std::sync::Arc;
 
 /// Where windows go.

@@ -13,7 +13,7 @@
 //! [`RestoreWatch`] only decides; the lifecycle acts (connections retired, the DNS cache aged
 //! by the unseen time, the warm-up run again).
 
-use crate::metrics::epoch_ms;
+use crate::clock::epoch_ms;
 use std::time::{Duration, Instant};
 
 /// The wall clock moving this far ahead of the monotonic clock means a restore (or a host

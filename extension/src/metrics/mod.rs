@@ -25,12 +25,3 @@ pub use observations::{
 };
 pub use recorder::Recorder;
 pub use snapshot::{DestinationWindow, Snapshot, MAX_DESTINATIONS, OTHER_DESTINATION};
-
-/// Milliseconds since the Unix epoch, the clock of EMF timestamps and of Lambda's deadlines;
-/// 0 if the system clock is set before 1970.
-pub fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}

@@ -86,15 +86,14 @@ pub(super) struct Journal {
     events: VecDeque<Observation>,
     /// Sequence number of `events[0]`.
     first_seq: u64,
-    /// The latest invocation count anyone noted or announced, for events from code that does
-    /// not see the invocation clock (the DNS upstreams, the request record).
+    /// The invocation count the lifecycle announced last: every event is stamped with it.
     current_invocation: u64,
 }
 
 impl super::Recorder {
-    /// Notes an event stamped with the latest known invocation count (see
-    /// [`super::Recorder::note`] when the caller knows it).
-    pub fn note_current(&self, event: Event) {
+    /// Adds one event to the journal the diagnosis reads, stamped with the current
+    /// invocation (0 during INIT).
+    pub fn note(&self, event: Event) {
         let mut journal = self.journal();
         let invocation = journal.current_invocation;
         journal.push(Observation {
@@ -104,8 +103,9 @@ impl super::Recorder {
         });
     }
 
-    /// Tells the journal how many INVOKEs have arrived, for [`super::Recorder::note_current`].
-    pub fn mark_invocation(&self, invocation: u64) {
+    /// The lifecycle announces invocation `invocation` (counted from 1): events from now on
+    /// belong to it. An older count announced late does not move the stamp back.
+    pub fn begin_invocation(&self, invocation: u64) {
         let mut journal = self.journal();
         journal.current_invocation = journal.current_invocation.max(invocation);
     }
@@ -182,20 +182,21 @@ mod tests {
     }
 
     #[test]
-    fn events_noted_without_a_clock_get_the_latest_invocation() {
+    fn events_are_stamped_with_the_announced_invocation() {
         let recorder = crate::metrics::Recorder::new();
         let event = || Event::DnsUpstream {
             outcome: DnsOutcome::Answered,
             ms: 1.0,
         };
-        recorder.note_current(event());
-        recorder.mark_invocation(3);
-        recorder.note_current(event());
-        recorder.note(5, event());
-        recorder.note_current(event());
+        recorder.note(event());
+        recorder.begin_invocation(3);
+        recorder.note(event());
+        recorder.begin_invocation(5);
+        recorder.note(event());
+        recorder.note(event());
         // An older count announced late does not move it back.
-        recorder.mark_invocation(4);
-        recorder.note_current(event());
+        recorder.begin_invocation(4);
+        recorder.note(event());
         let stamps: Vec<u64> = recorder
             .observations_since(0)
             .events

@@ -1,6 +1,6 @@
 //! The recorder every part of the extension writes to.
 
-use super::observations::{self, Event, JournalRead, Observation};
+use super::observations::{self, JournalRead};
 use super::{Counter, DestinationWindow, Gauge, Snapshot, Timing};
 use super::{MAX_DESTINATIONS, OTHER_DESTINATION};
 use std::collections::BTreeMap;
@@ -122,21 +122,6 @@ impl Recorder {
         self.inner.gauges[gauge as usize]
             .current
             .load(Ordering::Relaxed)
-    }
-
-    /// Adds one event to the journal the diagnosis reads; `invocation` is the number of
-    /// INVOKEs so far (0 during INIT).
-    pub fn note(&self, invocation: u64, event: Event) {
-        let observation = Observation {
-            invocation,
-            at: std::time::Instant::now(),
-            event,
-        };
-        self.inner
-            .journal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(observation);
     }
 
     /// The journal's events after `cursor` (0 for everything still held).

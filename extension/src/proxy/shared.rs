@@ -68,26 +68,21 @@ impl Proxy {
             policy: Policy::new(config.policy.clone(), vec![port, config.dns_port]),
             connect_timeout: config.connect_timeout,
             recorder: recorder.clone(),
-            clock: clock.clone(),
         });
         let pools = Arc::new(PoolStats::default());
         let connector = WardenConnector {
             dialer: dialer.clone(),
             tls: Arc::new(TlsSetup::new(config.ca_bundle.clone())),
             pools: pools.clone(),
-            parked: Arc::new(Prewarmed::new(
-                config.pool_idle,
-                recorder.clone(),
-                clock.clone(),
-            )),
-            registry: Registry::new(recorder.clone(), clock.clone()),
+            parked: Arc::new(Prewarmed::new(config.pool_idle, recorder.clone())),
+            registry: Registry::new(recorder.clone()),
         };
         Proxy {
             dialer,
             upstreams: Upstreams::new(connector, config.pool_idle),
             breakers: Breakers::new(FAILURES_TO_OPEN, OPEN_FOR),
             pools,
-            sockets: Prewarmed::new(config.pool_idle, recorder.clone(), clock.clone()),
+            sockets: Prewarmed::new(config.pool_idle, recorder.clone()),
             dns,
             port,
             started: Instant::now(),

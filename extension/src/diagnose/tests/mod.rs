@@ -59,10 +59,11 @@ impl Fixture {
         while self.clock.invocations() < n {
             self.clock.begin_invocation(0);
         }
+        self.recorder.begin_invocation(self.clock.invocations());
     }
 
     pub fn note(&self, event: Event) {
-        self.recorder.note(self.clock.invocations(), event);
+        self.recorder.note(event);
     }
 
     pub fn note_n(&self, n: usize, event: Event) {

@@ -165,16 +165,14 @@ async fn refused_traffic_is_no_finding_and_the_status_page_lists_findings() {
     // An interface endpoint whose security group drops the function's packets, as the
     // dialer would note it: the page shows the finding at once.
     ctx.clock.begin_invocation(0);
+    ctx.recorder.begin_invocation(1);
     for _ in 0..3 {
-        ctx.recorder.note(
-            1,
-            connect(
-                "sqs.us-east-1.amazonaws.com",
-                "10.0.5.5:443",
-                ConnectOutcome::Timeout,
-                500.0,
-            ),
-        );
+        ctx.recorder.note(connect(
+            "sqs.us-east-1.amazonaws.com",
+            "10.0.5.5:443",
+            ConnectOutcome::Timeout,
+            500.0,
+        ));
     }
     let findings = status_findings(proxy).await;
     assert_eq!(findings.len(), 1, "{findings:?}");

@@ -181,16 +181,13 @@ async fn until_first_answer<C: AsyncRead + Unpin>(
             return Err(io::Error::from(io::ErrorKind::ConnectionReset));
         }
         replaced = true;
-        proxy.recorder.note(
-            proxy.clock.invocations(),
-            Event::StaleConnection {
-                host: target.host.clone(),
-                addr,
-                idle: parked_at.elapsed(),
-                reset,
-                caught: false,
-            },
-        );
+        proxy.recorder.note(Event::StaleConnection {
+            host: target.host.clone(),
+            addr,
+            idle: parked_at.elapsed(),
+            reset,
+            caught: false,
+        });
         tracing::debug!(host = %target.host, %addr, "warmed connection was dead; using a fresh one");
         upstream = proxy
             .dialer

@@ -153,7 +153,7 @@ impl RequestRecord {
                 count(Counter::CrossRegionRequests, 1);
             }
             // The diagnosis judges the cross-region share from these.
-            recorder.note_current(Event::Request {
+            recorder.note(Event::Request {
                 host: self.host.clone(),
                 cross_region,
             });

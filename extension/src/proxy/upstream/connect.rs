@@ -2,7 +2,6 @@
 //! failure), each attempt bounded by `EGRESS_WARDEN_CONNECT_TIMEOUT_MS`. The socket address
 //! handed to `connect` is the one the policy saw: nothing resolves the name again.
 
-use crate::clock::InvocationClock;
 use crate::dns::DnsCache;
 use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, Recorder};
 use crate::proxy::policy::host::Target;
@@ -23,7 +22,6 @@ pub(crate) struct Dialer {
     pub connect_timeout: Duration,
     /// Every connect attempt goes to the recorder's journal, for the diagnosis.
     pub recorder: Recorder,
-    pub clock: Arc<InvocationClock>,
 }
 
 /// An open, policy-checked TCP connection.
@@ -129,16 +127,13 @@ impl Dialer {
         outcome: ConnectOutcome,
         started: Instant,
     ) {
-        self.recorder.note(
-            self.clock.invocations(),
-            Event::Connect {
-                host: target.host.clone(),
-                addr,
-                purpose,
-                outcome,
-                ms: ms_since(started),
-            },
-        );
+        self.recorder.note(Event::Connect {
+            host: target.host.clone(),
+            addr,
+            purpose,
+            outcome,
+            ms: ms_since(started),
+        });
     }
 
     pub(crate) async fn dial_for(

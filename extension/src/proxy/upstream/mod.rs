@@ -16,6 +16,7 @@ pub(crate) mod prewarmed;
 pub(crate) mod retry;
 pub(crate) mod tls;
 
+use crate::clock::epoch_ms as wall_ms;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::upstream::connect::Failure;
 use crate::proxy::upstream::connector::{pool_key, ConnInfo, WardenConnector};
@@ -24,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub(crate) type UpstreamClient = Client<WardenConnector, UpstreamBody>;
 
@@ -117,11 +118,4 @@ fn build(connector: &WardenConnector, pool_idle: Duration) -> UpstreamClient {
         // The proxy sets Host itself (from the normalised target).
         .set_host(false)
         .build(connector.clone())
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -2,13 +2,12 @@
 //! TCP sockets for `CONNECT host:port`, ready TLS connections for route mode. Each is checked
 //! alive when taken; a dead one is noted as stale (caught) and never handed out.
 
-use crate::clock::InvocationClock;
 use crate::metrics::{Event, Recorder};
 use crate::proxy::upstream::liveness::{probe, Liveness};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Something that can be parked: says where it goes and whether it is still alive.
@@ -57,16 +56,14 @@ pub(crate) struct Prewarmed<T> {
     /// connections, below the NAT gateway's idle timeout.
     max_age: Duration,
     recorder: Recorder,
-    clock: Arc<InvocationClock>,
 }
 
 impl<T: Parkable> Prewarmed<T> {
-    pub(crate) fn new(max_age: Duration, recorder: Recorder, clock: Arc<InvocationClock>) -> Self {
+    pub(crate) fn new(max_age: Duration, recorder: Recorder) -> Self {
         Prewarmed {
             entries: Mutex::new(HashMap::new()),
             max_age,
             recorder,
-            clock,
         }
     }
 
@@ -144,16 +141,13 @@ impl<T: Parkable> Prewarmed<T> {
                 addr = %entry.item.addr(),
                 "pre-connected upstream connection found {found:?}; not used"
             );
-            self.recorder.note(
-                self.clock.invocations(),
-                Event::StaleConnection {
-                    host: entry.item.host().to_owned(),
-                    addr: entry.item.addr(),
-                    idle,
-                    reset: found == Liveness::Reset,
-                    caught: true,
-                },
-            );
+            self.recorder.note(Event::StaleConnection {
+                host: entry.item.host().to_owned(),
+                addr: entry.item.addr(),
+                idle,
+                reset: found == Liveness::Reset,
+                caught: true,
+            });
         }
         found == Liveness::Alive
     }

@@ -140,7 +140,6 @@ pub(crate) fn stale_in(err: &(dyn std::error::Error + 'static)) -> Option<bool> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::InvocationClock;
     use crate::metrics::{Event, Recorder};
     use std::io::Write;
     use std::os::fd::{AsFd, AsRawFd};
@@ -176,7 +175,7 @@ mod tests {
 
     fn registry() -> (Arc<Registry>, Recorder) {
         let recorder = Recorder::new();
-        let registry = Registry::new(recorder.clone(), Arc::new(InvocationClock::new()));
+        let registry = Registry::new(recorder.clone());
         (registry, recorder)
     }
 

@@ -4,7 +4,6 @@
 
 use super::health::Reader;
 use super::{Health, Liveness, DROP_WAIT, IDLE_CHECK_AFTER, SETTLE_YIELDS};
-use crate::clock::InvocationClock;
 use crate::metrics::{Event, Recorder};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +22,6 @@ pub(crate) struct Registry {
     /// By pool key, so the check before a request looks at its own pool only.
     pub(super) conns: Mutex<HashMap<Arc<str>, Vec<Weak<Health>>>>,
     pub(super) recorder: Recorder,
-    pub(super) clock: Arc<InvocationClock>,
 }
 
 /// What a revalidation found.
@@ -34,13 +32,12 @@ pub struct Revalidated {
 }
 
 impl Registry {
-    pub(crate) fn new(recorder: Recorder, clock: Arc<InvocationClock>) -> Arc<Registry> {
+    pub(crate) fn new(recorder: Recorder) -> Arc<Registry> {
         Arc::new(Registry {
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
             recorder,
-            clock,
         })
     }
 
@@ -184,15 +181,12 @@ impl Registry {
             caught,
             "stale upstream connection"
         );
-        self.recorder.note(
-            self.clock.invocations(),
-            Event::StaleConnection {
-                host: health.host.clone(),
-                addr: health.addr,
-                idle,
-                reset,
-                caught,
-            },
-        );
+        self.recorder.note(Event::StaleConnection {
+            host: health.host.clone(),
+            addr: health.addr,
+            idle,
+            reset,
+            caught,
+        });
     }
 }
