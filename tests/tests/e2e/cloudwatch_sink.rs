@@ -12,7 +12,7 @@
 //! Needs `python3` with `moto[server]` and `boto3` (.ci/run installs them) and the binary
 //! (`cargo build -p egress-warden`, default features). Network: 127.0.0.1 only.
 
-#[path = "../cloudwatch/moto.rs"]
+#[path = "../../cloudwatch/moto.rs"]
 mod moto;
 
 use std::collections::BTreeMap;

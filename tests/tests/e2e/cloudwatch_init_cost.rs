@@ -4,7 +4,7 @@
 //! `#[ignore]`d and prints a table (docs/PERFORMANCE.md has the commands and results).
 //!
 //!   WARDEN_BIN_WITH=… WARDEN_BIN_WITHOUT=… [WARDEN_INIT_RUNS=30] \
-//!     cargo test -p warden-tests --test cloudwatch_init_cost -- --ignored --nocapture
+//!     cargo test -p warden-tests --test e2e cloudwatch_init_cost -- --ignored --nocapture
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
