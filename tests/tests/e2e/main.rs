@@ -1,5 +1,6 @@
 //! The end-to-end tests, one binary: the harness links once, and tests of different modules
-//! share the test threads.
+//! share the two test threads. Tests that measure time, memory or descriptors, hold a thousand
+//! sockets or run heavy processes take `warden_tests::exclusive` so that no two of them overlap.
 //!
 //!   cargo test -p warden-tests --test e2e [<module>::<test name filter>]
 
