@@ -3,7 +3,8 @@
 //! answers together, and every answer must still reach the client that asked, with its ID and
 //! the right record. Its own process, so the listener's thread is the only one of its name.
 //!
-//! Needs the cgroup v1 "cpu" controller, writable (as root): it skips with a note otherwise.
+//! Needs the cgroup v1 "cpu" controller, writable (as root): without it the test is skipped with
+//! a note, and fails under CI (`warden_tests::prerequisite`).
 
 mod dns_support;
 
@@ -14,6 +15,7 @@ use std::fs;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use warden_tests::prerequisite;
 
 const CPU_CGROUP: &str = "/sys/fs/cgroup/cpu";
 
@@ -24,13 +26,18 @@ struct Quota {
 }
 
 impl Quota {
-    fn hold(tid: &str, period_us: u32, quota_us: u32) -> Option<Quota> {
+    /// The quota, or why it cannot be set here and how to get a controller that can.
+    fn hold(tid: &str, period_us: u32, quota_us: u32) -> Result<Quota, String> {
         let root = Path::new(CPU_CGROUP);
         if !root.join("cpu.cfs_quota_us").exists() {
-            return None;
+            return Err(format!(
+                "no cgroup v1 cpu controller at {CPU_CGROUP}: as root, \
+                 mkdir -p {CPU_CGROUP} && mount -t cgroup -o cpu cpu {CPU_CGROUP}"
+            ));
         }
         let dir = root.join(format!("warden-dns-test-{}", std::process::id()));
-        fs::create_dir(&dir).ok()?;
+        fs::create_dir(&dir)
+            .map_err(|e| format!("cannot create {} ({e}): run as root", dir.display()))?;
         let quota = Quota {
             dir,
             tid: tid.to_string(),
@@ -38,7 +45,8 @@ impl Quota {
         let held = fs::write(quota.dir.join("cpu.cfs_period_us"), period_us.to_string())
             .and_then(|()| fs::write(quota.dir.join("cpu.cfs_quota_us"), quota_us.to_string()))
             .and_then(|()| fs::write(quota.dir.join("tasks"), tid));
-        held.ok().map(|()| quota)
+        held.map(|()| quota)
+            .map_err(|e| format!("cannot set a CFS quota under {CPU_CGROUP} ({e}): run as root"))
     }
 }
 
@@ -75,8 +83,10 @@ fn every_answer_arrives_whole_while_the_listener_is_short_of_cpu() {
     let cached = dig_answers(h.port, &["www.test", "A"]);
     assert_eq!(cached.len(), 1, "{cached:?}");
     let tid = udp_thread().expect("the listener's UDP thread");
-    let Some(_quota) = Quota::hold(&tid, 10_000, 1_000) else {
-        eprintln!("skipped: no writable cgroup v1 cpu controller at {CPU_CGROUP}");
+    let Some(_quota) = prerequisite(
+        "writable cgroup v1 cpu controller",
+        Quota::hold(&tid, 10_000, 1_000),
+    ) else {
         return;
     };
     let before = waits(&tid);

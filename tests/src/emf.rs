@@ -242,6 +242,24 @@ impl EmfValidator {
     }
 }
 
+/// Sum of `metric` over `docs` (documents that do not define it add nothing).
+pub fn sum(docs: &[EmfDocument], metric: &str) -> f64 {
+    docs.iter().filter_map(|d| d.metric_total(metric)).sum()
+}
+
+/// Sum of `metric` over the function-level EMF documents among `lines` (documents with a
+/// `Destination` dimension repeat the same figures split up); lines that are not valid EMF
+/// add nothing.
+pub fn function_total(lines: &[String], metric: &str) -> f64 {
+    let v = EmfValidator::new();
+    lines
+        .iter()
+        .filter_map(|l| v.validate_line(l).ok())
+        .filter(|d| d.get("Destination").is_none())
+        .filter_map(|d| d.metric_total(metric))
+        .sum()
+}
+
 /// Whether a line looks like an EMF document at all (a JSON object with `_aws`).
 pub fn looks_like_emf(line: &str) -> bool {
     serde_json::from_str::<Value>(line)

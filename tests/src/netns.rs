@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -26,7 +26,6 @@ use crate::warden::workspace_root;
 /// How long a lab process may take to print its readiness line.
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
-/// Why labs cannot be built here, if they cannot (not root, no `ip netns`, no `nft`).
 /// A throw-away CA and a certificate for the lab's names (`*.lab.test`) in `dir`:
 /// `ca.pem`, `server.pem`, `server.key`.
 pub fn make_lab_certs(dir: &Path) -> Result<(), String> {
@@ -44,11 +43,16 @@ pub fn make_lab_certs(dir: &Path) -> Result<(), String> {
     }
 }
 
-pub fn unavailable() -> Option<String> {
+/// Whether labs can be built here; if not, why and what to install (root, `ip netns`, `nft`).
+pub fn available() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("network-namespace lab needs root".into());
+        return Err("a network-namespace lab needs root: run the tests as root".into());
     }
-    for (tool, args) in [("ip", &["netns", "list"][..]), ("nft", &["--version"][..])] {
+    for (tool, args, package) in [
+        ("ip", &["netns", "list"][..], "iproute2"),
+        ("nft", &["--version"][..], "nftables"),
+    ] {
         let ok = Command::new(tool)
             .args(args)
             .stdout(Stdio::null())
@@ -57,23 +61,26 @@ pub fn unavailable() -> Option<String> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            return Some(format!(
-                "network-namespace lab needs `{tool}` (iproute2 / nftables)"
+            return Err(format!(
+                "a network-namespace lab needs a working `{tool}`: apt-get install {package}"
             ));
         }
     }
-    None
+    Ok(())
 }
 
-/// Whether a delay line can be built (`/dev/net/tun`).
-pub fn delay_line_unavailable() -> Option<String> {
+/// Whether a delay line can be built (`/dev/net/tun`); if not, why and how to get it.
+pub fn delay_line_available() -> Result<(), String> {
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
     {
-        Ok(_) => None,
-        Err(e) => Some(format!("delay line needs /dev/net/tun: {e}")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "a delay line needs /dev/net/tun ({e}): modprobe tun, or give the container the \
+             device (--device /dev/net/tun)"
+        )),
     }
 }
 
@@ -397,9 +404,7 @@ impl Lab {
     /// process that holds every packet for `rtt_ms / 2` each way, so connects, TLS handshakes
     /// and DNS queries to those addresses take one `rtt_ms` per round trip.
     pub fn delay_line(&mut self, rtt_ms: u32) -> Result<&DelayLine, String> {
-        if let Some(reason) = delay_line_unavailable() {
-            return Err(reason);
-        }
+        delay_line_available()?;
         let n = self.n;
         let (outer, inner) = (format!("ew{n}to"), format!("ew{n}ti"));
         let mut cmd = Command::new("python3");
@@ -483,19 +488,5 @@ fn sweep_abandoned() {
             let _ = ip(&["netns", "del", name]);
             let _ = ip(&["link", "del", &format!("ew{n}h")]);
         }
-    }
-}
-
-/// Polls `check` every 20 ms until it holds or `within` passes.
-pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -3,8 +3,9 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use crate::process::KillOnDrop;
 use crate::warden::workspace_root;
 
 /// The full path of the `python3` on PATH (so a pyenv shim is resolved once).
@@ -21,19 +22,9 @@ pub fn proxy_dir() -> PathBuf {
     workspace_root().join("tests").join("proxy")
 }
 
-/// A child process, killed and reaped when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `upstream.py` on 127.0.0.2 (TLS with `certs`' server.pem/server.key when given): the
 /// process and its port.
-pub fn upstream(name: &str, certs: Option<&Path>) -> (Proc, u16) {
+pub fn upstream(name: &str, certs: Option<&Path>) -> (KillOnDrop, u16) {
     let mut cmd = Command::new(python3());
     cmd.arg(proxy_dir().join("upstream.py"))
         .args(["--host", "127.0.0.2", "--name", name]);
@@ -47,7 +38,7 @@ pub fn upstream(name: &str, certs: Option<&Path>) -> (Proc, u16) {
         .spawn()
         .expect("start upstream.py");
     let stdout = child.stdout.take().expect("stdout");
-    let proc = Proc(child);
+    let proc = KillOnDrop(child);
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)

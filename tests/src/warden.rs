@@ -14,13 +14,16 @@ pub fn warden_binary_candidate() -> PathBuf {
     if let Some(p) = std::env::var_os("EGRESS_WARDEN_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
-        return PathBuf::from(t).join("debug").join(EXTENSION_NAME);
+    target_dir().join("debug").join(EXTENSION_NAME)
+}
+
+/// `$CARGO_TARGET_DIR`, else `<workspace>/target`. A relative one is taken from the workspace
+/// root, where the project's scripts run cargo (tests run in the package's directory).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
+        Some(t) => workspace_root().join(t),
+        None => workspace_root().join("target"),
     }
-    workspace_root()
-        .join("target")
-        .join("debug")
-        .join(EXTENSION_NAME)
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -55,11 +58,7 @@ pub fn warden_binary() -> PathBuf {
 /// The demo function (`sam/demo-function`, built as `bootstrap` in the same target directory),
 /// panicking with a build hint if absent.
 pub fn demo_function_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let p = target.join("debug").join("bootstrap");
+    let p = target_dir().join("debug").join("bootstrap");
     assert!(
         p.is_file(),
         "demo function not found at {}: build it first: cargo build -p demo-function",
@@ -178,25 +177,44 @@ pub fn free_port() -> u16 {
     0
 }
 
-/// Sum of one metric over egress-warden's function-level EMF documents written so far
-/// (documents with more dimensions repeat the same figures split up).
+/// Sum of one metric over egress-warden's function-level EMF documents written so far.
 pub fn emf_function_total(emu: &crate::emulator::Emulator, metric: &str) -> f64 {
-    let v = crate::emf::EmfValidator::new();
-    emu.stdout_lines(EXTENSION_NAME)
-        .iter()
-        .filter_map(|l| v.validate_line(l).ok())
-        .filter(|d| d.get("Destination").is_none())
-        .filter_map(|d| d.metric_total(metric))
-        .sum()
+    crate::emf::function_total(&emu.stdout_lines(EXTENSION_NAME), metric)
 }
 
-/// Runs `f` while no other caller in this test binary does, failing the test past `limit`:
-/// end-to-end tests each run an extension, upstreams and clients, and two at once on two
-/// cores make their timings (and so outcomes) flaky.
-pub async fn one_at_a_time<F: std::future::Future>(limit: std::time::Duration, f: F) -> F::Output {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = TURN.lock().await;
-    tokio::time::timeout(limit, f)
-        .await
-        .expect("test took too long")
+/// Every stdout line of egress-warden, each validated as an EMF document; panics listing the
+/// lines that are not (stdout carries only EMF, one document per line).
+pub fn emf_documents(emu: &crate::emulator::Emulator) -> Vec<crate::emf::EmfDocument> {
+    let v = crate::emf::EmfValidator::new();
+    let mut docs = Vec::new();
+    let mut bad = Vec::new();
+    for line in emu.stdout_lines(EXTENSION_NAME) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match v.validate_line(&line) {
+            Ok(d) => docs.push(d),
+            Err(e) => bad.push(format!("{line}\n    -> {}", e.join("\n    -> "))),
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "stdout must hold only valid EMF documents, one per line:\n{}",
+        bad.join("\n")
+    );
+    docs
+}
+
+/// The finding lines (JSON with a `finding` key) egress-warden wrote to stderr so far.
+pub fn findings(emu: &crate::emulator::Emulator) -> Vec<serde_json::Value> {
+    emu.stderr_lines(EXTENSION_NAME)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("finding").is_some())
+        .collect()
+}
+
+/// egress-warden's stderr so far, for failure messages.
+pub fn extension_log(emu: &crate::emulator::Emulator) -> String {
+    emu.stderr_lines(EXTENSION_NAME).join("\n")
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use warden_tests::prerequisite;
 use warden_tests::warden::workspace_root;
 
 const NAMESPACE: &str = "EgressWarden";
@@ -89,10 +90,15 @@ fn known_metric_names() -> BTreeSet<String> {
 
 #[test]
 fn the_findings_list_matches_interface_md() {
-    // CI clones the repository with shared/ beside it; elsewhere the check is skipped.
+    // CI clones the repository with shared/ beside it; a developer may not have it.
     let path = workspace_root().join("../shared/INTERFACE.md");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!("{} not found: skipping the cross-check", path.display());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e}: clone the shared repository beside this one (as ../shared)",
+            path.display()
+        )
+    });
+    let Some(text) = prerequisite("shared/INTERFACE.md", text) else {
         return;
     };
     let section = text

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, RUNTIME_NAME};
+use warden_tests::prerequisite;
 use warden_tests::warden::{
     demo_function_binary, free_port, ready_file, shut_down_cleanly, started_through_init,
     wrapper_script, ExtensionsDir, EXTENSION_NAME,
@@ -90,17 +91,19 @@ impl Drop for Ready {
     }
 }
 
-/// Shells to run the wrapper with: `sh` always, `bash` too where it is installed.
+/// Shells to run the wrapper with: `sh` always, `bash` too where it is installed (required
+/// under CI: see [`prerequisite`]).
 fn shells() -> Vec<&'static str> {
     let mut v = vec!["sh"];
-    if Command::new("bash")
+    let bash = Command::new("bash")
         .args(["-c", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-    {
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.success().then_some(()).ok_or(s.to_string()))
+        .map_err(|e| format!("cannot run bash ({e}): apt-get install bash"));
+    if prerequisite("bash", bash).is_some() {
         v.push("bash");
     }
     v

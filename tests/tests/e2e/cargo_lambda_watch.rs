@@ -22,160 +22,19 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use warden_tests::emf::function_total;
+use warden_tests::exclusive;
+use warden_tests::process::Captured;
+use warden_tests::wait::wait_until;
+use warden_tests::warden::{free_port, warden_binary, workspace_root};
+
 /// The whole test must finish within this (it includes watch compiling the demo function).
 const OVERALL: Duration = Duration::from_secs(420);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn extension_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("EGRESS_WARDEN_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => {
-            let t = PathBuf::from(t);
-            if t.is_absolute() {
-                t
-            } else {
-                root().join(t)
-            }
-        }
-        None => root().join("target"),
-    };
-    let p = target.join("debug/egress-warden");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first (cargo build --workspace --bins, or scripts/test), \
-         or point EGRESS_WARDEN_BIN at it",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Lines a child writes, collected by a thread, readable while it runs.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn follow(&self, r: impl Read + Send + 'static) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines() {
-                match line {
-                    Ok(l) => lines.lock().unwrap().push(l),
-                    Err(_) => break,
-                }
-            }
-        });
-    }
-    fn snapshot(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-    fn text(&self) -> String {
-        self.snapshot().join("\n")
-    }
-}
-
-/// A child process (and, for watch, its process group) ended when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    group: bool,
-    out: Lines,
-    err: Lines,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, group: bool) -> Proc {
-        use std::os::unix::process::CommandExt;
-        if group {
-            cmd.process_group(0);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let (out, err) = (Lines::default(), Lines::default());
-        out.follow(child.stdout.take().unwrap());
-        err.follow(child.stderr.take().unwrap());
-        Proc {
-            name,
-            child,
-            group,
-            out,
-            err,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let target = if self.group {
-            format!("-{}", self.child.id())
-        } else {
-            self.child.id().to_string()
-        };
-        let _ = Command::new("kill")
-            .args(["-s", sig, "--", &target])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + within;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}\n",
-            self.name,
-            self.out.text(),
-            self.name,
-            self.err.text()
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal("KILL");
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        } else if self.group {
-            // watch's own children (cargo run, the function) share its group.
-            self.signal("KILL");
-        }
-    }
-}
 
 /// A local origin server answering `200 pong`; counts requests and keeps their request lines.
 struct Origin {
@@ -273,53 +132,14 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// EMF documents among the extension's stdout lines.
-fn emf_docs(lines: &[String]) -> Vec<serde_json::Value> {
-    lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("_aws").is_some())
-        .collect()
-}
-
-/// Sum of a counter metric over EMF documents (only documents that declare it).
-fn metric_sum(docs: &[serde_json::Value], name: &str) -> f64 {
-    docs.iter()
-        .filter(|d| {
-            d["_aws"]["CloudWatchMetrics"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|dir| {
-                    dir["Metrics"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|m| m["Name"] == name)
-                })
-        })
-        .filter_map(|d| d.get(name).and_then(|v| v.as_f64()))
-        .sum()
-}
-
-fn wait_until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn extension_works_under_cargo_lambda_watch() {
+    // cargo (watch builds and runs the function) is a heavy neighbour for timed tests.
+    let _turn = exclusive();
     let started = Instant::now();
     let overall = started + OVERALL;
-    let root = root();
-    let ext_bin = extension_bin();
+    let root = workspace_root();
+    let ext_bin = warden_binary();
     let version = Command::new("cargo").args(["lambda", "--version"]).output();
     assert!(
         matches!(&version, Ok(o) if o.status.success()),
@@ -373,8 +193,8 @@ fn extension_works_under_cargo_lambda_watch() {
             cmd.env_remove(&*k);
         }
     }
-    let mut watch = Proc::spawn("cargo lambda watch", cmd, true);
-    let up = wait_until(Instant::now() + Duration::from_secs(60), || {
+    let mut watch = Captured::spawn("cargo lambda watch", cmd, true);
+    let up = wait_until(Duration::from_secs(60), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     assert!(
@@ -407,8 +227,8 @@ fn extension_works_under_cargo_lambda_watch() {
         .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
         .env("EGRESS_WARDEN_METRICS_SINK", "emf")
         .env("EGRESS_WARDEN_LOG_LEVEL", "debug");
-    let mut ext = Proc::spawn("egress-warden", cmd, false);
-    let report = |what: &str, watch: &Proc, ext: &Proc| -> String {
+    let mut ext = Captured::spawn("egress-warden", cmd, false);
+    let report = |what: &str, watch: &Captured, ext: &Captured| -> String {
         format!("{what}\n{}{}", watch.logs(), ext.logs())
     };
 
@@ -431,8 +251,8 @@ fn extension_works_under_cargo_lambda_watch() {
             body.contains("hello from the egress-warden demo"),
             "unexpected response {body}"
         );
-        seen = wait_until(Instant::now() + Duration::from_secs(5), || {
-            metric_sum(&emf_docs(&ext.out.snapshot()), "invocations") >= 1.0
+        seen = wait_until(Duration::from_secs(5), || {
+            function_total(&ext.out.snapshot(), "invocations") >= 1.0
         });
         if let Ok(Some(st)) = ext.child.try_wait() {
             panic!(
@@ -499,8 +319,8 @@ fn extension_works_under_cargo_lambda_watch() {
         let (status, _) = invoke(port, "bootstrap", "{}", Duration::from_secs(60)).unwrap();
         sent += 1;
         assert_eq!(status, 200);
-        flushed = wait_until(Instant::now() + Duration::from_secs(5), || {
-            metric_sum(&emf_docs(&ext.out.snapshot()), "requests") >= 1.0
+        flushed = wait_until(Duration::from_secs(5), || {
+            function_total(&ext.out.snapshot(), "requests") >= 1.0
         });
         if flushed {
             break;
@@ -540,8 +360,8 @@ fn extension_works_under_cargo_lambda_watch() {
         "cargo lambda watch did not exit on SIGINT"
     );
 
-    let docs = emf_docs(&ext.out.snapshot());
-    let invocations = metric_sum(&docs, "invocations");
+    let stdout = ext.out.snapshot();
+    let invocations = function_total(&stdout, "invocations");
     // Every INVOKE the extension got was counted. cargo-lambda hands an event only to an
     // extension parked in `/next` at that moment (one channel per call, dropped after it),
     // so an invoke landing while the extension flushes never reaches it: compare with the
@@ -563,18 +383,16 @@ fn extension_works_under_cargo_lambda_watch() {
             &ext
         )
     );
-    for d in &docs {
+    // stdout carries only EMF: logs go to stderr.
+    for line in &stdout {
+        let d: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|_| panic!("non-JSON line on the extension's stdout: {line:?}"));
+        assert!(d.get("_aws").is_some(), "non-EMF line on stdout: {line}");
         assert_eq!(
             d["_aws"]["CloudWatchMetrics"][0]["Namespace"], "EgressWarden",
             "{d}"
         );
         assert!(d["_aws"]["Timestamp"].as_u64().is_some(), "{d}");
-    }
-    // stdout carries only EMF: logs go to stderr.
-    for line in ext.out.snapshot() {
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("non-JSON line on the extension's stdout: {line:?}"));
-        assert!(v.get("_aws").is_some(), "non-EMF line on stdout: {line}");
     }
     assert!(
         started.elapsed() < OVERALL,

@@ -8,18 +8,21 @@
 //! Needs: python3 with requests, boto3 and moto[server]; curl; openssl.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
-use warden_tests::python::{proxy_dir, python3 as python, upstream, Proc};
+use warden_tests::moto::MotoServer;
+use warden_tests::one_at_a_time;
+use warden_tests::process::KillOnDrop;
+use warden_tests::python::{proxy_dir, python3 as python, upstream};
 use warden_tests::warden::{
-    emf_function_total, free_port, one_at_a_time, shut_down_cleanly, started_through_init,
-    workspace_root, ExtensionsDir, EXTENSION_NAME,
+    emf_function_total, free_port, shut_down_cleanly, started_through_init, workspace_root,
+    ExtensionsDir, EXTENSION_NAME,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -36,31 +39,6 @@ fn make_certs(dir: &Path) {
         .expect("make-certs.sh")
         .success();
     assert!(ok, "make-certs.sh failed");
-}
-
-/// moto's server (CloudWatch and the rest) on 127.0.0.2.
-fn moto() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(python())
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.2",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto.server (pip install 'moto[server]')");
-    let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.2", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto.server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (proc, port)
 }
 
 /// Sends raw bytes to the proxy and returns (status, X-Egress-Warden-Error, body).
@@ -117,10 +95,6 @@ fn curl(args: &[&str]) -> (String, String) {
     )
 }
 
-fn emf_total(emu: &Emulator, metric: &str) -> f64 {
-    emf_function_total(emu, metric)
-}
-
 fn base_config(d: &ExtensionsDir, proxy: u16) -> EmulatorConfig {
     d.proxy_config(proxy).timeout(Duration::from_secs(60))
 }
@@ -134,7 +108,7 @@ async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_req
         let (_tls, tls_port) = upstream("tls", Some(certs.path()));
         let (_plain, plain_port) = upstream("plain", None);
         let (_fallback, fallback_port) = upstream("fallback", Some(certs.path()));
-        let (_moto, moto_port) = moto();
+        let moto = MotoServer::start_on(Ipv4Addr::new(127, 0, 0, 2));
         let dead_port = free_port();
 
         let d = ExtensionsDir::with_warden();
@@ -165,8 +139,8 @@ async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_req
                 {"kind": "requests", "url": format!("{https}/a"), "verify": ca},
                 {"kind": "requests", "url": format!("{https}/b"), "verify": ca},
                 {"kind": "requests", "url": format!("http://127.0.0.2:{plain_port}/c")},
-                {"kind": "boto3", "op": "put_metric_data", "endpoint": format!("http://127.0.0.2:{moto_port}")},
-                {"kind": "boto3", "op": "list_metrics", "endpoint": format!("http://127.0.0.2:{moto_port}")},
+                {"kind": "boto3", "op": "put_metric_data", "endpoint": moto.endpoint()},
+                {"kind": "boto3", "op": "list_metrics", "endpoint": moto.endpoint()},
             ]}),
             // Route mode against an upstream failing its first attempts.
             json!({"calls": [
@@ -194,11 +168,11 @@ async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_req
                 let expected = made;
                 let seen = emu
                     .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
-                        emf_total(&emu, "requests") >= expected
+                        emf_function_total(&emu, "requests") >= expected
                     })
                     .await;
                 assert!(seen.is_some(), "EMF after invoke {k} counts {expected} requests");
-                assert_eq!(emf_total(&emu, "requests"), expected, "EMF counts exactly the requests made");
+                assert_eq!(emf_function_total(&emu, "requests"), expected, "EMF counts exactly the requests made");
             }
             made += event["calls"].as_array().map_or(0, |c| c.len()) as f64;
         }
@@ -224,12 +198,12 @@ async fn python_requests_and_boto3_through_the_wrapper_are_proxied_and_every_req
         assert_eq!(breaker[3]["error_header"], "deny_rule");
 
         shut_down_cleanly(&mut emu).await;
-        assert_eq!(emf_total(&emu, "requests"), made, "every request is in the EMF by SHUTDOWN");
-        assert_eq!(emf_total(&emu, "policy_denied"), 1.0);
+        assert_eq!(emf_function_total(&emu, "requests"), made, "every request is in the EMF by SHUTDOWN");
+        assert_eq!(emf_function_total(&emu, "policy_denied"), 1.0);
         // GET and keyed POST: 2 each; svc/one: 2 refused connects; svc/two: 2 before the fallback.
-        assert_eq!(emf_total(&emu, "retry_count"), 8.0);
-        assert!(emf_total(&emu, "fallback_hits") >= 2.0);
-        assert_eq!(emf_total(&emu, "circuit_open"), 1.0);
+        assert_eq!(emf_function_total(&emu, "retry_count"), 8.0);
+        assert!(emf_function_total(&emu, "fallback_hits") >= 2.0);
+        assert_eq!(emf_function_total(&emu, "circuit_open"), 1.0);
         let log = emu.stderr_lines(EXTENSION_NAME).join("\n");
         assert!(log.contains("forward denied 127.0.0.3"), "decision lines:\n{log}");
     })
@@ -328,11 +302,14 @@ async fn curl_raw_clients_policy_and_limits_against_the_real_binary() {
         assert!(emu.invoke("{}").await.expect("invoke").is_success());
         shut_down_cleanly(&mut emu).await;
         assert_eq!(
-            emf_total(&emu, "requests"),
+            emf_function_total(&emu, "requests"),
             made,
             "EMF counts every request"
         );
-        assert_eq!(emf_total(&emu, "policy_denied"), cases.len() as f64);
+        assert_eq!(
+            emf_function_total(&emu, "policy_denied"),
+            cases.len() as f64
+        );
     })
     .await
 }
@@ -351,7 +328,12 @@ fn dnsmasq() -> Dnsmasq {
 /// dnsmasq; returns it with the proxy's and the plain upstream's ports, and what must outlive it.
 async fn denied_host_under(
     policy: &str,
-) -> (Emulator, u16, u16, (Vec<Proc>, Dnsmasq, ExtensionsDir)) {
+) -> (
+    Emulator,
+    u16,
+    u16,
+    (Vec<KillOnDrop>, Dnsmasq, ExtensionsDir),
+) {
     let (plain, plain_port) = upstream("plain", None);
     let dns = dnsmasq();
     let dns_port = dns.port;
@@ -374,15 +356,15 @@ async fn assert_flushed_on_invoke(emu: &mut Emulator, requests: f64, denied: f64
     assert!(emu.invoke("{}").await.expect("invoke").is_success());
     let seen = emu
         .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
-            emf_total(emu, "requests") >= requests
+            emf_function_total(emu, "requests") >= requests
         })
         .await;
     assert!(
         seen.is_some(),
         "EMF after the INVOKE counts {requests} requests"
     );
-    assert_eq!(emf_total(emu, "requests"), requests);
-    assert_eq!(emf_total(emu, "policy_denied"), denied);
+    assert_eq!(emf_function_total(emu, "requests"), requests);
+    assert_eq!(emf_function_total(emu, "policy_denied"), denied);
 }
 
 /// The proxy's decision line for one request (`<kind> <decision> <host:port>`, `connect` for a
@@ -688,7 +670,7 @@ async fn every_answer_is_counted_when_the_end_comes_mid_burst(stop: Stop) {
         drained += usize::from(closed_by_proxy);
     }
     // The pipe reader may still be catching up with the last EMF lines.
-    let counted = || emf_total(&emu, "requests");
+    let counted = || emf_function_total(&emu, "requests");
     let _ = emu
         .wait_for_line(EXTENSION_NAME, Duration::from_secs(5), |_| {
             counted() >= answered as f64

@@ -12,18 +12,19 @@
 //! Needs `python3` with `moto[server]` and `boto3` (.ci/run installs them) and the binary
 //! (`cargo build -p egress-warden`, default features). Network: 127.0.0.1 only.
 
-#[path = "../cloudwatch/moto.rs"]
-mod moto;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use moto::{BlackHole, MotoServer, Stored, FAKE_CREDENTIALS};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warden_tests::emf::{EmfDocument, EmfValidator};
+use warden_tests::emf::{self, EmfDocument};
 use warden_tests::emulator::{Emulator, EmulatorConfig, InvokeOutcome};
-use warden_tests::warden::{free_port, shut_down_cleanly, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::moto::{BlackHole, MotoServer, Stored, FAKE_CREDENTIALS};
+use warden_tests::one_at_a_time;
+use warden_tests::warden::{
+    emf_documents, extension_log, findings, free_port, shut_down_cleanly, ExtensionsDir,
+    EXTENSION_NAME,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const FUNCTION: &str = "warden-cloudwatch-fn";
@@ -32,10 +33,10 @@ const NAMESPACE: &str = "WardenSinkTest";
 /// it would take at least the 2.5 s attempt timeout against the black hole.
 const MAX_ACK: Duration = Duration::from_millis(400);
 
+/// One at a time among the heavy tests: each runs moto's server besides the extension, and
+/// the acknowledgement bound is a timing.
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test took too long")
+    one_at_a_time(LIMIT, f).await
 }
 
 /// The extension with the sink on, listeners on free loopback ports, fake credentials.
@@ -83,25 +84,9 @@ async fn invoke(emu: &mut Emulator, k: usize) -> InvokeOutcome {
     assert!(
         latency < MAX_ACK,
         "invoke {k}: /event/next came {latency:?} after the INVOKE (limit {MAX_ACK:?})\n{}",
-        stderr(emu)
+        extension_log(emu)
     );
     out
-}
-
-fn stderr(emu: &Emulator) -> String {
-    emu.stderr_lines(EXTENSION_NAME).join("\n")
-}
-
-fn emf_documents(emu: &Emulator) -> Vec<EmfDocument> {
-    let v = EmfValidator::new();
-    emu.stdout_lines(EXTENSION_NAME)
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            v.validate_line(l)
-                .unwrap_or_else(|e| panic!("stdout line is not valid EMF: {l}\n{e:?}"))
-        })
-        .collect()
 }
 
 /// Levels, not counts: a window reports the highest level it saw, and windows merged while a
@@ -136,18 +121,6 @@ fn emf_totals(docs: &[EmfDocument]) -> BTreeMap<(String, String), (f64, f64, f64
         }
     }
     totals
-}
-
-fn emf_total(docs: &[EmfDocument], metric: &str) -> f64 {
-    docs.iter().filter_map(|d| d.metric_total(metric)).sum()
-}
-
-fn findings(emu: &Emulator) -> Vec<Value> {
-    emu.stderr_lines(EXTENSION_NAME)
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("finding").is_some())
-        .collect()
 }
 
 async fn shutdown_cleanly(emu: &mut Emulator) {
@@ -192,7 +165,7 @@ async fn cloudwatch_sink_delivers_every_window_and_bypasses_any_proxy() {
         let mut emu = Emulator::start(cfg).await.unwrap();
         emu.wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", extension_log(&emu)));
         for k in 1..=N {
             proxy_request(proxy).await;
             invoke(&mut emu, k).await;
@@ -200,7 +173,7 @@ async fn cloudwatch_sink_delivers_every_window_and_bypasses_any_proxy() {
         shutdown_cleanly(&mut emu).await;
 
         let stored = tokio::task::block_in_place(|| moto.query(NAMESPACE));
-        let log = stderr(&emu);
+        let log = extension_log(&emu);
         let inv = stored
             .function_stat("invocations", FUNCTION)
             .unwrap_or_else(|| panic!("no invocations in CloudWatch: {stored:?}\n{log}"));
@@ -239,7 +212,7 @@ async fn both_sinks_carry_the_same_figures() {
         let mut emu = Emulator::start(cfg).await.unwrap();
         emu.wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", extension_log(&emu)));
         for k in 1..=N {
             proxy_request(proxy).await;
             proxy_request(proxy).await;
@@ -283,7 +256,7 @@ async fn both_sinks_carry_the_same_figures() {
             emf.len(),
             "CloudWatch holds exactly the metrics EMF carries"
         );
-        assert!(findings(&emu).is_empty(), "{}", stderr(&emu));
+        assert!(findings(&emu).is_empty(), "{}", extension_log(&emu));
     })
     .await
 }
@@ -299,7 +272,7 @@ async fn a_stopped_endpoint_is_counted_reported_and_falls_back_to_emf() {
         let mut emu = Emulator::start(cfg).await.unwrap();
         emu.wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", extension_log(&emu)));
         for k in 1..=DELIVERED {
             invoke(&mut emu, k).await;
         }
@@ -307,7 +280,7 @@ async fn a_stopped_endpoint_is_counted_reported_and_falls_back_to_emf() {
         let delivered = stored
             .function_stat("invocations", FUNCTION)
             .map_or(0.0, |s| s.sum);
-        assert_eq!(delivered, DELIVERED as f64, "{}", stderr(&emu));
+        assert_eq!(delivered, DELIVERED as f64, "{}", extension_log(&emu));
         moto.stop();
 
         for k in DELIVERED + 1..=N {
@@ -317,18 +290,18 @@ async fn a_stopped_endpoint_is_counted_reported_and_falls_back_to_emf() {
         shutdown_cleanly(&mut emu).await;
 
         let docs = emf_documents(&emu);
-        let log = stderr(&emu);
+        let log = extension_log(&emu);
         assert_eq!(
-            emf_total(&docs, "invocations"),
+            emf::sum(&docs, "invocations"),
             (N - DELIVERED) as f64,
             "EMF carries exactly what CloudWatch did not get\n{log}"
         );
         assert!(
-            emf_total(&docs, "cloudwatch_put_errors") >= 1.0,
+            emf::sum(&docs, "cloudwatch_put_errors") >= 1.0,
             "the failure is counted\n{log}"
         );
         assert_eq!(
-            emf_total(&docs, "symptom_aws_endpoint_unreachable"),
+            emf::sum(&docs, "symptom_aws_endpoint_unreachable"),
             1.0,
             "one finding per outage\n{log}"
         );
@@ -352,7 +325,7 @@ async fn an_endpoint_that_never_answers_delays_nothing_and_loses_nothing() {
         let mut emu = Emulator::start(cfg).await.unwrap();
         emu.wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", extension_log(&emu)));
 
         // The first window's send hangs; the invoke is not held up by it.
         invoke(&mut emu, 1).await;
@@ -360,12 +333,12 @@ async fn an_endpoint_that_never_answers_delays_nothing_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(3500)).await;
         let docs = emf_documents(&emu);
         assert_eq!(
-            emf_total(&docs, "invocations"),
+            emf::sum(&docs, "invocations"),
             1.0,
             "the failed window is on stdout\n{}",
-            stderr(&emu)
+            extension_log(&emu)
         );
-        assert_eq!(findings(&emu).len(), 1, "{}", stderr(&emu));
+        assert_eq!(findings(&emu).len(), 1, "{}", extension_log(&emu));
 
         // Cooling down: windows go straight to EMF, nothing is attempted or delayed.
         for k in 2..=N {
@@ -375,9 +348,9 @@ async fn an_endpoint_that_never_answers_delays_nothing_and_loses_nothing() {
         shutdown_cleanly(&mut emu).await;
 
         let docs = emf_documents(&emu);
-        let log = stderr(&emu);
-        assert_eq!(emf_total(&docs, "invocations"), N as f64, "{log}");
-        assert!(emf_total(&docs, "cloudwatch_put_errors") >= 1.0, "{log}");
+        let log = extension_log(&emu);
+        assert_eq!(emf::sum(&docs, "invocations"), N as f64, "{log}");
+        assert!(emf::sum(&docs, "cloudwatch_put_errors") >= 1.0, "{log}");
         assert_eq!(findings(&emu).len(), 1, "reported once per change\n{log}");
     })
     .await
@@ -393,16 +366,16 @@ async fn shutdown_send_to_a_silent_endpoint_is_bounded_and_falls_back() {
         let mut emu = Emulator::start(cfg).await.unwrap();
         emu.wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", stderr(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\n{}", extension_log(&emu)));
         // Back-to-back invokes: each send is still hanging when SHUTDOWN comes.
         for k in 1..=N {
             invoke(&mut emu, k).await;
         }
         shutdown_cleanly(&mut emu).await;
         let docs = emf_documents(&emu);
-        let log = stderr(&emu);
-        assert_eq!(emf_total(&docs, "invocations"), N as f64, "{log}");
-        assert_eq!(emf_total(&docs, "cloudwatch_put_errors"), 1.0, "{log}");
+        let log = extension_log(&emu);
+        assert_eq!(emf::sum(&docs, "invocations"), N as f64, "{log}");
+        assert_eq!(emf::sum(&docs, "cloudwatch_put_errors"), 1.0, "{log}");
         assert_eq!(findings(&emu).len(), 1, "{log}");
     })
     .await

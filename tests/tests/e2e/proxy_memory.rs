@@ -4,6 +4,7 @@
 //! function pays for its memory for the life of the environment.
 
 use std::time::{Duration, Instant};
+use warden_tests::exclusive_async;
 use warden_tests::load::{echo_upstream, raise_fd_limit, rss_kib, tunnel, Tunnel};
 use warden_tests::warden::{
     free_port, shut_down_cleanly, started_through_init, ExtensionsDir, EXTENSION_NAME,
@@ -14,6 +15,8 @@ const ECHOED: usize = 16 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_given_back_after_a_thousand_tunnels() {
+    // A measurement with a thousand sockets: no other heavy test beside it.
+    let _turn = exclusive_async().await;
     raise_fd_limit();
     let echo = echo_upstream().await.expect("echo upstream");
     let d = ExtensionsDir::with_warden();

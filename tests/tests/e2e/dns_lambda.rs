@@ -8,13 +8,14 @@
 
 use std::net::UdpSocket;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use warden_tests::blocking_http;
 use warden_tests::dnsmasq::Dnsmasq;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{EmulatorConfig, ShutdownReason};
+use warden_tests::wait::wait_until;
 use warden_tests::warden::{
     free_port, started_through_init, workspace_root, ExtensionsDir, EXTENSION_NAME,
 };
@@ -28,17 +29,6 @@ fn dnsmasq() -> Dnsmasq {
         "--host-record=real.test,192.0.2.7".to_owned(),
     ])
     .expect("dnsmasq")
-}
-
-fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// A raw `real.test A` query on 127.0.0.1:`port`; the answer, if one comes within 300 ms.

@@ -7,11 +7,13 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden_tests::emf::{EmfDocument, EmfValidator};
+use warden_tests::emf::{self, EmfValidator};
 use warden_tests::emulator::{
     Emulator, EmulatorConfig, InitFailure, ProtocolEvent, ShutdownReason,
 };
-use warden_tests::warden::{free_port, shut_down_cleanly, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{
+    emf_documents, extension_log, free_port, shut_down_cleanly, ExtensionsDir, EXTENSION_NAME,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const FUNCTION: &str = "warden-lifecycle-fn";
@@ -34,36 +36,6 @@ fn config(d: &ExtensionsDir) -> (EmulatorConfig, u16, u16) {
     (cfg, proxy, dns)
 }
 
-/// Every stdout line of the extension, each validated as an EMF document.
-fn emf_documents(emu: &Emulator) -> Vec<EmfDocument> {
-    let v = EmfValidator::new();
-    let mut docs = Vec::new();
-    let mut bad = Vec::new();
-    for line in emu.stdout_lines(EXTENSION_NAME) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match v.validate_line(&line) {
-            Ok(d) => docs.push(d),
-            Err(e) => bad.push(format!("{line}\n    -> {}", e.join("\n    -> "))),
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "stdout must hold only valid EMF documents, one per line:\n{}",
-        bad.join("\n")
-    );
-    docs
-}
-
-fn total(docs: &[EmfDocument], metric: &str) -> f64 {
-    docs.iter().filter_map(|d| d.metric_total(metric)).sum()
-}
-
-fn stderr_dump(emu: &Emulator) -> String {
-    emu.stderr_lines(EXTENSION_NAME).join("\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_serves_invokes_and_exits_well_before_the_deadline() {
     bounded(async {
@@ -74,7 +46,7 @@ async fn registers_serves_invokes_and_exits_well_before_the_deadline() {
         let init = emu
             .wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", stderr_dump(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", extension_log(&emu)));
         assert_eq!(emu.extension_names(), [EXTENSION_NAME]);
         let ext = &init.extensions[0];
         assert!(ext.external, "registered under its file name");
@@ -111,7 +83,7 @@ async fn registers_serves_invokes_and_exits_well_before_the_deadline() {
             exit.exit.and_then(|x| x.code),
             Some(0),
             "{exit:?}\n{}",
-            stderr_dump(&emu)
+            extension_log(&emu)
         );
         assert!(exit.before_deadline && !exit.killed, "{exit:?}");
         let elapsed = exit.elapsed.unwrap();
@@ -124,7 +96,7 @@ async fn registers_serves_invokes_and_exits_well_before_the_deadline() {
         let docs = emf_documents(&emu);
         assert!(!docs.is_empty());
         assert_eq!(
-            total(&docs, "invocations"),
+            emf::sum(&docs, "invocations"),
             N as f64,
             "sum of invocations over all lines"
         );
@@ -170,7 +142,7 @@ async fn namespace_follows_the_variable() {
         let report = emu.shutdown(ShutdownReason::Spindown).await;
         assert!(report.extension(EXTENSION_NAME).unwrap().before_deadline);
         let docs = emf_documents(&emu);
-        assert_eq!(total(&docs, "invocations"), 2.0);
+        assert_eq!(emf::sum(&docs, "invocations"), 2.0);
         for d in &docs {
             assert!(
                 d.namespaces().iter().all(|n| n == "Team/Egress"),
@@ -207,7 +179,7 @@ async fn bad_config_in_default_mode_keeps_running_and_names_each_variable_once()
         let mut emu = Emulator::start(cfg).await.unwrap();
         emu.wait_init()
             .await
-            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", stderr_dump(&emu)));
+            .unwrap_or_else(|e| panic!("{e}\nstderr:\n{}", extension_log(&emu)));
         for _ in 0..3 {
             let out = emu.invoke("{}").await.unwrap();
             assert!(out.is_success());
@@ -227,7 +199,7 @@ async fn bad_config_in_default_mode_keeps_running_and_names_each_variable_once()
             stderr.contains("abc") && stderr.contains("maybe"),
             "the bad values are shown:\n{stderr}"
         );
-        assert_eq!(total(&emf_documents(&emu), "invocations"), 3.0);
+        assert_eq!(emf::sum(&emf_documents(&emu), "invocations"), 3.0);
     })
     .await
 }
@@ -284,7 +256,7 @@ async fn strict_mode_fails_init_with_config_invalid_and_exits_non_zero() {
             }
             other => panic!(
                 "expected /extension/init/error, got {other:?}\nstderr:\n{}",
-                stderr_dump(&emu)
+                extension_log(&emu)
             ),
         }
         assert!(emu.protocol_log().iter().any(|e| matches!(
@@ -333,7 +305,7 @@ async fn kill_switch_registers_acknowledges_and_exits_zero() {
         assert_eq!(exit.exit.and_then(|x| x.code), Some(0));
         assert!(exit.before_deadline && !exit.killed);
         assert_eq!(
-            total(&emf_documents(&emu), "invocations"),
+            emf::sum(&emf_documents(&emu), "invocations"),
             0.0,
             "no metrics when disabled"
         );

@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use warden_tests::emulator::{payload, Emulator, EmulatorConfig, InitType, ProtocolEvent, Runtime};
+use warden_tests::one_at_a_time;
 use warden_tests::python::{proxy_dir, python3, upstream};
 use warden_tests::warden::{
-    emf_function_total, free_port, one_at_a_time, shut_down_cleanly, started_through_init,
+    emf_function_total, extension_log, free_port, shut_down_cleanly, started_through_init,
     workspace_root, ExtensionsDir, EXTENSION_NAME,
 };
 
@@ -24,14 +25,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     one_at_a_time(LIMIT, f).await
-}
-
-fn emf_total(emu: &Emulator, metric: &str) -> f64 {
-    emf_function_total(emu, metric)
-}
-
-fn log(emu: &Emulator) -> String {
-    emu.stderr_lines(EXTENSION_NAME).join("\n")
 }
 
 /// The Python runtime of the proxy tests, started through the exec wrapper.
@@ -87,7 +80,7 @@ async fn concurrent_round(
         .expect("invoke_many");
     let mut ok = 0;
     for out in &outcomes {
-        assert!(out.is_success(), "{:?}\n{}", out.result, log(emu));
+        assert!(out.is_success(), "{:?}\n{}", out.result, extension_log(emu));
         let answer = out.response_json().expect("json answer");
         ok += statuses(&answer).iter().filter(|s| **s == 200).count();
     }
@@ -110,7 +103,7 @@ async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushe
 
         // Round one: 8 invocations at once, 13 requests each.
         let first = concurrent_round(&mut emu, port, 8, 13).await;
-        assert_eq!(first, 104, "{}", log(&emu));
+        assert_eq!(first, 104, "{}", extension_log(&emu));
         let delivered_before_any_answer = {
             let entries = emu.protocol_log();
             let first_answer = entries
@@ -129,20 +122,20 @@ async fn managed_instances_shutdown_only_concurrent_invocations_and_timer_flushe
         // No event reaches the extension here: whatever EMF comes, the timer wrote it.
         let seen = emu
             .wait_for_line(EXTENSION_NAME, Duration::from_secs(6), |_| {
-                emf_total(&emu, "requests") >= 104.0 && emf_total(&emu, "invocations") >= 8.0
+                emf_function_total(&emu, "requests") >= 104.0 && emf_function_total(&emu, "invocations") >= 8.0
             })
             .await;
-        assert!(seen.is_some(), "timer flushes carry the first round\n{}", log(&emu));
-        assert_eq!(emf_total(&emu, "requests"), 104.0);
-        assert_eq!(emf_total(&emu, "invocations"), 8.0);
+        assert!(seen.is_some(), "timer flushes carry the first round\n{}", extension_log(&emu));
+        assert_eq!(emf_function_total(&emu, "requests"), 104.0);
+        assert_eq!(emf_function_total(&emu, "invocations"), 8.0);
 
         // Round two, then SHUTDOWN at once: the final flush carries the rest, nothing twice.
         let second = concurrent_round(&mut emu, port, 8, 4).await;
         assert_eq!(second, 32);
         shut_down_cleanly(&mut emu).await;
-        assert_eq!(emf_total(&emu, "requests"), (first + second) as f64, "{}", log(&emu));
-        assert_eq!(emf_total(&emu, "invocations"), 16.0, "{}", log(&emu));
-        assert_eq!(emf_total(&emu, "errors"), 0.0);
+        assert_eq!(emf_function_total(&emu, "requests"), (first + second) as f64, "{}", extension_log(&emu));
+        assert_eq!(emf_function_total(&emu, "invocations"), 16.0, "{}", extension_log(&emu));
+        assert_eq!(emf_function_total(&emu, "errors"), 0.0);
     })
     .await
 }
@@ -176,9 +169,9 @@ async fn a_refused_invoke_registration_is_retried_for_shutdown_only_and_invocati
         let mut emu = started_through_init(cfg).await;
         assert_eq!(registered_events(&emu), vec![vec!["SHUTDOWN".to_string()]]);
         assert!(
-            log(&emu).contains("registering for SHUTDOWN only"),
+            extension_log(&emu).contains("registering for SHUTDOWN only"),
             "{}",
-            log(&emu)
+            extension_log(&emu)
         );
         for n in 0..2 {
             let out = emu.invoke_json(&json!({"n": n})).await.expect("invoke");
@@ -186,7 +179,12 @@ async fn a_refused_invoke_registration_is_retried_for_shutdown_only_and_invocati
         }
         // The invocations' telemetry goes out before SHUTDOWN.
         shut_down_cleanly(&mut emu).await;
-        assert_eq!(emf_total(&emu, "invocations"), 2.0, "{}", log(&emu));
+        assert_eq!(
+            emf_function_total(&emu, "invocations"),
+            2.0,
+            "{}",
+            extension_log(&emu)
+        );
     })
     .await
 }
@@ -229,11 +227,21 @@ async fn a_telemetry_batch_with_records_never_seen_is_answered_200_and_the_known
         assert_eq!(batch.records, 5, "{batch:?}");
 
         shut_down_cleanly(&mut emu).await;
-        assert_eq!(emf_total(&emu, "function_timeouts"), 1.0, "{}", log(&emu));
-        assert_eq!(emf_total(&emu, "restores"), 1.0, "{}", log(&emu));
-        assert!(emf_total(&emu, "telemetry_records_ignored") >= 1.0);
         assert_eq!(
-            emf_total(&emu, "invocations"),
+            emf_function_total(&emu, "function_timeouts"),
+            1.0,
+            "{}",
+            extension_log(&emu)
+        );
+        assert_eq!(
+            emf_function_total(&emu, "restores"),
+            1.0,
+            "{}",
+            extension_log(&emu)
+        );
+        assert!(emf_function_total(&emu, "telemetry_records_ignored") >= 1.0);
+        assert_eq!(
+            emf_function_total(&emu, "invocations"),
             1.0,
             "INVOKE events count, not telemetry"
         );
@@ -349,7 +357,7 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
             up.accepted(),
             2,
             "the warm-up ran during INIT\n{}",
-            log(&emu)
+            extension_log(&emu)
         );
         assert_eq!(
             registered_events(&emu),
@@ -384,7 +392,7 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
             before_invoke,
             4,
             "two in INIT, two after the restore\n{}",
-            log(&emu)
+            extension_log(&emu)
         );
 
         let call =
@@ -393,10 +401,20 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
             .invoke_json(&json!({"calls": [call.clone(), call]}))
             .await
             .expect("invoke");
-        assert!(out.is_success(), "{:?}\n{}", out.result, log(&emu));
+        assert!(
+            out.is_success(),
+            "{:?}\n{}",
+            out.result,
+            extension_log(&emu)
+        );
         let answer = out.response_json().expect("json");
         let results = answer["results"].as_array().cloned().unwrap_or_default();
-        assert_eq!(statuses(&answer), vec![200, 200], "{answer}\n{}", log(&emu));
+        assert_eq!(
+            statuses(&answer),
+            vec![200, 200],
+            "{answer}\n{}",
+            extension_log(&emu)
+        );
         let first_conn: usize = results[0]["body"]
             .as_str()
             .and_then(|b| b.strip_prefix("conn="))
@@ -406,12 +424,12 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
         assert!(
             opened > restored_at,
             "opened after the restore\n{}",
-            log(&emu)
+            extension_log(&emu)
         );
         assert!(
             (2..before_invoke).contains(&first_conn),
             "served on a connection the upstream had before the invoke arrived (#{first_conn})\n{}",
-            log(&emu)
+            extension_log(&emu)
         );
         assert!(
             up.lost.lock().expect("lost").is_empty(),
@@ -419,18 +437,23 @@ async fn snap_start_after_a_restore_the_first_request_uses_a_connection_made_aft
         );
 
         shut_down_cleanly(&mut emu).await;
-        assert_eq!(emf_total(&emu, "restores"), 1.0, "{}", log(&emu));
         assert_eq!(
-            emf_total(&emu, "warm_connections"),
+            emf_function_total(&emu, "restores"),
+            1.0,
+            "{}",
+            extension_log(&emu)
+        );
+        assert_eq!(
+            emf_function_total(&emu, "warm_connections"),
             4.0,
             "2 in INIT, 2 after the restore"
         );
-        assert_eq!(emf_total(&emu, "requests"), 2.0);
-        assert_eq!(emf_total(&emu, "errors"), 0.0);
+        assert_eq!(emf_function_total(&emu, "requests"), 2.0);
+        assert_eq!(emf_function_total(&emu, "errors"), 0.0);
         assert!(
-            emf_total(&emu, "connections_reused") >= 1.0,
+            emf_function_total(&emu, "connections_reused") >= 1.0,
             "{}",
-            log(&emu)
+            extension_log(&emu)
         );
     })
     .await

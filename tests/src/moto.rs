@@ -1,20 +1,17 @@
-//! A real CloudWatch-compatible API on loopback for the sink's tests: moto's server (PyPI
-//! `moto[server]`), started on a free 127.0.0.1 port and killed on drop, read back through
-//! boto3 (`moto_query.py`). Also a "black hole": a port that accepts TCP connections and
-//! never answers, the loopback stand-in for a VPC without a route to CloudWatch.
-//!
-//! Included by the `cloudwatch_*` tests with `#[path = "../cloudwatch/moto.rs"] mod moto;`.
-
-#![allow(dead_code)] // each test file uses its own subset
+//! A real CloudWatch-compatible API on loopback for the sink's and the proxy's tests: moto's
+//! server (PyPI `moto[server]`), started on a free loopback port and killed on drop, read back
+//! through boto3 (`tests/cloudwatch/moto_query.py`). Also a "black hole": a port that accepts
+//! TCP connections and never answers, the loopback stand-in for a VPC without a route to
+//! CloudWatch.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::warden::{free_port, workspace_root};
 use serde_json::Value;
-use warden_tests::warden::{free_port, workspace_root};
 
 pub const INSTALL_HINT: &str =
     "moto's server and boto3 are needed: pip install 'moto[server]' boto3 \
@@ -31,15 +28,22 @@ pub const FAKE_CREDENTIALS: [(&str, &str); 4] = [
 
 pub struct MotoServer {
     child: Option<Child>,
+    host: Ipv4Addr,
     port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl MotoServer {
-    /// Starts `python3 -m moto.server` and waits until it answers (at most 60 s: the first
-    /// import of moto on a cold machine is slow).
+    /// Starts `python3 -m moto.server` on 127.0.0.1 and waits until it answers (at most 60 s:
+    /// the first import of moto on a cold machine is slow).
     pub fn start() -> MotoServer {
+        Self::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`MotoServer::start`] on another loopback address (one that `NO_PROXY=127.0.0.1` does
+    /// not exempt from a proxy).
+    pub fn start_on(host: Ipv4Addr) -> MotoServer {
         let dir = tempfile::Builder::new()
             .prefix("warden-moto-")
             .tempdir()
@@ -53,7 +57,7 @@ impl MotoServer {
                 "-m",
                 "moto.server",
                 "-H",
-                "127.0.0.1",
+                &host.to_string(),
                 "-p",
                 &port.to_string(),
             ])
@@ -64,12 +68,13 @@ impl MotoServer {
             .unwrap_or_else(|e| panic!("cannot run python3 -m moto.server: {e}\n{INSTALL_HINT}"));
         let mut server = MotoServer {
             child: Some(child),
+            host,
             port,
             log,
             _dir: dir,
         };
         let started = Instant::now();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from((host, port));
         loop {
             if let Some(Some(status)) = server.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
                 panic!(
@@ -94,7 +99,7 @@ impl MotoServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn log_text(&self) -> String {

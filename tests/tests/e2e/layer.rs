@@ -11,17 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use warden_tests::exclusive;
+use warden_tests::warden::workspace_root;
+
 const MAX_GLIBC: (u32, u32) = (2, 17);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn zip_path() -> PathBuf {
-    let p = root().join("layer/dist/egress-warden-x86_64.zip");
+    let p = workspace_root().join("layer/dist/egress-warden-x86_64.zip");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/build-layer first (scripts/test does)",
@@ -137,7 +133,7 @@ fn zip_has_exactly_the_two_entries_with_mode_0755() {
 #[test]
 fn zip_wrapper_is_byte_identical_to_the_source() {
     let in_zip = zip_read(&zip_path(), "egress-warden-wrapper");
-    let source = std::fs::read(root().join("layer/egress-warden-wrapper")).unwrap();
+    let source = std::fs::read(workspace_root().join("layer/egress-warden-wrapper")).unwrap();
     assert!(
         in_zip == source,
         "the wrapper in the zip differs from layer/egress-warden-wrapper: run scripts/build-layer"
@@ -350,8 +346,10 @@ fn sam_makefile_build_lays_out_the_layer() {
     // What `sam build` does for `BuildMethod: makefile`: copy ContentUri (layer/) to a scratch
     // directory, then `make --makefile <source>/Makefile build-EgressWardenLayer` there with
     // ARTIFACTS_DIR set. The build itself is scripts/build-layer (a no-op when up to date).
+    // Even up to date, cargo and zig are a heavy neighbour for timed tests.
+    let _turn = exclusive();
     let zip = zip_path();
-    let root = root();
+    let root = workspace_root();
     let work = std::env::temp_dir().join(format!("ew-sam-build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let scratch = work.join("scratch");

@@ -5,38 +5,38 @@
 //! per change), in EMF (`symptom_<finding>`) and on `/_warden/status` — with its evidence.
 //!
 //! Needs root, iproute2, nftables, /dev/net/tun (for the delay line), curl, dig and python3
-//! with dnspython. Without root or namespaces each test prints why it is skipped and passes.
+//! with dnspython. Without root or namespaces a test is skipped with a note, and fails under CI
+//! (`warden_tests::prerequisite`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use warden_tests::curl::curl;
 use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::netns::{self, Lab};
-use warden_tests::warden::{free_port, started_through_init, ExtensionsDir, EXTENSION_NAME};
+use warden_tests::warden::{
+    emf_function_total, extension_log, findings, free_port, started_through_init, ExtensionsDir,
+    EXTENSION_NAME,
+};
+use warden_tests::{exclusive, one_at_a_time, prerequisite};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 /// One lab and one extension at a time: two cores, and the timings matter.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test took too long")
+    one_at_a_time(LIMIT, f).await
 }
 
-/// The reason to skip, printed, when labs cannot be built here.
-fn skipped(test: &str) -> bool {
-    match netns::unavailable() {
-        Some(reason) => {
-            eprintln!("{test}: skipped: {reason}");
-            true
-        }
-        None => false,
-    }
+/// Whether labs can be built here (see [`prerequisite`]).
+fn lab() -> bool {
+    prerequisite("network-namespace lab", netns::available()).is_some()
+}
+
+/// Whether a lab's delay line can be built here (see [`prerequisite`]).
+fn delay_line() -> bool {
+    prerequisite("delay line", netns::delay_line_available()).is_some()
 }
 
 /// The extension's proxy and DNS ports, and the emulator running it.
@@ -74,16 +74,18 @@ impl Warden {
     /// curl through the proxy (absolute-form forwarding): the HTTP status (0 when curl got
     /// none) and the body.
     fn get(&self, url: &str) -> (u16, String) {
-        curl(&["-x", &self.proxy_url(), url])
+        let (code, _, body) = curl(&["-x", &self.proxy_url(), url]);
+        (code, body)
     }
 
     /// curl through a CONNECT tunnel.
     fn tunnel(&self, url: &str) -> (u16, String) {
-        curl(&["-p", "-x", &self.proxy_url(), url])
+        let (code, _, body) = curl(&["-p", "-x", &self.proxy_url(), url]);
+        (code, body)
     }
 
     fn status(&self) -> Value {
-        let (code, body) = curl(&[&format!("{}/_warden/status", self.proxy_url())]);
+        let (code, _, body) = curl(&[&format!("{}/_warden/status", self.proxy_url())]);
         assert_eq!(code, 200, "status page: {body}");
         serde_json::from_str(&body).expect("status JSON")
     }
@@ -94,22 +96,11 @@ impl Warden {
         assert!(out.is_success(), "{:?}", out.result);
     }
 
-    /// The finding lines (JSON with a `finding` key) the extension wrote to stderr.
-    fn finding_lines(&self) -> Vec<Value> {
-        self.emu
-            .stderr_lines(EXTENSION_NAME)
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v.get("finding").is_some())
-            .collect()
-    }
-
     /// Waits (bounded) for the active line of `finding` on stderr.
     async fn wait_finding(&self, finding: &str) -> Option<Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let hit = self
-                .finding_lines()
+            let hit = findings(&self.emu)
                 .into_iter()
                 .find(|v| v["finding"] == finding && v["status"] == "active");
             if hit.is_some() || Instant::now() >= deadline {
@@ -121,14 +112,7 @@ impl Warden {
 
     /// Sum of `metric` over the function-level EMF documents written so far.
     fn emf_total(&self, metric: &str) -> f64 {
-        let v = EmfValidator::new();
-        self.emu
-            .stdout_lines(EXTENSION_NAME)
-            .iter()
-            .filter_map(|l| v.validate_line(l).ok())
-            .filter(|d| d.get("Destination").is_none())
-            .filter_map(|d| d.metric_total(metric))
-            .sum()
+        emf_function_total(&self.emu, metric)
     }
 
     /// Waits (bounded) until the EMF written so far has `metric` ≥ `at_least`.
@@ -144,7 +128,7 @@ impl Warden {
     }
 
     fn log(&self) -> String {
-        self.emu.stderr_lines(EXTENSION_NAME).join("\n")
+        extension_log(&self.emu)
     }
 
     async fn shutdown(mut self) -> Emulator {
@@ -156,17 +140,6 @@ impl Warden {
 }
 
 /// Runs curl (bounded by --max-time) and returns (HTTP status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "15", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// Asserts that `finding` is reported everywhere the contract says, and returns its evidence.
 async fn assert_finding(w: &Warden, finding: &str) -> Value {
     let line = w
@@ -209,8 +182,7 @@ async fn assert_finding(w: &Warden, finding: &str) -> Value {
 
 /// The names of every finding the extension reported anywhere.
 fn reported(w: &Warden) -> Vec<String> {
-    let mut names: Vec<String> = w
-        .finding_lines()
+    let mut names: Vec<String> = findings(&w.emu)
         .iter()
         .filter_map(|v| v["finding"].as_str().map(str::to_string))
         .collect();
@@ -232,10 +204,10 @@ fn mentions(evidence: &Value, needle: &str) -> bool {
 
 #[test]
 fn the_lab_really_drops_rejects_delays_and_answers_dns() {
-    if skipped("the_lab_really_drops_rejects_delays_and_answers_dns") {
+    if !lab() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.blocking_lock();
+    let _turn = exclusive();
     let mut lab = Lab::new("self").expect("lab");
     let (public, private, dns) = (lab.public_ip(10), lab.private_ip(10), lab.private_ip(53));
     for a in [public, private, dns] {
@@ -304,8 +276,7 @@ fn the_lab_really_drops_rejects_delays_and_answers_dns() {
     lab.clear_firewall().expect("flush");
     assert_eq!(dig("api.lab.test"), private.to_string());
 
-    if let Some(reason) = netns::delay_line_unavailable() {
-        eprintln!("delay line part skipped: {reason}");
+    if !delay_line() {
         return;
     }
     lab.delay_line(200).expect("delay line");
@@ -337,7 +308,7 @@ fn lab_with_dns(tag: &str, records: &[(&str, std::net::Ipv4Addr)], ttl_s: u32) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_public_egress_is_no_egress_route_while_the_private_upstream_connects() {
-    if skipped("dropped_public_egress_is_no_egress_route_while_the_private_upstream_connects") {
+    if !lab() {
         return;
     }
     bounded(async {
@@ -385,7 +356,7 @@ async fn dropped_public_egress_is_no_egress_route_while_the_private_upstream_con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_connect_is_refused_and_counted_not_called_no_egress_route() {
-    if skipped("a_rejected_connect_is_refused_and_counted_not_called_no_egress_route") {
+    if !lab() {
         return;
     }
     bounded(async {
@@ -424,11 +395,10 @@ async fn a_rejected_connect_is_refused_and_counted_not_called_no_egress_route() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_path_only_at_init_is_eni_cold_path() {
-    if skipped("a_slow_path_only_at_init_is_eni_cold_path") {
+    if !lab() {
         return;
     }
-    if let Some(reason) = netns::delay_line_unavailable() {
-        eprintln!("eni_cold_path: skipped: {reason}");
+    if !delay_line() {
         return;
     }
     bounded(async {
@@ -482,7 +452,7 @@ async fn a_slow_path_only_at_init_is_eni_cold_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_upstream_dns_is_dns_throttled_and_stale_answers_are_served() {
-    if skipped("dropped_upstream_dns_is_dns_throttled_and_stale_answers_are_served") {
+    if !lab() {
         return;
     }
     bounded(async {
@@ -550,9 +520,7 @@ async fn dropped_upstream_dns_is_dns_throttled_and_stale_answers_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_still_succeeds() {
-    if skipped(
-        "an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_still_succeeds",
-    ) {
+    if !lab() {
         return;
     }
     bounded(async {
@@ -593,7 +561,7 @@ async fn an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_st
 
         let route = |p: &str| format!("http://127.0.0.1:{}/api/{p}", w.proxy);
         for round in 0..4 {
-            let (code, body) = curl(&[&route(&format!("r{round}"))]);
+            let (code, _, body) = curl(&[&route(&format!("r{round}"))]);
             assert_eq!(
                 code,
                 200,
@@ -614,7 +582,7 @@ async fn an_upstream_resetting_idle_connections_is_idle_reset_and_the_request_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_another_regions_endpoint_are_cross_region() {
-    if skipped("calls_to_another_regions_endpoint_are_cross_region") {
+    if !lab() {
         return;
     }
     bounded(async {
@@ -661,7 +629,7 @@ async fn calls_to_another_regions_endpoint_are_cross_region() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_lab_under_the_same_load_raises_no_finding() {
-    if skipped("a_healthy_lab_under_the_same_load_raises_no_finding") {
+    if !lab() {
         return;
     }
     bounded(async {
@@ -718,7 +686,7 @@ async fn a_healthy_lab_under_the_same_load_raises_no_finding() {
             }
             assert_eq!(w.get("http://sqs.us-east-1.amazonaws.com/local").0, 200);
             for i in 0..3 {
-                let (code, body) = curl(&[&format!("http://127.0.0.1:{}/api/h{i}", w.proxy)]);
+                let (code, _, body) = curl(&[&format!("http://127.0.0.1:{}/api/h{i}", w.proxy)]);
                 assert_eq!(code, 200, "{body}");
             }
             tokio::time::sleep(Duration::from_millis(1200)).await;

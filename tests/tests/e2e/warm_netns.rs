@@ -10,20 +10,21 @@
 //!   meanwhile, a CONNECT to a warmed host:port and a route request on a pooled connection
 //!   both succeed: no reset reaches the client.
 //!
-//! Needs root, iproute2, nftables, /dev/net/tun, curl, openssl and python3 with dnspython;
-//! without them each test prints why it is skipped and passes.
+//! Needs root, iproute2, nftables, /dev/net/tun, curl, openssl and python3 with dnspython.
+//! Without a lab (root, namespaces, the TUN device) a test is skipped with a note, and fails
+//! under CI (`warden_tests::prerequisite`).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use warden_tests::curl::curl;
 use warden_tests::emulator::{Emulator, EmulatorConfig, ShutdownReason};
 use warden_tests::netns::{self, Lab};
 use warden_tests::warden::{
-    emf_function_total, free_port, one_at_a_time, started_through_init, ExtensionsDir,
-    EXTENSION_NAME,
+    emf_function_total, free_port, started_through_init, ExtensionsDir, EXTENSION_NAME,
 };
+use warden_tests::{one_at_a_time, prerequisite};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const RTT_MS: u32 = 20;
@@ -32,37 +33,13 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     one_at_a_time(LIMIT, f).await
 }
 
-fn skipped(test: &str) -> bool {
-    let reason = netns::unavailable().or_else(netns::delay_line_unavailable);
-    if let Some(reason) = &reason {
-        eprintln!("{test}: skipped: {reason}");
-    }
-    reason.is_some()
-}
-
-/// curl (bounded); returns (HTTP status, seconds curl measured for the whole transfer, body).
-fn curl(args: &[&str]) -> (u16, f64, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "15",
-            "-w",
-            "\n%{http_code} %{time_total}",
-        ])
-        .args(args)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let mut tail = tail.split_whitespace();
-    let code = tail.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let secs = tail.next().and_then(|t| t.parse().ok()).unwrap_or(f64::NAN);
-    (code, secs, body.to_string())
-}
-
-fn emf_total(emu: &Emulator, metric: &str) -> f64 {
-    emf_function_total(emu, metric)
+/// Whether a lab with a delay line can be built here (see [`prerequisite`]).
+fn lab_with_delay_line() -> bool {
+    prerequisite(
+        "network-namespace lab with a delay line",
+        netns::available().and_then(|()| netns::delay_line_available()),
+    )
+    .is_some()
 }
 
 /// The extension with the lab's DNS server as its upstream, route `api` to
@@ -111,13 +88,13 @@ async fn first_requests(dns: Ipv4Addr, ca: &Path, warm: bool) -> (f64, f64, f64)
     (
         first * 1000.0,
         second * 1000.0,
-        emf_total(&emu, "warm_connections"),
+        emf_function_total(&emu, "warm_connections"),
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warmed_route_answers_its_first_request_in_a_third_of_the_cold_time() {
-    if skipped("a_warmed_route_answers_its_first_request_in_a_third_of_the_cold_time") {
+    if !lab_with_delay_line() {
         return;
     }
     bounded(async {
@@ -186,7 +163,7 @@ impl Drop for Thaw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_freeze_connections_the_peer_reset_never_reach_the_client() {
-    if skipped("after_a_freeze_connections_the_peer_reset_never_reach_the_client") {
+    if !lab_with_delay_line() {
         return;
     }
     bounded(async {
@@ -242,11 +219,11 @@ async fn after_a_freeze_connections_the_peer_reset_never_reach_the_client() {
         emu.shutdown(ShutdownReason::Spindown).await;
         let log = emu.stderr_lines(EXTENSION_NAME).join("\n");
         assert!(
-            emf_total(&emu, "warm_connections") >= 2.0,
+            emf_function_total(&emu, "warm_connections") >= 2.0,
             "the route and the host:port were warmed at INIT:\n{log}"
         );
         assert_eq!(
-            emf_total(&emu, "errors"),
+            emf_function_total(&emu, "errors"),
             0.0,
             "no failure reached a client:\n{log}"
         );

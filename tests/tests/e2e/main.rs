@@ -1,0 +1,20 @@
+//! The end-to-end tests, one binary: the harness links once, and tests of different modules
+//! share the two test threads. Tests that measure time, memory or descriptors, hold a thousand
+//! sockets or run heavy processes take `warden_tests::exclusive` so that no two of them overlap.
+//!
+//!   cargo test -p warden-tests --test e2e [<module>::<test name filter>]
+
+mod cargo_lambda_watch;
+mod cloudwatch_init_cost;
+mod cloudwatch_sink;
+mod dns_lambda;
+mod emulator_selftest;
+mod execution_models;
+mod findings_netns;
+mod layer;
+mod lifecycle;
+mod proxy_e2e;
+mod proxy_memory;
+mod sam_template;
+mod warm_netns;
+mod wrapper;
