@@ -11,7 +11,6 @@
 
 mod answer;
 mod core;
-mod cpu_share;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod mmsg;
