@@ -9,7 +9,8 @@ use super::upstream::{UpstreamFailure, Upstreams};
 use super::wire::{self, Edns, Parsed, Query};
 use super::DnsTuning;
 use crate::metrics::{Counter, Recorder};
-use hickory_proto::op::{Query as Question, ResponseCode};
+use hickory_proto::op::{Metadata, Query as Question, ResponseCode};
+use hickory_proto::rr::RecordType;
 use hickory_proto::serialize::binary::BinDecodable;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,11 +64,9 @@ pub(crate) enum Handled {
 
 /// A query that outlives its packet buffer while upstreams are asked.
 pub(crate) struct MissedQuery {
-    id: u16,
-    flags: u16,
+    request: Metadata,
     question: Box<[u8]>,
-    qtype: u16,
-    qclass: u16,
+    qtype: RecordType,
     edns: Option<Edns>,
     key: Box<[u8]>,
     limit: usize,
@@ -76,12 +75,10 @@ pub(crate) struct MissedQuery {
 impl MissedQuery {
     fn query(&self) -> Query<'_> {
         Query {
-            id: self.id,
-            flags: self.flags,
+            request: self.request,
             qname: &self.question[..self.question.len().saturating_sub(4)],
             question: &self.question,
             qtype: self.qtype,
-            qclass: self.qclass,
             edns: self.edns,
         }
     }
@@ -152,7 +149,7 @@ impl Core {
         let query = match wire::parse_query(packet) {
             Parsed::Query(query) => query,
             reject @ Parsed::Reject { .. } => {
-                if reject.write_reject_into(out) == Some(wire::RCODE_FORMERR) {
+                if reject.write_reject_into(out) == Some(ResponseCode::FormErr) {
                     self.count_malformed();
                 }
                 return Handled::Reply;
@@ -162,14 +159,13 @@ impl Core {
                 return Handled::Ignore;
             }
         };
-        if matches!(query.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR) {
+        if matches!(query.qtype, RecordType::AXFR | RecordType::IXFR) {
             // Zone transfers make no sense through a cache.
             let question = Some(query.question);
             wire::write_reject(
                 out,
-                query.id,
-                query.flags,
-                wire::RCODE_REFUSED,
+                &query.request,
+                ResponseCode::Refused,
                 question,
                 query.edns,
             );
@@ -208,11 +204,9 @@ impl Core {
                 Handled::Reply
             }
             None => Handled::Miss(MissedQuery {
-                id: query.id,
-                flags: query.flags,
+                request: query.request,
                 question: query.question.into(),
                 qtype: query.qtype,
-                qclass: query.qclass,
                 edns: query.edns,
                 key: key.as_slice().into(),
                 limit,

@@ -24,7 +24,7 @@ use self::core::Core;
 use crate::context::Context;
 use crate::metrics::Timing;
 use answer::{Kind, TtlPolicy};
-use hickory_proto::op::Query as Question;
+use hickory_proto::op::{Query as Question, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,7 +57,7 @@ pub struct DnsTuning {
     pub failure_recheck: Duration,
     /// Most questions kept.
     pub capacity: usize,
-    /// Threads answering UDP; one answers well over 100,000 cached queries a second.
+    /// Threads answering UDP; one keeps up with far more than a function asks.
     pub udp_workers: usize,
     pub tcp_max_connections: usize,
     pub tcp_idle: Duration,
@@ -152,9 +152,9 @@ impl DnsCache {
             return Ok(ips);
         }
         let reason = match (a.answer.kind, a.answer.rcode()) {
-            (Kind::Negative, wire::RCODE_NXDOMAIN) => "does not exist (NXDOMAIN)",
+            (Kind::Negative, ResponseCode::NXDomain) => "does not exist (NXDOMAIN)",
             (Kind::Negative, _) | (Kind::Positive, _) => "has no address records",
-            (Kind::Failure, wire::RCODE_REFUSED) => "was refused by the DNS upstreams",
+            (Kind::Failure, ResponseCode::Refused) => "was refused by the DNS upstreams",
             (Kind::Failure, _) => "could not be resolved: DNS upstreams failed",
         };
         Err(DnsError(format!("{host} {reason}")))
