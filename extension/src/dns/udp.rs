@@ -35,7 +35,7 @@ pub(crate) fn spawn(
 ) -> io::Result<()> {
     socket.set_read_timeout(Some(STOP_CHECK))?;
     // Room for bursts from many clients at once (best effort: the kernel caps it).
-    mmsg::set_receive_buffer(socket.as_raw_fd(), RECEIVE_BUFFER);
+    mmsg::set_receive_buffer(&socket, RECEIVE_BUFFER);
     let socket = Arc::new(socket);
     for i in 0..workers.max(1) {
         let (core, socket, runtime, stop) =
@@ -112,7 +112,7 @@ fn serve(core: &Arc<Core>, socket: &Arc<UdpSocket>, runtime: &Handle, stop: &Ato
                     runtime.spawn(async move {
                         let mut out = Vec::new();
                         core.answer_miss(&missed, &mut out).await;
-                        let _ = mmsg::send_now(socket.as_raw_fd(), &out, peer);
+                        let _ = mmsg::send_now(&socket, &out, peer);
                         drop(slot);
                     });
                 }
