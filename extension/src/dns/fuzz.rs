@@ -4,7 +4,7 @@
 //! panic on a bounds check.
 
 use super::answer::{Answer, TtlPolicy};
-use super::core::question_of;
+use super::fetch::question_of;
 use super::wire::{self, Parsed};
 use hickory_proto::op::Message;
 use std::time::{Duration, Instant};

@@ -7,10 +7,12 @@
 //!
 //! Layout: [`wire`] (packet parsing), [`answer`] (prepared answers, TTL rules), [`store`]
 //! (bounded map, CLOCK eviction), [`upstream`] (hickory client, rotation), `core` (hit,
-//! miss, stale, prefetch, de-duplication), `udp` / `tcp` (listeners).
+//! miss, stale, prefetch), `fetch` (one upstream query per question), `udp` / `tcp`
+//! (listeners).
 
 mod answer;
 mod core;
+mod fetch;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod mmsg;
