@@ -1,8 +1,7 @@
-//! Shared by the `dns_*` integration tests: a real authoritative DNS server on loopback (on
+//! Shared by the DNS integration tests: a real authoritative DNS server on loopback (on
 //! hickory-proto, counting every query it gets), the egress-warden DNS cache and listener
 //! started in-process the way the lifecycle starts them, and real clients (`dig`, and
 //! dnspython through `tests/dns/query.py`).
-#![allow(dead_code)]
 
 use egress_warden::config::Config;
 use egress_warden::context::{Context, InvocationClock};
@@ -413,10 +412,6 @@ impl Harness {
             recorder,
             shutdown,
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
     pub fn status(&self) -> serde_json::Value {
