@@ -2,8 +2,9 @@
 //! clamps and negative-caching rules applied once, so answering from the cache is a copy
 //! plus a few patches (ID, flags, the client's spelling of the name, TTLs, OPT).
 
-use super::wire::{self, Query, FLAG_TC, HEADER_LEN};
-use hickory_proto::op::{Message, OpCode, Query as Question, ResponseCode};
+use super::wire::{self, Query, HEADER_LEN, OPT_LEN};
+use hickory_proto::op::{HeaderCounts, Message, MessageType, Metadata, OpCode};
+use hickory_proto::op::{Query as Question, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,7 +152,7 @@ impl Answer {
     /// An uncacheable answer carrying just `rcode` (SERVFAIL when nothing better is known).
     pub fn failure(question: &Question, rcode: ResponseCode, now: Instant) -> Answer {
         // Extended RCODEs need an OPT of their own; a client gets plain SERVFAIL instead.
-        let rcode = if u16::from(rcode) > 15 {
+        let rcode = if rcode.high() != 0 {
             ResponseCode::ServFail
         } else {
             rcode
@@ -162,7 +163,7 @@ impl Answer {
         Answer::from_message(&msg, Kind::Failure, 0, Duration::ZERO, now).unwrap_or_else(|| {
             // Only reachable if hickory cannot encode a one-question message: answer with a
             // bare header, which render() still fills in.
-            let header = header_only(u16::from(rcode));
+            let header = header_only(rcode);
             Answer::assemble(&header, 0, &[], Kind::Failure, 0, now, now)
         })
     }
@@ -185,7 +186,7 @@ impl Answer {
         let qname_len = wire::question_name_end(&wire, HEADER_LEN)? - HEADER_LEN;
         let ttls: Vec<(u16, u32)> = wire::records(&wire)?
             .into_iter()
-            .filter(|(_, r)| r.rtype != wire::TYPE_OPT)
+            .filter(|(_, r)| r.rtype != RecordType::OPT)
             .map(|(_, r)| (r.ttl_offset() as u16, r.ttl))
             .collect();
         let fresh_for = Duration::from_secs(u64::from(ttl));
@@ -257,8 +258,8 @@ impl Answer {
         self.ttl > 0 && self.kind != Kind::Failure
     }
 
-    pub fn rcode(&self) -> u16 {
-        wire::read_u16(self.wire(), 2) & 0x000f
+    pub fn rcode(&self) -> ResponseCode {
+        wire::read_header(self.wire()).map_or(ResponseCode::ServFail, |h| h.response_code)
     }
 
     pub fn freshness(&self, now: Instant) -> Freshness {
@@ -325,8 +326,10 @@ impl Answer {
     ) {
         out.clear();
         out.extend_from_slice(self.wire());
-        wire::write_u16(out, 0, query.id);
-        wire::write_u16(out, 2, wire::response_flags(query.flags, self.rcode()));
+        let Some(stored) = wire::read_header(out) else {
+            // Never: every stored answer starts with a header.
+            return;
+        };
         let qname_len = usize::from(self.qname_len);
         let qname_end = HEADER_LEN + qname_len;
         if query.qname.len() == qname_len && out.len() >= qname_end {
@@ -342,25 +345,32 @@ impl Answer {
             };
             wire::write_u32(out, offset, ttl);
         }
-        let opt_len = if query.edns.is_some() { 11 } else { 0 };
-        if out.len() + opt_len > limit && out.len() >= qname_end + 4 {
+        let mut counts = stored.counts;
+        let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+        let truncated = out.len() + opt_len > limit && out.len() >= qname_end + 4;
+        if truncated {
             out.truncate(qname_end + 4);
-            let flags = wire::read_u16(out, 2) | FLAG_TC;
-            wire::write_u16(out, 2, flags);
-            out[6..12].fill(0);
+            counts = HeaderCounts {
+                queries: counts.queries,
+                ..HeaderCounts::default()
+            };
         }
         if let Some(edns) = query.edns {
             wire::append_opt(out, 0, edns.dnssec_ok);
+            counts.additionals = counts.additionals.saturating_add(1);
         }
+        let mut header = wire::response_header(&query.request, stored.response_code, counts);
+        header.metadata.truncation = truncated;
+        wire::write_header(out, &header);
     }
 }
 
-fn header_only(rcode: u16) -> Box<[u8]> {
+fn header_only(rcode: ResponseCode) -> Box<[u8]> {
     let mut out = Vec::with_capacity(HEADER_LEN);
-    wire::write_reject(&mut out, 0, 0, rcode, None, None);
+    let request = Metadata::new(0, MessageType::Query, OpCode::Query);
+    wire::write_reject(&mut out, &request, rcode, None, None);
     out.into_boxed_slice()
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,7 +409,7 @@ mod tests {
         m
     }
 
-    fn client_query(qname: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    fn client_query(qname: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
         let labels: Vec<&str> = qname.trim_end_matches('.').split('.').collect();
         wire::tests_support::query_packet(0x4242, &labels, qtype, edns.then_some((1232, 0)))
     }
@@ -419,8 +429,8 @@ mod tests {
         let q = Question::query(name("example.com."), RecordType::MX);
         let now = Instant::now();
         let a = Answer::from_upstream(&q, &response, &policy(), now);
-        assert_eq!(a.rcode(), u16::from(ResponseCode::ServFail));
-        let packet = client_query("example.com.", 15, false);
+        assert_eq!(a.rcode(), ResponseCode::ServFail);
+        let packet = client_query("example.com.", RecordType::MX, false);
         let Parsed::Query(query) = parse_query(&packet) else {
             panic!("query")
         };
@@ -450,7 +460,7 @@ mod tests {
         assert_eq!(a.kind, Kind::Positive);
         assert_eq!(a.ttl, 120);
         assert_eq!(a.addresses(), vec![IpAddr::from([10, 0, 0, 1])]);
-        let packet = client_query("WWW.Test.", wire::TYPE_A, true);
+        let packet = client_query("WWW.Test.", RecordType::A, true);
         let Parsed::Query(query) = parse_query(&packet) else {
             panic!("query")
         };
@@ -489,14 +499,20 @@ mod tests {
         let now = Instant::now();
         let msg = upstream(&q, ResponseCode::NXDomain, vec![], Some(3600));
         let a = Answer::from_upstream(&q, &msg, &policy(), now);
-        assert_eq!((a.kind, a.ttl, a.rcode()), (Kind::Negative, 5, 3));
+        assert_eq!(
+            (a.kind, a.ttl, a.rcode()),
+            (Kind::Negative, 5, ResponseCode::NXDomain)
+        );
         let mut p = policy();
         p.negative = 600;
         let a = Answer::from_upstream(&q, &msg, &p, now);
         assert_eq!(a.ttl, 30, "the SOA MINIMUM (30) wins over its TTL");
         let nodata = upstream(&q, ResponseCode::NoError, vec![], Some(2));
         let a = Answer::from_upstream(&q, &nodata, &p, now);
-        assert_eq!((a.kind, a.ttl, a.rcode()), (Kind::Negative, 2, 0));
+        assert_eq!(
+            (a.kind, a.ttl, a.rcode()),
+            (Kind::Negative, 2, ResponseCode::NoError)
+        );
     }
 
     #[test]
@@ -506,7 +522,7 @@ mod tests {
         let a = Answer::from_upstream(&q, &msg, &policy(), Instant::now());
         assert_eq!(a.kind, Kind::Failure);
         assert!(!a.cacheable());
-        assert_eq!(a.rcode(), 2);
+        assert_eq!(a.rcode(), ResponseCode::ServFail);
     }
 
     #[test]
@@ -528,7 +544,7 @@ mod tests {
             &policy(),
             now,
         );
-        let packet = client_query("big.test.", 16, false);
+        let packet = client_query("big.test.", RecordType::TXT, false);
         let Parsed::Query(query) = parse_query(&packet) else {
             panic!("query")
         };
@@ -559,7 +575,7 @@ mod tests {
             &policy(),
             now,
         );
-        let packet = client_query("s.test.", 1, false);
+        let packet = client_query("s.test.", RecordType::A, false);
         let Parsed::Query(query) = parse_query(&packet) else {
             panic!("query")
         };

@@ -4,18 +4,19 @@
 //! fail or are slow (RFC 8767).
 
 use super::answer::{Answer, Freshness, Kind, TtlPolicy};
+use super::fetch::{failure_for, wait, Pending};
 use super::store::Store;
-use super::upstream::{UpstreamFailure, Upstreams};
+use super::upstream::Upstreams;
 use super::wire::{self, Edns, Parsed, Query};
 use super::DnsTuning;
 use crate::metrics::{Counter, Recorder};
-use hickory_proto::op::{Query as Question, ResponseCode};
-use hickory_proto::serialize::binary::BinDecodable;
+use hickory_proto::op::{Metadata, ResponseCode};
+use hickory_proto::rr::RecordType;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Cumulative counts for the status page (the recorder's counters reset at every flush).
 #[derive(Default)]
@@ -28,12 +29,10 @@ pub(crate) struct Stats {
     pub overload_dropped: AtomicU64,
 }
 
-type Pending = watch::Receiver<Option<Arc<Answer>>>;
-
 pub(crate) struct Core {
     pub store: Store,
     pub upstreams: Upstreams,
-    inflight: Mutex<HashMap<Box<[u8]>, Pending>>,
+    pub(super) inflight: Mutex<HashMap<Box<[u8]>, Pending>>,
     pub policy: TtlPolicy,
     pub tuning: DnsTuning,
     recorder: Recorder,
@@ -63,11 +62,9 @@ pub(crate) enum Handled {
 
 /// A query that outlives its packet buffer while upstreams are asked.
 pub(crate) struct MissedQuery {
-    id: u16,
-    flags: u16,
+    request: Metadata,
     question: Box<[u8]>,
-    qtype: u16,
-    qclass: u16,
+    qtype: RecordType,
     edns: Option<Edns>,
     key: Box<[u8]>,
     limit: usize,
@@ -76,12 +73,10 @@ pub(crate) struct MissedQuery {
 impl MissedQuery {
     fn query(&self) -> Query<'_> {
         Query {
-            id: self.id,
-            flags: self.flags,
+            request: self.request,
             qname: &self.question[..self.question.len().saturating_sub(4)],
             question: &self.question,
             qtype: self.qtype,
-            qclass: self.qclass,
             edns: self.edns,
         }
     }
@@ -152,7 +147,7 @@ impl Core {
         let query = match wire::parse_query(packet) {
             Parsed::Query(query) => query,
             reject @ Parsed::Reject { .. } => {
-                if reject.write_reject_into(out) == Some(wire::RCODE_FORMERR) {
+                if reject.write_reject_into(out) == Some(ResponseCode::FormErr) {
                     self.count_malformed();
                 }
                 return Handled::Reply;
@@ -162,14 +157,13 @@ impl Core {
                 return Handled::Ignore;
             }
         };
-        if matches!(query.qtype, wire::TYPE_AXFR | wire::TYPE_IXFR) {
+        if matches!(query.qtype, RecordType::AXFR | RecordType::IXFR) {
             // Zone transfers make no sense through a cache.
             let question = Some(query.question);
             wire::write_reject(
                 out,
-                query.id,
-                query.flags,
-                wire::RCODE_REFUSED,
+                &query.request,
+                ResponseCode::Refused,
                 question,
                 query.edns,
             );
@@ -208,11 +202,9 @@ impl Core {
                 Handled::Reply
             }
             None => Handled::Miss(MissedQuery {
-                id: query.id,
-                flags: query.flags,
+                request: query.request,
                 question: query.question.into(),
                 qtype: query.qtype,
-                qclass: query.qclass,
                 edns: query.edns,
                 key: key.as_slice().into(),
                 limit,
@@ -306,49 +298,6 @@ impl Core {
         drop(self.fetch(key));
     }
 
-    /// Joins the upstream query in flight for `key`, or starts one.
-    fn fetch(self: &Arc<Self>, key: &[u8]) -> Pending {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pending) = inflight.get(key) {
-            return pending.clone();
-        }
-        let (done, pending) = watch::channel(None);
-        inflight.insert(key.into(), pending.clone());
-        drop(inflight);
-        let guard = InflightGuard {
-            core: self.clone(),
-            key: key.into(),
-        };
-        tokio::spawn(async move {
-            let answer = guard.core.ask_upstreams(&guard.key).await;
-            done.send_replace(Some(answer));
-            // `guard` drops here (or on a panic), taking the key out of `inflight`.
-        });
-        pending
-    }
-
-    async fn ask_upstreams(&self, key: &[u8]) -> Arc<Answer> {
-        let Some(question) = question_of(key) else {
-            return Arc::new(failure_for(key, ResponseCode::ServFail));
-        };
-        let response = self.upstreams.query(&question).await;
-        let now = self.now();
-        let answer = match response {
-            Ok(response) => Answer::from_upstream(&question, &response, &self.policy, now),
-            Err(UpstreamFailure::Rcode(rcode)) => Answer::failure(&question, rcode, now),
-            Err(_) => Answer::failure(&question, ResponseCode::ServFail, now),
-        };
-        let answer = Arc::new(answer);
-        if answer.cacheable() {
-            self.store.insert(answer.clone(), now);
-        } else if answer.kind == Kind::Failure {
-            if let Some(old) = self.store.get(key) {
-                old.note_refresh_failure(now);
-            }
-        }
-        answer
-    }
-
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -380,35 +329,4 @@ impl Core {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
         self.recorder.incr(Counter::DnsMalformed);
     }
-}
-
-async fn wait(mut pending: Pending) -> Option<Arc<Answer>> {
-    // An error means the fetch task died without an answer.
-    pending
-        .wait_for(Option::is_some)
-        .await
-        .ok()
-        .and_then(|a| a.clone())
-}
-
-struct InflightGuard {
-    core: Arc<Core>,
-    key: Box<[u8]>,
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        let mut inflight = self.core.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        inflight.remove(&self.key);
-    }
-}
-
-/// The question a cache key stands for.
-pub(crate) fn question_of(key: &[u8]) -> Option<Question> {
-    Question::from_bytes(key).ok()
-}
-
-fn failure_for(key: &[u8], rcode: ResponseCode) -> Answer {
-    let question = question_of(key).unwrap_or_default();
-    Answer::failure(&question, rcode, Instant::now())
 }

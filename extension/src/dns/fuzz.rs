@@ -4,7 +4,7 @@
 //! panic on a bounds check.
 
 use super::answer::{Answer, TtlPolicy};
-use super::core::question_of;
+use super::fetch::question_of;
 use super::wire::{self, Parsed};
 use hickory_proto::op::Message;
 use std::time::{Duration, Instant};
@@ -22,16 +22,16 @@ pub fn query(packet: &[u8]) {
             assert!(query.udp_limit() <= usize::from(wire::MAX_UDP_ANSWER));
             // Every accepted question reads back as the question it stands for.
             if let Some(question) = question_of(&key) {
-                assert_eq!(u16::from(question.query_type()), query.qtype);
+                assert_eq!(question.query_type(), query.qtype);
             }
         }
         reject @ Parsed::Reject { .. } => {
             reject.write_reject_into(&mut out);
             let reply = Message::from_vec(&out).expect("a reject is a well-formed message");
-            let Parsed::Reject { id, .. } = reject else {
+            let Parsed::Reject { request, .. } = reject else {
                 return;
             };
-            assert_eq!(reply.metadata.id, id);
+            assert_eq!(reply.metadata.id, request.id);
         }
         Parsed::Drop => {}
     }
@@ -66,7 +66,7 @@ pub fn answer(data: &[u8]) {
         for limit in [wire::CLASSIC_UDP_LIMIT, query.udp_limit(), usize::MAX] {
             answer.render(&query, now + secs(age), stale, limit, &mut out);
             let reply = Message::from_vec(&out).expect("a rendered answer is well-formed");
-            assert_eq!(reply.metadata.id, query.id);
+            assert_eq!(reply.metadata.id, query.request.id);
             assert_eq!(reply.queries.len(), 1);
         }
     }

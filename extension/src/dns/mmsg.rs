@@ -3,12 +3,15 @@
 //! a poll, a read and a write. System calls and the wake-ups between them are most of what a
 //! cache hit costs.
 //!
-//! The only `unsafe` of the DNS module lives here: the kernel is handed pointers into buffers
-//! this module owns and does not move or resize while a call is in progress.
+//! The only `unsafe` of the DNS module lives here, because neither the standard library nor
+//! socket2 offers the two calls (rustix has sendmmsg, not recvmmsg): the kernel is handed
+//! pointers into buffers this module owns and does not move or resize while a call is in
+//! progress.
 
+use socket2::{SockAddr, SockRef};
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::RawFd;
 use std::ptr;
 
@@ -16,8 +19,8 @@ use std::ptr;
 pub const BATCH: usize = 32;
 
 /// The kernel's view of a batch: one header and one iovec per datagram. Kept between calls
-/// and refilled only for the entries used, instead of zeroing all 2.5 KiB on every call
-/// (which, with answers sent one at a time, was once per answer).
+/// and refilled only for the entries used, not zeroed on every call (with answers sent one
+/// at a time, that would be 2.5 KiB per answer).
 struct Headers {
     iovs: Box<[libc::iovec; BATCH]>,
     headers: Box<[libc::mmsghdr; BATCH]>,
@@ -25,7 +28,8 @@ struct Headers {
 
 impl Headers {
     fn new() -> Headers {
-        // SAFETY: iovec and mmsghdr are plain old data; zeroed values are valid to fill in.
+        // SAFETY: iovec and mmsghdr are plain C structs of integers and raw pointers, for which
+        // all zeroes is a valid value (null pointers, zero lengths).
         unsafe {
             Headers {
                 iovs: Box::new(zeroed()),
@@ -62,8 +66,7 @@ impl Inbox {
         Inbox {
             buf_len,
             bufs: vec![0; buf_len * BATCH],
-            // SAFETY: sockaddr_in is plain old data; all zeroes is a valid (unspecified) value.
-            addrs: vec![unsafe { zeroed() }; BATCH],
+            addrs: vec![to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
             kernel: Headers::new(),
             lens: [0; BATCH],
             valid: [false; BATCH],
@@ -80,9 +83,10 @@ impl Inbox {
             let addr = ptr::from_mut(&mut self.addrs[i]);
             self.kernel.set(i, buf, self.buf_len, addr);
         }
-        // SAFETY: the first `most` headers point at live iovecs and sockaddr_ins (set above),
-        // and every iovec at a distinct `buf_len`-byte slice of `self.bufs`; none moves or is
-        // touched otherwise until the call returns.
+        // SAFETY: the first `most` headers (the count passed) point at live iovecs and
+        // sockaddr_ins of `self` with their true sizes (set above), and every iovec at a
+        // distinct `buf_len`-byte slice of `self.bufs`; `&mut self` keeps all of them from
+        // moving or being touched otherwise until the call returns. The timeout is null.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -131,8 +135,7 @@ impl Default for Outbox {
     fn default() -> Self {
         Outbox {
             bufs: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
-            // SAFETY: sockaddr_in is plain old data; all zeroes is a valid value.
-            addrs: vec![unsafe { zeroed() }; BATCH],
+            addrs: vec![to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
             kernel: Headers::new(),
             count: 0,
         }
@@ -172,8 +175,9 @@ impl Outbox {
             let addr = ptr::from_mut(&mut self.addrs[first + i]);
             self.kernel.set(i, data, len, addr);
         }
-        // SAFETY: the first `pending` headers point at live iovecs, addresses and answer
-        // buffers owned by `self` (set above), unchanged until the call returns.
+        // SAFETY: the first `pending` headers (the count passed) point at live iovecs,
+        // sockaddr_ins and answer buffers of `self` with their true lengths (set above);
+        // `&mut self` keeps them unchanged until the call returns, and the kernel only reads.
         let n = unsafe {
             libc::sendmmsg(
                 fd,
@@ -189,49 +193,26 @@ impl Outbox {
 
 /// Sends one datagram without ever blocking (for answers finished on the async runtime);
 /// UDP may drop it, and the client asks again.
-pub fn send_now(fd: RawFd, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
-    let addr = to_sockaddr(to);
-    // SAFETY: `data` and `addr` are live for the duration of the call; the lengths match.
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_DONTWAIT,
-            ptr::from_ref(&addr).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+pub fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
+    SockRef::from(socket)
+        .send_to_with_flags(data, &SockAddr::from(to), libc::MSG_DONTWAIT)
+        .map(drop)
 }
 
 /// Asks for a larger socket receive buffer; the kernel caps it at `net.core.rmem_max`.
-pub fn set_receive_buffer(fd: RawFd, bytes: usize) {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `value` is a live c_int and the length passed is its size.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            ptr::from_ref(&value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+pub fn set_receive_buffer(socket: &UdpSocket, bytes: usize) {
+    let _ = SockRef::from(socket).set_recv_buffer_size(bytes);
 }
 
 fn to_sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: plain old data, as above.
-    let mut raw: libc::sockaddr_in = unsafe { zeroed() };
-    raw.sin_family = libc::AF_INET as libc::sa_family_t;
-    raw.sin_port = addr.port().to_be();
-    raw.sin_addr = libc::in_addr {
-        s_addr: u32::from(*addr.ip()).to_be(),
-    };
-    raw
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 fn from_sockaddr(raw: &libc::sockaddr_in) -> SocketAddrV4 {
@@ -276,7 +257,7 @@ mod tests {
                 if i % 2 == 0 {
                     let mut answer = data.to_vec();
                     answer.push(0xff);
-                    send_now(server.as_raw_fd(), &answer, from).expect("send");
+                    send_now(&server, &answer, from).expect("send");
                 } else {
                     let out = outbox.next_buffer();
                     out.clear();

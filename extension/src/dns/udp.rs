@@ -4,7 +4,6 @@
 //! does, so a slow upstream never holds up a hit.
 
 use super::core::{Core, Handled, Transport};
-use super::cpu_share::CpuShare;
 use super::mmsg::{self, Inbox, Outbox, BATCH};
 use super::wire::MAX_QUERY_LEN;
 use crate::metrics::Counter;
@@ -20,6 +19,9 @@ use tokio::runtime::Handle;
 /// Socket receive buffer asked for: thousands of queued queries.
 const RECEIVE_BUFFER: usize = 1 << 20;
 
+/// Batches at least this large are answered with one sendmmsg.
+const SEND_TOGETHER_FROM: usize = BATCH / 2;
+
 /// How often an idle worker looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
@@ -33,7 +35,7 @@ pub(crate) fn spawn(
 ) -> io::Result<()> {
     socket.set_read_timeout(Some(STOP_CHECK))?;
     // Room for bursts from many clients at once (best effort: the kernel caps it).
-    mmsg::set_receive_buffer(socket.as_raw_fd(), RECEIVE_BUFFER);
+    mmsg::set_receive_buffer(&socket, RECEIVE_BUFFER);
     let socket = Arc::new(socket);
     for i in 0..workers.max(1) {
         let (core, socket, runtime, stop) =
@@ -65,10 +67,9 @@ fn serve(core: &Arc<Core>, socket: &Arc<UdpSocket>, runtime: &Handle, stop: &Ato
     let mut inbox = Inbox::new(MAX_QUERY_LEN + 1);
     let mut outbox = Outbox::default();
     let mut key = Vec::with_capacity(260);
-    let mut cpu_share = CpuShare::for_this_thread(Instant::now());
     while !stop.load(Ordering::Relaxed) {
-        // Blocks until a query arrives, then takes every one already queued. (Polling instead
-        // of sleeping was tried: on a shared CPU the yields cost more than the wake-ups.)
+        // Blocks until a query arrives, then takes every one already queued. Blocking, not
+        // polling: on a shared CPU the yields cost more than the wake-ups.
         let received = match inbox.receive(fd, BATCH) {
             Ok(n) => n,
             Err(e) => {
@@ -85,16 +86,10 @@ fn serve(core: &Arc<Core>, socket: &Arc<UdpSocket>, runtime: &Handle, stop: &Ato
                 continue;
             }
         };
-        let now = Instant::now();
-        // Each answer goes out as soon as it is ready, unless the thread is short of CPU or a
-        // batch of at least half the maximum says a backlog is waiting: then the answers go
-        // together, in one system call, and cost less each. (Holding back the answers of every
-        // batch while the CPU is plentiful makes clients send their next queries together
-        // too, and client and server end up taking turns: half the throughput at 10 clients,
-        // measured. From 16 queued queries up, sending together cut the CPU per hit by a tenth
-        // at 100 clients, measured against "only a full batch of 32".)
-        let together = cpu_share.short(now) || received >= BATCH / 2;
-        let now = core.cache_time(now);
+        // Answers go out one by one, so clients never fall into step with the batches, unless
+        // a backlog is queued: then together, in one system call, at less CPU each.
+        let together = received >= SEND_TOGETHER_FROM;
+        let now = core.cache_time(Instant::now());
         for i in 0..received {
             let Some((packet, peer)) = inbox.get(i) else {
                 continue;
@@ -117,7 +112,7 @@ fn serve(core: &Arc<Core>, socket: &Arc<UdpSocket>, runtime: &Handle, stop: &Ato
                     runtime.spawn(async move {
                         let mut out = Vec::new();
                         core.answer_miss(&missed, &mut out).await;
-                        let _ = mmsg::send_now(socket.as_raw_fd(), &out, peer);
+                        let _ = mmsg::send_now(&socket, &out, peer);
                         drop(slot);
                     });
                 }

@@ -1,8 +1,15 @@
 //! Just enough of the DNS wire format (RFC 1035 §4.1, RFC 6891) to answer from the cache
 //! without decoding whole messages: the header, the one question, the OPT record, and where
 //! each record's TTL sits. Everything here is bounds-checked and allocation-free, because it
-//! runs for every packet, including hostile ones.
+//! runs for every packet, including hostile ones. Numbers become hickory's types as they are
+//! read; the bytes stay where they are.
 
+use hickory_proto::op::{
+    EdnsFlags, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    DEFAULT_MAX_PAYLOAD_LEN,
+};
+use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use std::net::IpAddr;
 
 pub const HEADER_LEN: usize = 12;
@@ -10,35 +17,14 @@ pub const HEADER_LEN: usize = 12;
 /// question plus OPT with a few options is well under 1 KiB).
 pub const MAX_QUERY_LEN: usize = 4096;
 /// The UDP payload size we advertise and honour at most (DNS flag day 2020).
-pub const OUR_UDP_PAYLOAD: u16 = 1232;
+pub const OUR_UDP_PAYLOAD: u16 = DEFAULT_MAX_PAYLOAD_LEN;
 /// What a client without EDNS can receive over UDP (RFC 1035 §4.2.1).
 pub const CLASSIC_UDP_LIMIT: usize = 512;
 /// The largest UDP answer we send, whatever size a client advertises: beyond this, fragments
 /// get lost, and TCP is the better road (RFC 9715).
 pub const MAX_UDP_ANSWER: u16 = 4096;
-
-pub const TYPE_A: u16 = 1;
-pub const TYPE_AAAA: u16 = 28;
-pub const TYPE_OPT: u16 = 41;
-pub const TYPE_IXFR: u16 = 251;
-pub const TYPE_AXFR: u16 = 252;
-pub const CLASS_IN: u16 = 1;
-
-// Header flag bits.
-pub const FLAG_QR: u16 = 0x8000;
-pub const FLAG_TC: u16 = 0x0200;
-pub const FLAG_RD: u16 = 0x0100;
-pub const FLAG_RA: u16 = 0x0080;
-pub const FLAG_CD: u16 = 0x0010;
-const OPCODE_MASK: u16 = 0x7800;
-const RCODE_MASK: u16 = 0x000f;
-
-pub const RCODE_FORMERR: u16 = 1;
-pub const RCODE_NXDOMAIN: u16 = 3;
-pub const RCODE_NOTIMP: u16 = 4;
-pub const RCODE_REFUSED: u16 = 5;
-/// Extended RCODE 16: the client's EDNS version is not one we speak (RFC 6891 §6.1.3).
-pub const RCODE_BADVERS: u16 = 16;
+/// Bytes of our OPT record: root name, type, class, TTL, empty RDATA.
+pub const OPT_LEN: usize = 11;
 
 /// The client's EDNS(0) OPT record, as far as an answer depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +36,13 @@ pub struct Edns {
 /// A well-formed standard query, borrowing its name from the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Query<'a> {
-    pub id: u16,
-    pub flags: u16,
+    /// ID, opcode and flags, which the answer echoes in part.
+    pub request: Metadata,
     /// The question name in wire form, as the client spelled it (case kept for the echo).
     pub qname: &'a [u8],
     /// The whole question (name, type, class) in wire form.
     pub question: &'a [u8],
-    pub qtype: u16,
-    pub qclass: u16,
+    pub qtype: RecordType,
     pub edns: Option<Edns>,
 }
 
@@ -75,8 +60,7 @@ impl Query<'_> {
         key.clear();
         // Length octets are ≤ 63, below b'A', so lower-casing the whole name is safe.
         key.extend(self.qname.iter().map(u8::to_ascii_lowercase));
-        key.extend_from_slice(&self.qtype.to_be_bytes());
-        key.extend_from_slice(&self.qclass.to_be_bytes());
+        key.extend_from_slice(&self.question[self.qname.len()..]);
     }
 }
 
@@ -87,9 +71,8 @@ pub enum Parsed<'a> {
     /// Answer with just a header (and the question, when it could be read) carrying this
     /// (possibly extended) RCODE.
     Reject {
-        id: u16,
-        flags: u16,
-        rcode: u16,
+        request: Metadata,
+        rcode: ResponseCode,
         question: Option<&'a [u8]>,
         edns: Option<Edns>,
     },
@@ -100,10 +83,9 @@ pub enum Parsed<'a> {
 
 impl Parsed<'_> {
     /// For a reject: writes its answer (see [`write_reject`]) into `out` and returns its RCODE.
-    pub fn write_reject_into(&self, out: &mut Vec<u8>) -> Option<u16> {
+    pub fn write_reject_into(&self, out: &mut Vec<u8>) -> Option<ResponseCode> {
         let Parsed::Reject {
-            id,
-            flags,
+            request,
             rcode,
             question,
             edns,
@@ -111,74 +93,66 @@ impl Parsed<'_> {
         else {
             return None;
         };
-        write_reject(out, id, flags, rcode, question, edns);
+        write_reject(out, &request, rcode, question, edns);
         Some(rcode)
     }
 }
 
 pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
-    if packet.len() < HEADER_LEN {
+    let Some(header) = read_header(packet) else {
+        return Parsed::Drop;
+    };
+    if header.message_type == MessageType::Response {
         return Parsed::Drop;
     }
-    let id = read_u16(packet, 0);
-    let flags = read_u16(packet, 2);
-    if flags & FLAG_QR != 0 {
-        return Parsed::Drop;
-    }
+    let request = header.metadata;
     let reject = |rcode| Parsed::Reject {
-        id,
-        flags,
+        request,
         rcode,
         question: None,
         edns: None,
     };
     if packet.len() > MAX_QUERY_LEN {
-        return reject(RCODE_FORMERR);
+        return reject(ResponseCode::FormErr);
     }
-    if flags & OPCODE_MASK != 0 {
-        return reject(RCODE_NOTIMP);
+    if request.op_code != OpCode::Query {
+        return reject(ResponseCode::NotImp);
     }
-    let (qdcount, ancount, nscount, arcount) = (
-        read_u16(packet, 4),
-        read_u16(packet, 6),
-        read_u16(packet, 8),
-        read_u16(packet, 10),
-    );
-    if qdcount != 1 || ancount != 0 || nscount != 0 {
-        return reject(RCODE_FORMERR);
+    let counts = header.counts;
+    if counts.queries != 1 || counts.answers != 0 || counts.authorities != 0 {
+        return reject(ResponseCode::FormErr);
     }
     let Some(name_end) = question_name_end(packet, HEADER_LEN) else {
-        return reject(RCODE_FORMERR);
+        return reject(ResponseCode::FormErr);
     };
     if packet.len() < name_end + 4 {
-        return reject(RCODE_FORMERR);
+        return reject(ResponseCode::FormErr);
     }
-    let qtype = read_u16(packet, name_end);
-    let qclass = read_u16(packet, name_end + 2);
-    if qtype == TYPE_OPT {
-        return reject(RCODE_FORMERR);
+    let qtype = RecordType::from(read_u16(packet, name_end));
+    if qtype == RecordType::OPT {
+        return reject(ResponseCode::FormErr);
     }
     let mut pos = name_end + 4;
     let mut edns = None;
-    for _ in 0..arcount {
+    for _ in 0..counts.additionals {
         let Some(record) = read_record(packet, pos) else {
-            return reject(RCODE_FORMERR);
+            return reject(ResponseCode::FormErr);
         };
-        if record.rtype == TYPE_OPT {
+        if record.rtype == RecordType::OPT {
             // One OPT at most, owned by the root (RFC 6891 §6.1.1).
             if edns.is_some() || record.name_end != pos + 1 || packet[pos] != 0 {
-                return reject(RCODE_FORMERR);
+                return reject(ResponseCode::FormErr);
             }
-            let version = (record.ttl >> 16) & 0xff;
+            // The OPT's TTL field: extended RCODE (8 bits), version (8), flags (16).
+            let version = (record.ttl >> 16) as u8;
             let found = Edns {
                 udp_payload: record.class,
-                dnssec_ok: record.ttl & 0x8000 != 0,
+                dnssec_ok: EdnsFlags::from(record.ttl as u16).dnssec_ok,
             };
             if version != 0 {
                 return Parsed::Reject {
-                    id,
-                    flags,
-                    rcode: RCODE_BADVERS,
+                    request,
+                    rcode: ResponseCode::BADVERS,
                     question: Some(&packet[HEADER_LEN..name_end + 4]),
                     edns: Some(found),
                 };
@@ -189,14 +163,36 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
         pos = record.end;
     }
     Parsed::Query(Query {
-        id,
-        flags,
+        request,
         qname: &packet[HEADER_LEN..name_end],
         question: &packet[HEADER_LEN..name_end + 4],
         qtype,
-        qclass,
         edns,
     })
+}
+
+/// The header of a message; `None` if it is shorter than one.
+pub fn read_header(message: &[u8]) -> Option<Header> {
+    Header::read(&mut BinDecoder::new(message)).ok()
+}
+
+/// Writes `header` over the first [`HEADER_LEN`] bytes of `out`.
+pub fn write_header(out: &mut Vec<u8>, header: &Header) {
+    if out.len() < HEADER_LEN {
+        out.resize(HEADER_LEN, 0);
+    }
+    // Twelve bytes at offset 0 of a buffer already that long: the encoder cannot run out of
+    // room, so there is no error to handle.
+    let _ = header.emit(&mut BinEncoder::new(out));
+}
+
+/// The header of our answer to `request`: its ID and opcode, RD and CD echoed, recursion
+/// available, never AA (we are not the authority) nor AD (we do not validate).
+pub fn response_header(request: &Metadata, rcode: ResponseCode, counts: HeaderCounts) -> Header {
+    let mut metadata = Metadata::response_from_request(request);
+    metadata.recursion_available = true;
+    metadata.response_code = rcode;
+    Header { metadata, counts }
 }
 
 /// Where a question name that starts at `pos` ends. Question names are never compressed in
@@ -244,7 +240,8 @@ fn skip_name(packet: &[u8], mut pos: usize) -> Option<usize> {
 #[derive(Debug, Clone, Copy)]
 pub struct RecordAt {
     pub name_end: usize,
-    pub rtype: u16,
+    pub rtype: RecordType,
+    /// The CLASS field as sent: in an OPT record it is a payload size, not a class.
     pub class: u16,
     pub ttl: u32,
     pub rdata: usize,
@@ -270,7 +267,7 @@ pub fn read_record(packet: &[u8], pos: usize) -> Option<RecordAt> {
     }
     Some(RecordAt {
         name_end,
-        rtype: read_u16(packet, name_end),
+        rtype: RecordType::from(read_u16(packet, name_end)),
         class: read_u16(packet, name_end + 2),
         ttl: read_u32(packet, name_end + 4),
         rdata,
@@ -281,17 +278,15 @@ pub fn read_record(packet: &[u8], pos: usize) -> Option<RecordAt> {
 /// Every resource record of a whole message (answer, authority, additional), in order.
 /// `None` if the message is malformed.
 pub fn records(message: &[u8]) -> Option<Vec<(Section, RecordAt)>> {
-    if message.len() < HEADER_LEN {
-        return None;
-    }
+    let counts = read_header(message)?.counts;
     let mut pos = HEADER_LEN;
-    for _ in 0..read_u16(message, 4) {
+    for _ in 0..counts.queries {
         pos = skip_name(message, pos)? + 4;
     }
     let sections = [
-        (Section::Answer, read_u16(message, 6)),
-        (Section::Authority, read_u16(message, 8)),
-        (Section::Additional, read_u16(message, 10)),
+        (Section::Answer, counts.answers),
+        (Section::Authority, counts.authorities),
+        (Section::Additional, counts.additionals),
     ];
     let mut out = Vec::new();
     for (section, count) in sections {
@@ -317,67 +312,54 @@ pub fn answer_addresses(message: &[u8]) -> Vec<IpAddr> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for (section, record) in records(message).unwrap_or_default() {
-        if section != Section::Answer || record.class != CLASS_IN {
+        if section != Section::Answer || DNSClass::from(record.class) != DNSClass::IN {
             continue;
         }
         let rdata = &message[record.rdata..record.end];
-        match (record.rtype, rdata.len()) {
-            (TYPE_A, 4) => {
-                let octets: [u8; 4] = [rdata[0], rdata[1], rdata[2], rdata[3]];
-                v4.push(IpAddr::from(octets));
-            }
-            (TYPE_AAAA, 16) => {
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(rdata);
-                v6.push(IpAddr::from(octets));
-            }
-            _ => {}
+        if let (RecordType::A, Ok(octets)) = (record.rtype, <[u8; 4]>::try_from(rdata)) {
+            v4.push(IpAddr::from(octets));
+        } else if let (RecordType::AAAA, Ok(octets)) = (record.rtype, <[u8; 16]>::try_from(rdata)) {
+            v6.push(IpAddr::from(octets));
         }
     }
     v4.extend(v6);
     v4
 }
 
-/// Response flags for an answer to `query_flags` with `rcode`: recursion available, the
-/// client's RD and CD echoed, never AA (we are not the authority) nor AD (we do not validate).
-pub fn response_flags(query_flags: u16, rcode: u16) -> u16 {
-    FLAG_QR | FLAG_RA | (query_flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | (rcode & RCODE_MASK)
-}
-
 /// An answer without records (FORMERR, NOTIMP, REFUSED, BADVERS…): the header, the question
 /// in wire form when known (so clients can match it), and an OPT if the client sent one.
 pub fn write_reject(
     out: &mut Vec<u8>,
-    id: u16,
-    query_flags: u16,
-    rcode: u16,
+    request: &Metadata,
+    rcode: ResponseCode,
     question: Option<&[u8]>,
     edns: Option<Edns>,
 ) {
     out.clear();
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&response_flags(query_flags, rcode).to_be_bytes());
-    out.extend_from_slice(&u16::from(question.is_some()).to_be_bytes());
-    out.extend_from_slice(&[0; 6]);
+    out.resize(HEADER_LEN, 0);
     if let Some(question) = question {
         out.extend_from_slice(question);
     }
     if let Some(edns) = edns {
-        append_opt(out, (rcode >> 4) as u8, edns.dnssec_ok);
+        append_opt(out, rcode.high(), edns.dnssec_ok);
     }
+    let counts = HeaderCounts {
+        queries: u16::from(question.is_some()),
+        additionals: u16::from(edns.is_some()),
+        ..HeaderCounts::default()
+    };
+    write_header(out, &response_header(request, rcode, counts));
 }
 
-/// Appends our OPT record (RFC 6891 §6.1.2) and counts it in ARCOUNT.
+/// Appends our OPT record (RFC 6891 §6.1.2); the caller counts it in ARCOUNT.
 pub fn append_opt(out: &mut Vec<u8>, extended_rcode: u8, dnssec_ok: bool) {
     out.push(0); // root owner name
-    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&u16::from(RecordType::OPT).to_be_bytes());
     out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
     out.push(extended_rcode);
     out.push(0); // version 0
-    out.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&u16::from(EdnsFlags { dnssec_ok, z: 0 }).to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes()); // no options
-    let arcount = read_u16(out, 10).saturating_add(1);
-    write_u16(out, 10, arcount);
 }
 
 pub fn read_u16(buf: &[u8], at: usize) -> u16 {
@@ -388,10 +370,6 @@ pub fn read_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
-pub fn write_u16(buf: &mut [u8], at: usize, value: u16) {
-    buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
-}
-
 pub fn write_u32(buf: &mut [u8], at: usize, value: u32) {
     buf[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }
@@ -400,27 +378,32 @@ pub fn write_u32(buf: &mut [u8], at: usize, value: u32) {
 pub(crate) mod tests_support {
     use super::*;
 
-    /// A query for `labels` with the given type, optionally with an OPT record.
+    /// A query (RD set) for `labels` with the given type, optionally with an OPT record.
     pub(crate) fn query_packet(
         id: u16,
         labels: &[&str],
-        qtype: u16,
+        qtype: RecordType,
         opt: Option<(u16, u32)>,
     ) -> Vec<u8> {
+        let mut metadata = Metadata::new(id, MessageType::Query, OpCode::Query);
+        metadata.recursion_desired = true;
+        let counts = HeaderCounts {
+            queries: 1,
+            additionals: u16::from(opt.is_some()),
+            ..HeaderCounts::default()
+        };
         let mut p = Vec::new();
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&FLAG_RD.to_be_bytes());
-        p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+        write_header(&mut p, &Header { metadata, counts });
         for label in labels {
             p.push(label.len() as u8);
             p.extend_from_slice(label.as_bytes());
         }
         p.push(0);
-        p.extend_from_slice(&qtype.to_be_bytes());
-        p.extend_from_slice(&CLASS_IN.to_be_bytes());
+        p.extend_from_slice(&u16::from(qtype).to_be_bytes());
+        p.extend_from_slice(&u16::from(DNSClass::IN).to_be_bytes());
         if let Some((size, ttl)) = opt {
             p.push(0);
-            p.extend_from_slice(&TYPE_OPT.to_be_bytes());
+            p.extend_from_slice(&u16::from(RecordType::OPT).to_be_bytes());
             p.extend_from_slice(&size.to_be_bytes());
             p.extend_from_slice(&ttl.to_be_bytes());
             p.extend_from_slice(&[0, 0]);
@@ -436,12 +419,12 @@ mod tests {
 
     #[test]
     fn parses_a_plain_query_and_its_key() {
-        let p = query_packet(0xbeef, &["WwW", "Example", "com"], TYPE_A, None);
+        let p = query_packet(0xbeef, &["WwW", "Example", "com"], RecordType::A, None);
         let Parsed::Query(q) = parse_query(&p) else {
             panic!("not a query")
         };
-        assert_eq!(q.id, 0xbeef);
-        assert_eq!(q.qtype, TYPE_A);
+        assert_eq!(q.request.id, 0xbeef);
+        assert_eq!(q.qtype, RecordType::A);
         assert_eq!(q.edns, None);
         assert_eq!(q.udp_limit(), 512);
         let mut key = Vec::new();
@@ -452,7 +435,7 @@ mod tests {
 
     #[test]
     fn reads_edns_and_rejects_unknown_versions() {
-        let p = query_packet(1, &["a"], TYPE_AAAA, Some((4096, 0x8000)));
+        let p = query_packet(1, &["a"], RecordType::AAAA, Some((4096, 0x8000)));
         let Parsed::Query(q) = parse_query(&p) else {
             panic!("not a query")
         };
@@ -463,11 +446,11 @@ mod tests {
                 dnssec_ok: true
             })
         );
-        let p = query_packet(1, &["a"], TYPE_A, Some((1232, 1 << 16)));
+        let p = query_packet(1, &["a"], RecordType::A, Some((1232, 1 << 16)));
         assert!(matches!(
             parse_query(&p),
             Parsed::Reject {
-                rcode: RCODE_BADVERS,
+                rcode: ResponseCode::BADVERS,
                 ..
             }
         ));
@@ -475,7 +458,7 @@ mod tests {
 
     #[test]
     fn malformed_input_is_rejected_or_dropped_never_panics() {
-        let good = query_packet(7, &["host", "example"], TYPE_A, Some((1232, 0)));
+        let good = query_packet(7, &["host", "example"], RecordType::A, Some((1232, 0)));
         // Every truncation of a good query, and every single-byte corruption of it.
         for len in 0..good.len() {
             let _ = parse_query(&good[..len]);
@@ -493,7 +476,7 @@ mod tests {
         assert!(matches!(
             parse_query(&good[..14]),
             Parsed::Reject {
-                rcode: RCODE_FORMERR,
+                rcode: ResponseCode::FormErr,
                 ..
             }
         ));
@@ -502,7 +485,7 @@ mod tests {
         assert!(matches!(
             parse_query(&notimp),
             Parsed::Reject {
-                rcode: RCODE_NOTIMP,
+                rcode: ResponseCode::NotImp,
                 ..
             }
         ));
@@ -518,13 +501,21 @@ mod tests {
             udp_payload: 512,
             dnssec_ok: false,
         });
-        write_reject(&mut out, 0x1234, FLAG_RD, RCODE_BADVERS, None, edns);
-        assert_eq!(read_u16(&out, 0), 0x1234);
-        assert_eq!(read_u16(&out, 2) & 0x000f, 0);
-        assert_eq!(read_u16(&out, 10), 1);
+        let mut request = Metadata::new(0x1234, MessageType::Query, OpCode::Query);
+        request.recursion_desired = true;
+        write_reject(&mut out, &request, ResponseCode::BADVERS, None, edns);
+        let header = read_header(&out).expect("a header");
+        assert_eq!(header.id, 0x1234);
+        assert!(header.recursion_desired && header.recursion_available);
+        assert_eq!(
+            header.response_code,
+            ResponseCode::NoError,
+            "the low bits of 16"
+        );
+        assert_eq!(header.counts.additionals, 1);
         let records = records(&out).expect("well formed");
         assert_eq!(records.len(), 1);
-        assert_eq!(records[0].1.rtype, TYPE_OPT);
+        assert_eq!(records[0].1.rtype, RecordType::OPT);
         assert_eq!(records[0].1.ttl >> 24, 1);
     }
 }

@@ -1,9 +1,7 @@
 //! Against a real, independent upstream: dnsmasq from Debian on loopback, its query log
 //! telling how often the cache asked it.
 
-mod dns_support;
-
-use dns_support::*;
+use crate::support::*;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use warden_tests::dnsmasq::Dnsmasq;

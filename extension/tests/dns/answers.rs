@@ -2,9 +2,7 @@
 //! authoritative upstream on loopback: record types, ID and question echo, TTL countdown,
 //! cache hits that never reach the upstream, and the proxy's own lookups.
 
-mod dns_support;
-
-use dns_support::*;
+use crate::support::*;
 use egress_warden::metrics::{Counter, Timing};
 use hickory_proto::rr::RecordType;
 use std::net::IpAddr;

@@ -2,9 +2,7 @@
 //! by the negative TTL, serve-stale after the upstream is gone (RFC 8767), rotation past a
 //! dead upstream, SERVFAIL when there is nothing to serve.
 
-mod dns_support;
-
-use dns_support::*;
+use crate::support::*;
 use egress_warden::metrics::Counter;
 use hickory_proto::rr::RecordType;
 use std::time::{Duration, Instant};

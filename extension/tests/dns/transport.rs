@@ -2,9 +2,7 @@
 //! unsupported input (malformed, truncated, oversized packets; other opcodes), after which
 //! the next query must still be answered.
 
-mod dns_support;
-
-use dns_support::*;
+use crate::support::*;
 use egress_warden::metrics::Counter;
 use hickory_proto::rr::RecordType;
 use std::io::{Read, Write};

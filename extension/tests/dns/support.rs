@@ -1,8 +1,7 @@
-//! Shared by the `dns_*` integration tests: a real authoritative DNS server on loopback (on
+//! Shared by the DNS integration tests: a real authoritative DNS server on loopback (on
 //! hickory-proto, counting every query it gets), the egress-warden DNS cache and listener
 //! started in-process the way the lifecycle starts them, and real clients (`dig`, and
 //! dnspython through `tests/dns/query.py`).
-#![allow(dead_code)]
 
 use egress_warden::clock::InvocationClock;
 use egress_warden::config::Config;
@@ -414,10 +413,6 @@ impl Harness {
             recorder,
             shutdown,
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
     pub fn status(&self) -> serde_json::Value {
