@@ -12,7 +12,6 @@
 pub mod aws;
 pub mod clock;
 pub mod config;
-pub mod context;
 pub mod diagnose;
 pub mod dns;
 pub mod error_chain;

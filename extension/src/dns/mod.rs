@@ -23,8 +23,10 @@ mod upstream;
 mod wire;
 
 use self::core::Core;
-use crate::context::Context;
+use crate::config::DnsSettings;
+use crate::metrics::Recorder;
 use crate::metrics::Timing;
+use crate::shutdown::Shutdown;
 use answer::{Kind, TtlPolicy};
 use hickory_proto::op::{Query as Question, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
@@ -88,15 +90,24 @@ pub struct DnsCache {
 }
 
 impl DnsCache {
-    pub fn new(ctx: &Context) -> Result<Arc<DnsCache>, DnsError> {
-        Self::with_tuning(ctx, DnsTuning::default())
+    /// A cache for `settings`; `dns_port` is our own listener's (never used as an upstream
+    /// when the upstreams come from /etc/resolv.conf).
+    pub fn new(
+        settings: &DnsSettings,
+        dns_port: u16,
+        recorder: Recorder,
+    ) -> Result<Arc<DnsCache>, DnsError> {
+        Self::with_tuning(settings, dns_port, recorder, DnsTuning::default())
     }
 
-    pub fn with_tuning(ctx: &Context, tuning: DnsTuning) -> Result<Arc<DnsCache>, DnsError> {
-        let settings = &ctx.config.dns;
+    pub fn with_tuning(
+        settings: &DnsSettings,
+        dns_port: u16,
+        recorder: Recorder,
+        tuning: DnsTuning,
+    ) -> Result<Arc<DnsCache>, DnsError> {
         let upstreams = if settings.upstreams.is_empty() {
-            let own = (ctx.config.dns_port != 0)
-                .then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.config.dns_port)));
+            let own = (dns_port != 0).then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, dns_port)));
             upstream::from_resolv_conf(own)
         } else {
             settings.upstreams.clone()
@@ -111,9 +122,9 @@ impl DnsCache {
             settings.stale,
         );
         let upstreams =
-            upstream::Upstreams::new(upstreams, tuning.upstream_timeout, ctx.recorder.clone());
+            upstream::Upstreams::new(upstreams, tuning.upstream_timeout, recorder.clone());
         Ok(Arc::new(DnsCache {
-            core: Arc::new(Core::new(upstreams, policy, tuning, ctx.recorder.clone())),
+            core: Arc::new(Core::new(upstreams, policy, tuning, recorder)),
         }))
     }
 
@@ -217,11 +228,14 @@ impl DnsServerHandle {
     }
 }
 
-/// Binds UDP and TCP on 127.0.0.1:`dns_port` (before returning, so the lifecycle can register
-/// with Lambda knowing the port is ours) and serves from `cache` until shutdown.
-pub async fn bind(ctx: &Context, cache: Arc<DnsCache>) -> std::io::Result<DnsServerHandle> {
+/// Binds UDP and TCP on 127.0.0.1:`port` (before returning, so the lifecycle can register
+/// with Lambda knowing the port is ours) and serves from `cache` until `shutdown`.
+pub async fn bind(
+    port: u16,
+    cache: Arc<DnsCache>,
+    shutdown: Shutdown,
+) -> std::io::Result<DnsServerHandle> {
     let stop = Arc::new(AtomicBool::new(false));
-    let port = ctx.config.dns_port;
     if port == 0 {
         return Ok(DnsServerHandle {
             addr: None,
@@ -247,9 +261,8 @@ pub async fn bind(ctx: &Context, cache: Arc<DnsCache>) -> std::io::Result<DnsSer
         stop,
     };
     let (tasks, stop) = (handle.tasks.clone(), handle.stop.clone());
-    let ctx = ctx.clone();
     tokio::spawn(async move {
-        ctx.shutting_down().await;
+        shutdown.wait().await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.abort();

@@ -20,7 +20,6 @@ mod workers;
 
 use crate::clock::InvocationClock;
 use crate::config::{Config, InitType, Problem};
-use crate::context::Context;
 use crate::diagnose::{self, Diagnosis};
 use crate::dns::{self, DnsCache, DnsServerHandle};
 use crate::findings::Findings;
@@ -168,6 +167,15 @@ async fn subscribe_telemetry(
     }
 }
 
+/// What the composition root hands out: each component gets the parts it uses.
+struct Shared {
+    config: Arc<Config>,
+    recorder: Recorder,
+    clock: Arc<InvocationClock>,
+    findings: Arc<Findings>,
+    shutdown: shutdown::Shutdown,
+}
+
 struct Services {
     cache: Option<Arc<DnsCache>>,
     _dns_server: Option<DnsServerHandle>,
@@ -178,8 +186,8 @@ struct Services {
 
 /// Starts what the configuration asks for. A listener that cannot bind is switched off with
 /// an error naming its variable; the rest runs.
-async fn start_services(ctx: &Context) -> Services {
-    let cache = match DnsCache::new(ctx) {
+async fn start_services(ctx: &Shared) -> Services {
+    let cache = match DnsCache::new(&ctx.config.dns, ctx.config.dns_port, ctx.recorder.clone()) {
         Ok(cache) => Some(cache),
         Err(err) => {
             tracing::error!("the DNS cache is disabled: {err}");
@@ -189,7 +197,7 @@ async fn start_services(ctx: &Context) -> Services {
     let mut dns_server = None;
     if let (Some(cache), port) = (&cache, ctx.config.dns_port) {
         if port != 0 {
-            match dns::bind(ctx, cache.clone()).await {
+            match dns::bind(port, cache.clone(), ctx.shutdown.clone()).await {
                 Ok(handle) => dns_server = Some(handle),
                 Err(err) => tracing::error!(
                     variable = "EGRESS_WARDEN_DNS_PORT",
@@ -267,7 +275,7 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
         findings.clone(),
         diagnose::Settings::from_config(&config),
     );
-    let ctx = Context {
+    let ctx = Shared {
         config: config.clone(),
         recorder: recorder.clone(),
         clock: clock.clone(),

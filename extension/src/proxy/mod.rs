@@ -67,6 +67,7 @@ impl ProxyHandle {
 }
 
 /// What the proxy is built from.
+#[derive(Clone)]
 pub struct ProxyDeps {
     /// Ports, policy, routes, timeouts, pool and retry settings.
     pub config: Arc<Config>,

@@ -3,9 +3,7 @@
 //! started in-process the way the lifecycle starts them, and real clients (`dig`, and
 //! dnspython through `tests/dns/query.py`).
 
-use egress_warden::clock::InvocationClock;
 use egress_warden::config::Config;
-use egress_warden::context::Context;
 use egress_warden::dns::{self, DnsCache, DnsServerHandle, DnsTuning};
 use egress_warden::metrics::Recorder;
 use egress_warden::shutdown;
@@ -395,15 +393,12 @@ impl Harness {
         assert!(problems.is_empty(), "config problems: {problems:?}");
         let (shutdown, shutdown_rx) = shutdown::channel();
         let recorder = Recorder::new();
-        let ctx = Context {
-            config: Arc::new(config),
-            recorder: recorder.clone(),
-            clock: Arc::new(InvocationClock::new()),
-            findings: Default::default(),
-            shutdown: shutdown_rx,
-        };
-        let cache = DnsCache::with_tuning(&ctx, setup.tuning).expect("cache");
-        let server = rt.block_on(dns::bind(&ctx, cache.clone())).expect("bind");
+        let cache =
+            DnsCache::with_tuning(&config.dns, config.dns_port, recorder.clone(), setup.tuning)
+                .expect("cache");
+        let server = rt
+            .block_on(dns::bind(config.dns_port, cache.clone(), shutdown_rx))
+            .expect("bind");
         Harness {
             rt,
             upstream,

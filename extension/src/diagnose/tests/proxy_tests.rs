@@ -4,7 +4,6 @@
 use super::connect;
 use crate::clock::InvocationClock;
 use crate::config::Config;
-use crate::context::Context;
 use crate::diagnose::Diagnosis;
 use crate::diagnose::Settings;
 use crate::dns::DnsCache;
@@ -98,12 +97,15 @@ async fn refused_traffic_is_no_finding_and_the_status_page_lists_findings() {
     let (config, problems) = Config::from_vars(&vars);
     assert!(problems.is_empty(), "{problems:?}");
     let (_shutdown, shutdown_rx) = shutdown::channel();
-    let ctx = Context {
+    let recorder = Recorder::new();
+    let cache = DnsCache::new(&config.dns, config.dns_port, recorder.clone()).expect("DNS cache");
+    let ctx = crate::proxy::ProxyDeps {
         config: Arc::new(config),
-        recorder: Recorder::new(),
+        recorder,
         clock: Arc::new(InvocationClock::new()),
         findings: Default::default(),
         shutdown: shutdown_rx,
+        dns: cache,
     };
     let _diagnosis: Arc<Diagnosis> = Diagnosis::start(
         ctx.recorder.clone(),
@@ -111,17 +113,9 @@ async fn refused_traffic_is_no_finding_and_the_status_page_lists_findings() {
         ctx.findings.clone(),
         Settings::from_config(&ctx.config),
     );
-    let cache = DnsCache::new(&ctx).expect("DNS cache");
-    let handle = crate::proxy::bind(crate::proxy::ProxyDeps {
-        config: ctx.config.clone(),
-        recorder: ctx.recorder.clone(),
-        clock: ctx.clock.clone(),
-        findings: ctx.findings.clone(),
-        shutdown: ctx.shutdown.clone(),
-        dns: cache,
-    })
-    .await
-    .expect("bind the proxy");
+    let handle = crate::proxy::bind(ctx.clone())
+        .await
+        .expect("bind the proxy");
     let proxy = handle.local_addr();
 
     let port = closed_port();

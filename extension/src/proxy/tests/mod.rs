@@ -14,7 +14,6 @@ mod warm_tests;
 use super::{bind_with, ClientTimeouts, ProxyHandle};
 use crate::clock::InvocationClock;
 use crate::config::Config;
-use crate::context::Context;
 use crate::dns::DnsCache;
 use crate::metrics::{Counter, Recorder, Snapshot};
 use crate::shutdown::{self, ShutdownTrigger};
@@ -29,7 +28,7 @@ pub(super) struct Harness {
     pub addr: SocketAddr,
     pub recorder: Recorder,
     pub clock: Arc<InvocationClock>,
-    pub ctx: Context,
+    pub ctx: super::ProxyDeps,
     pub shutdown: ShutdownTrigger,
     handle: ProxyHandle,
 }
@@ -81,23 +80,16 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
     let (tx, rx) = shutdown::channel();
     let recorder = Recorder::new();
     let clock = Arc::new(InvocationClock::new());
-    let ctx = Context {
+    let dns = DnsCache::new(&config.dns, config.dns_port, recorder.clone()).expect("dns cache");
+    let ctx = super::ProxyDeps {
         config: Arc::new(config),
         recorder: recorder.clone(),
         clock: clock.clone(),
         findings: Default::default(),
         shutdown: rx,
+        dns,
     };
-    let dns = DnsCache::new(&ctx).expect("dns cache");
-    let deps = super::ProxyDeps {
-        config: ctx.config.clone(),
-        recorder: ctx.recorder.clone(),
-        clock: ctx.clock.clone(),
-        findings: ctx.findings.clone(),
-        shutdown: ctx.shutdown.clone(),
-        dns: dns.clone(),
-    };
-    let handle = bind_with(deps, timeouts).expect("bind");
+    let handle = bind_with(ctx.clone(), timeouts).expect("bind");
     Harness {
         addr: handle.local_addr(),
         recorder,
