@@ -362,11 +362,11 @@ pub(crate) struct Recent<'a> {
 pub(crate) struct Events<'a>(&'a [Entry]);
 
 impl<'a> Events<'a> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &'a Observation> + 'a {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a Observation> + 'a {
         self.0.iter().map(|e| &e.observation)
     }
 

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The TTL on answers served stale (RFC 8767 §4 recommends 30 s).
-pub const STALE_ANSWER_TTL: u32 = 30;
+pub(super) const STALE_ANSWER_TTL: u32 = 30;
 /// Below this TTL an answer is not prefetched: it would be refreshed nearly as often as asked.
 const PREFETCH_MIN_TTL_S: u32 = 5;
 
 /// How cached TTLs are bounded (from `EGRESS_WARDEN_DNS_*`), in seconds.
 #[derive(Debug, Clone, Copy)]
-pub struct TtlPolicy {
+pub(super) struct TtlPolicy {
     pub min: u32,
     pub max: u32,
     pub negative: u32,
@@ -25,7 +25,7 @@ pub struct TtlPolicy {
 }
 
 impl TtlPolicy {
-    pub fn new(min: Duration, max: Duration, negative: Duration, stale: Duration) -> Self {
+    pub(super) fn new(min: Duration, max: Duration, negative: Duration, stale: Duration) -> Self {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let min = secs(min);
         TtlPolicy {
@@ -39,7 +39,7 @@ impl TtlPolicy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     /// Records of the asked type (or a CNAME chain ending in them).
     Positive,
     /// NXDOMAIN or NODATA (RFC 2308).
@@ -49,7 +49,7 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
+pub(super) enum Freshness {
     Fresh {
         prefetch_due: bool,
     },
@@ -62,7 +62,7 @@ pub enum Freshness {
 /// they point to, nothing else: the layout keeps a lookup to two cache lines, because between
 /// two hits on a name the kernel's datagram work evicts most of what the last one touched.
 #[repr(C, align(64))]
-pub struct Answer {
+pub(super) struct Answer {
     /// The response with ID 0, the question in lower case, and no OPT record (`wire_len`
     /// bytes), then the table of its records' TTLs: per record, the TTL field's offset (u16)
     /// and the stored value (u32), big-endian, [`TTL_ENTRY`] bytes each.
@@ -91,7 +91,7 @@ const TTL_ENTRY: usize = 6;
 impl Answer {
     /// Prepares an upstream response to `question` (which must be the one sent upstream, name
     /// in lower case).
-    pub fn from_upstream(
+    pub(super) fn from_upstream(
         question: &Question,
         response: &Message,
         policy: &TtlPolicy,
@@ -150,7 +150,7 @@ impl Answer {
     }
 
     /// An uncacheable answer carrying just `rcode` (SERVFAIL when nothing better is known).
-    pub fn failure(question: &Question, rcode: ResponseCode, now: Instant) -> Answer {
+    pub(super) fn failure(question: &Question, rcode: ResponseCode, now: Instant) -> Answer {
         // Extended RCODEs need an OPT of their own; a client gets plain SERVFAIL instead.
         let rcode = if rcode.high() != 0 {
             ResponseCode::ServFail
@@ -248,21 +248,21 @@ impl Answer {
     }
 
     /// The cache key this answer belongs to (its question in wire form).
-    pub fn key(&self) -> &[u8] {
+    pub(super) fn key(&self) -> &[u8] {
         let wire = self.wire();
         let end = (HEADER_LEN + usize::from(self.qname_len) + 4).min(wire.len());
         &wire[HEADER_LEN.min(end)..end]
     }
 
-    pub fn cacheable(&self) -> bool {
+    pub(super) fn cacheable(&self) -> bool {
         self.ttl > 0 && self.kind != Kind::Failure
     }
 
-    pub fn rcode(&self) -> ResponseCode {
+    pub(super) fn rcode(&self) -> ResponseCode {
         wire::read_header(self.wire()).map_or(ResponseCode::ServFail, |h| h.response_code)
     }
 
-    pub fn freshness(&self, now: Instant) -> Freshness {
+    pub(super) fn freshness(&self, now: Instant) -> Freshness {
         let age = now.saturating_duration_since(self.stored_at);
         let lifetime = Duration::from_secs(u64::from(self.ttl));
         if age < lifetime {
@@ -277,30 +277,30 @@ impl Answer {
     }
 
     /// Marks the answer as recently used (CLOCK eviction); cheap when already marked.
-    pub fn touch(&self) {
+    pub(super) fn touch(&self) {
         if !self.referenced.load(Ordering::Relaxed) {
             self.referenced.store(true, Ordering::Relaxed);
         }
     }
 
     /// Clears the used mark, telling whether it was set (CLOCK's second chance).
-    pub fn take_reference(&self) -> bool {
+    pub(super) fn take_reference(&self) -> bool {
         self.referenced.swap(false, Ordering::Relaxed)
     }
 
     /// True once per answer: the caller starts its prefetch.
-    pub fn claim_refresh(&self) -> bool {
+    pub(super) fn claim_refresh(&self) -> bool {
         !self.refreshing.load(Ordering::Relaxed) && !self.refreshing.swap(true, Ordering::Relaxed)
     }
 
-    pub fn note_refresh_failure(&self, now: Instant) {
+    pub(super) fn note_refresh_failure(&self, now: Instant) {
         let ms = now.saturating_duration_since(self.stored_at).as_millis() as u64 + 1;
         self.refresh_failed_at.store(ms, Ordering::Relaxed);
     }
 
     /// Whether a refresh failed less than `window` ago (RFC 8767's failure recheck timer:
     /// meanwhile stale answers go out at once instead of waiting on a dead upstream).
-    pub fn refresh_failed_within(&self, now: Instant, window: Duration) -> bool {
+    pub(super) fn refresh_failed_within(&self, now: Instant, window: Duration) -> bool {
         let at = self.refresh_failed_at.load(Ordering::Relaxed);
         if at == 0 {
             return false;
@@ -309,14 +309,14 @@ impl Answer {
         now.saturating_duration_since(failed) < window
     }
 
-    pub fn addresses(&self) -> Vec<IpAddr> {
+    pub(super) fn addresses(&self) -> Vec<IpAddr> {
         wire::answer_addresses(self.wire())
     }
 
     /// Writes the answer to `query` into `out`: ID, flags and the question's spelling from
     /// the query, TTLs counted down (or the stale TTL), an OPT if the client sent one, and
     /// TC with empty sections if it exceeds `limit` bytes.
-    pub fn render(
+    pub(super) fn render(
         &self,
         query: &Query<'_>,
         now: Instant,

@@ -94,7 +94,7 @@ enum FastHit {
 }
 
 impl Core {
-    pub fn new(
+    pub(super) fn new(
         upstreams: Upstreams,
         policy: TtlPolicy,
         tuning: DnsTuning,
@@ -114,21 +114,21 @@ impl Core {
     }
 
     /// The cache's time at monotonic instant `at`.
-    pub fn cache_time(&self, at: Instant) -> Instant {
+    pub(super) fn cache_time(&self, at: Instant) -> Instant {
         match self.unseen_ms.load(Ordering::Relaxed) {
             0 => at,
             ms => at + Duration::from_millis(ms),
         }
     }
 
-    pub fn now(&self) -> Instant {
+    pub(super) fn now(&self) -> Instant {
         self.cache_time(Instant::now())
     }
 
     /// Ages every stored answer by `gap`, time that passed while the process was a snapshot:
     /// answers then expire by their wall-clock age, and stay servable stale within the stale
     /// window.
-    pub fn age_by(&self, gap: Duration) {
+    pub(super) fn age_by(&self, gap: Duration) {
         let ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
         self.unseen_ms.fetch_add(ms, Ordering::Relaxed);
     }
@@ -136,7 +136,7 @@ impl Core {
     /// The hot path: parses a packet and, when the answer is in memory, writes it to `out`
     /// without allocating, awaiting or taking a write lock. `key` is the caller's scratch;
     /// `now` is when the packet was received (one clock read serves a whole batch).
-    pub fn handle(
+    pub(super) fn handle(
         self: &Arc<Self>,
         packet: &[u8],
         transport: Transport,
@@ -213,7 +213,7 @@ impl Core {
     }
 
     /// Answers a query the hot path could not, into `out`.
-    pub async fn answer_miss(self: &Arc<Self>, missed: &MissedQuery, out: &mut Vec<u8>) {
+    pub(super) async fn answer_miss(self: &Arc<Self>, missed: &MissedQuery, out: &mut Vec<u8>) {
         let resolved = self.resolve(&missed.key).await;
         resolved.answer.render(
             &missed.query(),
@@ -226,7 +226,7 @@ impl Core {
 
     /// The answer for a question key: fresh from the store, else from the upstreams, else
     /// stale, else a failure.
-    pub async fn resolve(self: &Arc<Self>, key: &[u8]) -> Resolved {
+    pub(super) async fn resolve(self: &Arc<Self>, key: &[u8]) -> Resolved {
         let now = self.now();
         let mut fallback = None;
         if let Some(answer) = self.store.get(key) {
@@ -298,15 +298,15 @@ impl Core {
         drop(self.fetch(key));
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(super) fn in_flight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    pub fn recorder(&self) -> &Recorder {
+    pub(super) fn recorder(&self) -> &Recorder {
         &self.recorder
     }
 
-    pub fn note_overload(&self) {
+    pub(super) fn note_overload(&self) {
         self.stats.overload_dropped.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::ptr;
 
 /// Datagrams moved per system call at most.
-pub const BATCH: usize = 32;
+pub(super) const BATCH: usize = 32;
 
 /// The kernel's view of a batch: one header and one iovec per datagram. Kept between calls
 /// and refilled only for the entries used, not zeroed on every call (with answers sent one
@@ -51,7 +51,7 @@ impl Headers {
 }
 
 /// Received datagrams: `BATCH` buffers of `buf_len` bytes each, plus their senders.
-pub struct Inbox {
+pub(super) struct Inbox {
     buf_len: usize,
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_in>,
@@ -62,7 +62,7 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub fn new(buf_len: usize) -> Inbox {
+    pub(super) fn new(buf_len: usize) -> Inbox {
         Inbox {
             buf_len,
             bufs: vec![0; buf_len * BATCH],
@@ -76,7 +76,7 @@ impl Inbox {
 
     /// Blocks until a datagram arrives (or the socket's read timeout passes), then takes
     /// whatever else is already queued, up to `most` (at most `BATCH`). Returns how many.
-    pub fn receive(&mut self, fd: RawFd, most: usize) -> io::Result<usize> {
+    pub(super) fn receive(&mut self, fd: RawFd, most: usize) -> io::Result<usize> {
         let most = most.clamp(1, BATCH);
         for i in 0..most {
             let buf = self.bufs[i * self.buf_len..].as_mut_ptr();
@@ -111,7 +111,7 @@ impl Inbox {
 
     /// The `i`th datagram of the last batch and its sender (`None` for a non-IPv4 sender,
     /// which a socket bound to 127.0.0.1 never has).
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddrV4)> {
+    pub(super) fn get(&self, i: usize) -> Option<(&[u8], SocketAddrV4)> {
         if i >= self.count || !self.valid[i] {
             return None;
         }
@@ -124,7 +124,7 @@ impl Inbox {
 }
 
 /// Answers waiting to be sent together.
-pub struct Outbox {
+pub(super) struct Outbox {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<libc::sockaddr_in>,
     kernel: Headers,
@@ -145,11 +145,11 @@ impl Default for Outbox {
 impl Outbox {
     /// The buffer the next answer is written into; it is sent only after [`Outbox::commit`].
     /// Full (never, when flushed after each batch of at most `BATCH` queries): reuses the last.
-    pub fn next_buffer(&mut self) -> &mut Vec<u8> {
+    pub(super) fn next_buffer(&mut self) -> &mut Vec<u8> {
         &mut self.bufs[self.count.min(BATCH - 1)]
     }
 
-    pub fn commit(&mut self, to: SocketAddrV4) {
+    pub(super) fn commit(&mut self, to: SocketAddrV4) {
         if self.count < BATCH {
             self.addrs[self.count] = to_sockaddr(to);
             self.count += 1;
@@ -158,7 +158,7 @@ impl Outbox {
 
     /// Sends every committed answer. UDP is lossy by contract: an answer the kernel refuses
     /// (a full buffer) is dropped and the client asks again.
-    pub fn flush(&mut self, fd: RawFd) {
+    pub(super) fn flush(&mut self, fd: RawFd) {
         let mut sent = 0;
         // Each pass sends at least one datagram or skips one, so this ends.
         while sent < self.count {
@@ -193,14 +193,14 @@ impl Outbox {
 
 /// Sends one datagram without ever blocking (for answers finished on the async runtime);
 /// UDP may drop it, and the client asks again.
-pub fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
+pub(super) fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
     SockRef::from(socket)
         .send_to_with_flags(data, &SockAddr::from(to), libc::MSG_DONTWAIT)
         .map(drop)
 }
 
 /// Asks for a larger socket receive buffer; the kernel caps it at `net.core.rmem_max`.
-pub fn set_receive_buffer(socket: &UdpSocket, bytes: usize) {
+pub(super) fn set_receive_buffer(socket: &UdpSocket, bytes: usize) {
     let _ = SockRef::from(socket).set_recv_buffer_size(bytes);
 }
 

@@ -76,7 +76,7 @@ struct Shard {
     clock: VecDeque<Arc<Answer>>,
 }
 
-pub struct Store {
+pub(super) struct Store {
     shards: Box<[RwLock<Shard>]>,
     /// Hashes keys: the high bits pick the shard, the table uses the rest.
     hasher: KeyHashState,
@@ -85,7 +85,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(capacity: usize) -> Store {
+    pub(super) fn new(capacity: usize) -> Store {
         Store {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             hasher: KeyHashState::default(),
@@ -96,7 +96,7 @@ impl Store {
 
     /// Runs `f` on the answer for `key` under the shard's read lock (no refcount traffic on
     /// the hot path); `f` should only copy bytes out.
-    pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Answer) -> R) -> Option<R> {
+    pub(super) fn with<R>(&self, key: &[u8], f: impl FnOnce(&Answer) -> R) -> Option<R> {
         let hash = self.hash(key);
         let shard = lock_read(self.shard(hash));
         let answer = shard.map.find(hash, |a| a.key() == key)?;
@@ -104,7 +104,7 @@ impl Store {
         Some(f(answer))
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<Arc<Answer>> {
+    pub(super) fn get(&self, key: &[u8]) -> Option<Arc<Answer>> {
         let hash = self.hash(key);
         let answer = lock_read(self.shard(hash))
             .map
@@ -115,7 +115,7 @@ impl Store {
     }
 
     /// Stores a cacheable answer under its own key, evicting if the shard is full.
-    pub fn insert(&self, answer: Arc<Answer>, now: Instant) {
+    pub(super) fn insert(&self, answer: Arc<Answer>, now: Instant) {
         let hash = self.hash(answer.key());
         let mut shard = lock_write(self.shard(hash));
         let same_key = |a: &Arc<Answer>| a.key() == answer.key();
@@ -172,15 +172,15 @@ impl Store {
     }
 
     /// Questions stored now (takes every shard's lock in turn: for the status page).
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|s| lock_read(s).map.len()).sum()
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.per_shard * SHARDS
     }
 
-    pub fn evictions(&self) -> u64 {
+    pub(super) fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
 

@@ -26,7 +26,7 @@ struct Upstream {
     timeouts: AtomicU64,
 }
 
-pub struct Upstreams {
+pub(super) struct Upstreams {
     servers: Box<[Upstream]>,
     /// hickory keeps its connections' background tasks in the provider's task set, which
     /// aborts them when the last clone is dropped: this clone keeps them alive.
@@ -38,7 +38,7 @@ pub struct Upstreams {
 
 /// Why no upstream gave a usable answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
+pub(super) enum UpstreamFailure {
     /// None configured.
     NoUpstreams,
     /// All answered, but with this RCODE (SERVFAIL, REFUSED…) from the last one asked.
@@ -48,7 +48,7 @@ pub enum UpstreamFailure {
 }
 
 impl Upstreams {
-    pub fn new(addrs: Vec<SocketAddr>, timeout: Duration, recorder: Recorder) -> Upstreams {
+    pub(super) fn new(addrs: Vec<SocketAddr>, timeout: Duration, recorder: Recorder) -> Upstreams {
         let servers = addrs
             .into_iter()
             .map(|addr| Upstream {
@@ -70,7 +70,7 @@ impl Upstreams {
 
     /// Asks the current upstream, then the others in order, until one answers with NOERROR
     /// or NXDOMAIN.
-    pub async fn query(&self, question: &Question) -> Result<DnsResponse, UpstreamFailure> {
+    pub(super) async fn query(&self, question: &Question) -> Result<DnsResponse, UpstreamFailure> {
         let n = self.servers.len();
         if n == 0 {
             return Err(UpstreamFailure::NoUpstreams);
@@ -164,7 +164,7 @@ impl Upstreams {
         tcp.lookup(question.clone(), options).first_answer().await
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    pub(super) fn status(&self) -> serde_json::Value {
         let current = self.current.load(Ordering::Relaxed) % self.servers.len().max(1);
         self.servers
             .iter()
@@ -196,7 +196,7 @@ fn is_timeout(e: &NetError) -> bool {
 
 /// The nameservers of `/etc/resolv.conf`, without `own` (our own listener: asking ourselves
 /// would loop).
-pub fn from_resolv_conf(own: Option<SocketAddr>) -> Vec<SocketAddr> {
+pub(super) fn from_resolv_conf(own: Option<SocketAddr>) -> Vec<SocketAddr> {
     let config = match hickory_resolver::system_conf::read_system_conf() {
         Ok((config, _)) => config,
         Err(e) => {

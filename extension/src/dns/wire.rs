@@ -12,30 +12,30 @@ use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use std::net::IpAddr;
 
-pub const HEADER_LEN: usize = 12;
+pub(super) const HEADER_LEN: usize = 12;
 /// Queries larger than this are not queries we answer (RFC 1035 names fit in 255 bytes; a
 /// question plus OPT with a few options is well under 1 KiB).
-pub const MAX_QUERY_LEN: usize = 4096;
+pub(super) const MAX_QUERY_LEN: usize = 4096;
 /// The UDP payload size we advertise and honour at most (DNS flag day 2020).
-pub const OUR_UDP_PAYLOAD: u16 = DEFAULT_MAX_PAYLOAD_LEN;
+pub(super) const OUR_UDP_PAYLOAD: u16 = DEFAULT_MAX_PAYLOAD_LEN;
 /// What a client without EDNS can receive over UDP (RFC 1035 §4.2.1).
-pub const CLASSIC_UDP_LIMIT: usize = 512;
+pub(super) const CLASSIC_UDP_LIMIT: usize = 512;
 /// The largest UDP answer we send, whatever size a client advertises: beyond this, fragments
 /// get lost, and TCP is the better road (RFC 9715).
-pub const MAX_UDP_ANSWER: u16 = 4096;
+pub(super) const MAX_UDP_ANSWER: u16 = 4096;
 /// Bytes of our OPT record: root name, type, class, TTL, empty RDATA.
-pub const OPT_LEN: usize = 11;
+pub(super) const OPT_LEN: usize = 11;
 
 /// The client's EDNS(0) OPT record, as far as an answer depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Edns {
+pub(super) struct Edns {
     pub udp_payload: u16,
     pub dnssec_ok: bool,
 }
 
 /// A well-formed standard query, borrowing its name from the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Query<'a> {
+pub(super) struct Query<'a> {
     /// ID, opcode and flags, which the answer echoes in part.
     pub request: Metadata,
     /// The question name in wire form, as the client spelled it (case kept for the echo).
@@ -48,7 +48,7 @@ pub struct Query<'a> {
 
 impl Query<'_> {
     /// The largest answer this client accepts over UDP.
-    pub fn udp_limit(&self) -> usize {
+    pub(super) fn udp_limit(&self) -> usize {
         match self.edns {
             Some(edns) => usize::from(edns.udp_payload.clamp(512, MAX_UDP_ANSWER)),
             None => CLASSIC_UDP_LIMIT,
@@ -56,7 +56,7 @@ impl Query<'_> {
     }
 
     /// The cache key: the question (name lower-cased, type, class) in wire form.
-    pub fn write_key(&self, key: &mut Vec<u8>) {
+    pub(super) fn write_key(&self, key: &mut Vec<u8>) {
         key.clear();
         // Length octets are ≤ 63, below b'A', so lower-casing the whole name is safe.
         key.extend(self.qname.iter().map(u8::to_ascii_lowercase));
@@ -66,7 +66,7 @@ impl Query<'_> {
 
 /// What to do with an incoming packet.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parsed<'a> {
+pub(super) enum Parsed<'a> {
     Query(Query<'a>),
     /// Answer with just a header (and the question, when it could be read) carrying this
     /// (possibly extended) RCODE.
@@ -83,7 +83,7 @@ pub enum Parsed<'a> {
 
 impl Parsed<'_> {
     /// For a reject: writes its answer (see [`write_reject`]) into `out` and returns its RCODE.
-    pub fn write_reject_into(&self, out: &mut Vec<u8>) -> Option<ResponseCode> {
+    pub(super) fn write_reject_into(&self, out: &mut Vec<u8>) -> Option<ResponseCode> {
         let Parsed::Reject {
             request,
             rcode,
@@ -98,7 +98,7 @@ impl Parsed<'_> {
     }
 }
 
-pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
+pub(super) fn parse_query(packet: &[u8]) -> Parsed<'_> {
     let Some(header) = read_header(packet) else {
         return Parsed::Drop;
     };
@@ -172,12 +172,12 @@ pub fn parse_query(packet: &[u8]) -> Parsed<'_> {
 }
 
 /// The header of a message; `None` if it is shorter than one.
-pub fn read_header(message: &[u8]) -> Option<Header> {
+pub(super) fn read_header(message: &[u8]) -> Option<Header> {
     Header::read(&mut BinDecoder::new(message)).ok()
 }
 
 /// Writes `header` over the first [`HEADER_LEN`] bytes of `out`.
-pub fn write_header(out: &mut Vec<u8>, header: &Header) {
+pub(super) fn write_header(out: &mut Vec<u8>, header: &Header) {
     if out.len() < HEADER_LEN {
         out.resize(HEADER_LEN, 0);
     }
@@ -188,7 +188,11 @@ pub fn write_header(out: &mut Vec<u8>, header: &Header) {
 
 /// The header of our answer to `request`: its ID and opcode, RD and CD echoed, recursion
 /// available, never AA (we are not the authority) nor AD (we do not validate).
-pub fn response_header(request: &Metadata, rcode: ResponseCode, counts: HeaderCounts) -> Header {
+pub(super) fn response_header(
+    request: &Metadata,
+    rcode: ResponseCode,
+    counts: HeaderCounts,
+) -> Header {
     let mut metadata = Metadata::response_from_request(request);
     metadata.recursion_available = true;
     metadata.response_code = rcode;
@@ -197,7 +201,7 @@ pub fn response_header(request: &Metadata, rcode: ResponseCode, counts: HeaderCo
 
 /// Where a question name that starts at `pos` ends. Question names are never compressed in
 /// queries (there is nothing before them to point at), so a pointer is malformed.
-pub fn question_name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
+pub(super) fn question_name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
     let start = pos;
     loop {
         let len = usize::from(*packet.get(pos)?);
@@ -238,7 +242,7 @@ fn skip_name(packet: &[u8], mut pos: usize) -> Option<usize> {
 
 /// The fixed fields of one resource record.
 #[derive(Debug, Clone, Copy)]
-pub struct RecordAt {
+pub(super) struct RecordAt {
     pub name_end: usize,
     pub rtype: RecordType,
     /// The CLASS field as sent: in an OPT record it is a payload size, not a class.
@@ -249,12 +253,12 @@ pub struct RecordAt {
 }
 
 impl RecordAt {
-    pub fn ttl_offset(&self) -> usize {
+    pub(super) fn ttl_offset(&self) -> usize {
         self.name_end + 4
     }
 }
 
-pub fn read_record(packet: &[u8], pos: usize) -> Option<RecordAt> {
+pub(super) fn read_record(packet: &[u8], pos: usize) -> Option<RecordAt> {
     let name_end = skip_name(packet, pos)?;
     if packet.len() < name_end + 10 {
         return None;
@@ -277,7 +281,7 @@ pub fn read_record(packet: &[u8], pos: usize) -> Option<RecordAt> {
 
 /// Every resource record of a whole message (answer, authority, additional), in order.
 /// `None` if the message is malformed.
-pub fn records(message: &[u8]) -> Option<Vec<(Section, RecordAt)>> {
+pub(super) fn records(message: &[u8]) -> Option<Vec<(Section, RecordAt)>> {
     let counts = read_header(message)?.counts;
     let mut pos = HEADER_LEN;
     for _ in 0..counts.queries {
@@ -300,7 +304,7 @@ pub fn records(message: &[u8]) -> Option<Vec<(Section, RecordAt)>> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(super) enum Section {
     Answer,
     Authority,
     Additional,
@@ -308,7 +312,7 @@ pub enum Section {
 
 /// The addresses in a message's answer section (CNAME targets included, as resolvers send
 /// the whole chain), IPv4 first.
-pub fn answer_addresses(message: &[u8]) -> Vec<IpAddr> {
+pub(super) fn answer_addresses(message: &[u8]) -> Vec<IpAddr> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for (section, record) in records(message).unwrap_or_default() {
@@ -328,7 +332,7 @@ pub fn answer_addresses(message: &[u8]) -> Vec<IpAddr> {
 
 /// An answer without records (FORMERR, NOTIMP, REFUSED, BADVERS…): the header, the question
 /// in wire form when known (so clients can match it), and an OPT if the client sent one.
-pub fn write_reject(
+pub(super) fn write_reject(
     out: &mut Vec<u8>,
     request: &Metadata,
     rcode: ResponseCode,
@@ -352,7 +356,7 @@ pub fn write_reject(
 }
 
 /// Appends our OPT record (RFC 6891 §6.1.2); the caller counts it in ARCOUNT.
-pub fn append_opt(out: &mut Vec<u8>, extended_rcode: u8, dnssec_ok: bool) {
+pub(super) fn append_opt(out: &mut Vec<u8>, extended_rcode: u8, dnssec_ok: bool) {
     out.push(0); // root owner name
     out.extend_from_slice(&u16::from(RecordType::OPT).to_be_bytes());
     out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
@@ -362,15 +366,15 @@ pub fn append_opt(out: &mut Vec<u8>, extended_rcode: u8, dnssec_ok: bool) {
     out.extend_from_slice(&0u16.to_be_bytes()); // no options
 }
 
-pub fn read_u16(buf: &[u8], at: usize) -> u16 {
+pub(super) fn read_u16(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 
-pub fn read_u32(buf: &[u8], at: usize) -> u32 {
+pub(super) fn read_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
-pub fn write_u32(buf: &mut [u8], at: usize, value: u32) {
+pub(super) fn write_u32(buf: &mut [u8], at: usize, value: u32) {
     buf[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }
 

@@ -17,7 +17,7 @@ const EXTENSION_NAME_HEADER: &str = "Lambda-Extension-Name";
 const EXTENSION_ID_HEADER: &str = "Lambda-Extension-Identifier";
 const ERROR_TYPE_HEADER: &str = "Lambda-Extension-Function-Error-Type";
 
-pub enum Event {
+pub(super) enum Event {
     Invoke {
         deadline_ms: u64,
         request_id: String,
@@ -28,7 +28,7 @@ pub enum Event {
     },
 }
 
-pub struct ExtensionsApi {
+pub(super) struct ExtensionsApi {
     client: PooledClient,
     extension_id: String,
 }
@@ -37,14 +37,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What Lambda said when we registered.
 #[derive(Debug, Clone, Default)]
-pub struct Registered {
+pub(super) struct Registered {
     pub function_name: String,
     pub function_version: String,
 }
 
 /// Why a registration did not succeed.
 #[derive(Debug)]
-pub enum RegisterError {
+pub(super) enum RegisterError {
     /// Lambda answered, and said no (`Extension.InvalidEventType` and the like).
     Refused { status: StatusCode, body: String },
     /// No usable answer: the address, the connection or the answer itself.
@@ -83,7 +83,7 @@ impl ExtensionsApi {
     }
 
     /// Registers as `name` for `events`.
-    pub async fn register(
+    pub(super) async fn register(
         runtime_api: &str,
         name: &str,
         events: &[&str],
@@ -136,7 +136,7 @@ impl ExtensionsApi {
     }
 
     /// Subscribes `uri` to the Telemetry API's `types` records.
-    pub async fn subscribe_telemetry(
+    pub(super) async fn subscribe_telemetry(
         &self,
         schema_version: &str,
         types: &[&str],
@@ -167,7 +167,7 @@ impl ExtensionsApi {
     /// Waits for the next event. Transient failures are retried with a capped backoff;
     /// Lambda kills the environment anyway if we never come back, and exiting early would
     /// only fail the function sooner.
-    pub async fn next_event(&self) -> Event {
+    pub(super) async fn next_event(&self) -> Event {
         let mut backoff = Duration::from_millis(10);
         loop {
             match self.try_next().await {
@@ -217,7 +217,7 @@ impl ExtensionsApi {
     }
 
     /// Reports an INIT failure (`Extension.<Reason>`); Lambda then fails INIT.
-    pub async fn init_error(&self, error_type: &str, message: &str) -> Result<(), BoxError> {
+    pub(super) async fn init_error(&self, error_type: &str, message: &str) -> Result<(), BoxError> {
         self.post_error("init", error_type, message).await
     }
 

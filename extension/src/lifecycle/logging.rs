@@ -32,7 +32,7 @@ fn batches() -> &'static Mutex<Vec<Batch>> {
 
 /// The runtime's park hook: writes this worker's lines. Only worker threads park, so the
 /// first park also makes this thread one that gathers (blocking-pool threads never do).
-pub fn worker_parks() {
+pub(super) fn worker_parks() {
     let _ = BATCH.try_with(|cell| {
         let Ok(mut cell) = cell.try_borrow_mut() else {
             return;
@@ -51,7 +51,7 @@ pub fn worker_parks() {
 }
 
 /// Writes every worker's gathered lines now (before the exit line, on SHUTDOWN or SIGTERM).
-pub fn flush_all() {
+pub(super) fn flush_all() {
     if let Ok(all) = batches().lock() {
         for batch in all.iter() {
             write_out(batch);
@@ -109,7 +109,7 @@ impl Write for LineWriter {
     }
 }
 
-pub fn init(level: LogLevel, json: bool) {
+pub(super) fn init(level: LogLevel, json: bool) {
     let filter = match level {
         LogLevel::Trace => LevelFilter::TRACE,
         LogLevel::Debug => LevelFilter::DEBUG,

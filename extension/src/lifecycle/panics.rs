@@ -4,7 +4,7 @@
 
 use crate::metrics::{Counter, Recorder};
 
-pub fn install_hook(recorder: Recorder) {
+pub(super) fn install_hook(recorder: Recorder) {
     std::panic::set_hook(Box::new(move |info| {
         recorder.incr(Counter::TaskPanics);
         let location = info

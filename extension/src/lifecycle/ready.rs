@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the readiness files live (the wrapper has the same path).
-pub const DIR: &str = "/tmp/.egress-warden";
+pub(super) const DIR: &str = "/tmp/.egress-warden";
 
 fn path(dir: &Path, port: u16) -> PathBuf {
     dir.join(format!("proxy-{port}"))
@@ -23,7 +23,7 @@ fn path(dir: &Path, port: u16) -> PathBuf {
 
 /// Removes the file for `port` left by an earlier life (a restart may reuse the PID it
 /// names, so it must not survive a proxy that fails to bind). Best effort.
-pub fn clear(dir: &Path, port: u16) {
+pub(super) fn clear(dir: &Path, port: u16) {
     let file = path(dir, port);
     match std::fs::remove_file(&file) {
         Ok(()) => tracing::debug!("removed a stale {}", file.display()),
@@ -34,14 +34,14 @@ pub fn clear(dir: &Path, port: u16) {
 
 /// The published readiness file; removed when dropped (if it is still ours).
 #[derive(Debug)]
-pub struct ReadyFile {
+pub(super) struct ReadyFile {
     path: PathBuf,
     contents: String,
 }
 
 impl ReadyFile {
     /// Writes `<port> <pid>` for the proxy listening on `port`.
-    pub fn publish(dir: &Path, port: u16) -> io::Result<ReadyFile> {
+    pub(super) fn publish(dir: &Path, port: u16) -> io::Result<ReadyFile> {
         std::fs::create_dir_all(dir)?;
         let pid = std::process::id();
         let contents = format!("{port} {pid}\n");
@@ -60,7 +60,7 @@ impl ReadyFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 }

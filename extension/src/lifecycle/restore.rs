@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 /// The wall clock moving this far ahead of the monotonic clock means a restore (or a host
 /// that lost time), not drift: NTP slews by far less between two events.
-pub const CLOCK_JUMP: Duration = Duration::from_secs(5);
+pub(super) const CLOCK_JUMP: Duration = Duration::from_secs(5);
 
 /// Why a restore is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
+pub(super) enum Cause {
     /// `platform.restoreStart` arrived.
     Telemetry,
     /// SnapStart: an event came after INIT before any restore record.
@@ -32,7 +32,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Cause::Telemetry => "platform.restoreStart",
             Cause::FirstEvent => "first event after the snapshot",
@@ -43,7 +43,7 @@ impl Cause {
 
 /// A restore to handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Restore {
+pub(super) struct Restore {
     pub cause: Cause,
     /// Wall-clock time that passed without the monotonic clock seeing it.
     pub unseen: Duration,
@@ -56,7 +56,7 @@ fn offset_ms(wall_ms: u64, mono: Duration) -> i64 {
     wall_ms as i64 - mono.as_millis() as i64
 }
 
-pub struct RestoreWatch {
+pub(super) struct RestoreWatch {
     snap_start: bool,
     /// SnapStart, INIT over and no restore handled yet.
     awaiting: bool,
@@ -66,7 +66,7 @@ pub struct RestoreWatch {
 }
 
 impl RestoreWatch {
-    pub fn new(snap_start: bool) -> RestoreWatch {
+    pub(super) fn new(snap_start: bool) -> RestoreWatch {
         let origin = Instant::now();
         RestoreWatch {
             snap_start,
@@ -77,29 +77,29 @@ impl RestoreWatch {
     }
 
     /// INIT is over: under SnapStart the snapshot may now be taken.
-    pub fn init_done(&mut self) {
+    pub(super) fn init_done(&mut self) {
         self.awaiting = self.snap_start;
     }
 
     /// Whether everything from before now must be distrusted until a restore is handled.
-    pub fn awaiting_restore(&self) -> bool {
+    pub(super) fn awaiting_restore(&self) -> bool {
         self.awaiting
     }
 
     /// A `platform.restoreStart` arrived.
-    pub fn restore_record(&mut self) -> Option<Restore> {
+    pub(super) fn restore_record(&mut self) -> Option<Restore> {
         self.check(epoch_ms(), self.origin.elapsed(), Some(Cause::Telemetry))
     }
 
     /// An event from Lambda (INVOKE, SHUTDOWN).
-    pub fn event(&mut self) -> Option<Restore> {
+    pub(super) fn event(&mut self) -> Option<Restore> {
         let cause = self.awaiting.then_some(Cause::FirstEvent);
         self.check(epoch_ms(), self.origin.elapsed(), cause)
     }
 
     /// A timer tick: it may fire before the snapshot as well as after, so only a clock jump
     /// says anything.
-    pub fn tick(&mut self) -> Option<Restore> {
+    pub(super) fn tick(&mut self) -> Option<Restore> {
         self.check(epoch_ms(), self.origin.elapsed(), None)
     }
 

@@ -14,7 +14,7 @@ const MB_PER_VCPU: u64 = 1769;
 /// Worker threads for `memory_mb` (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), an override
 /// (`TOKIO_WORKER_THREADS`) and the CPUs present. Unknown memory (not in Lambda) counts as one
 /// vCPU's worth.
-pub fn worker_threads(
+pub(super) fn worker_threads(
     memory_mb: Option<&str>,
     wanted: Option<&str>,
     cpus: usize,
@@ -35,7 +35,7 @@ pub fn worker_threads(
 }
 
 /// [`worker_threads`] from this process's environment.
-pub fn from_env() -> usize {
+pub(super) fn from_env() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     worker_threads(
         std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")

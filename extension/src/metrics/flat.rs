@@ -3,12 +3,12 @@
 
 use super::{Histogram, Snapshot};
 
-pub const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
-pub const DESTINATION_DIMENSION: &str = "Destination";
+pub(super) const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
+pub(super) const DESTINATION_DIMENSION: &str = "Destination";
 
 /// What one metric holds in a window.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Reading<'a> {
+pub(super) enum Reading<'a> {
     Count(u64),
     /// A gauge's highest level in the window.
     Level(i64),
@@ -17,7 +17,7 @@ pub enum Reading<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Figure<'a> {
+pub(super) struct Figure<'a> {
     pub name: &'a str,
     pub unit: &'static str,
     pub reading: Reading<'a>,
@@ -26,14 +26,14 @@ pub struct Figure<'a> {
 /// The figures of one dimension set: `[FunctionName]` when `destination` is `None`, else
 /// `[FunctionName, Destination]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Group<'a> {
+pub(super) struct Group<'a> {
     pub destination: Option<&'a str>,
     pub figures: Vec<Figure<'a>>,
 }
 
 /// The function's figures (counters, run-time counts, gauges, timings), then each
 /// destination's (counters, timings). Empty histograms and empty groups are left out.
-pub fn flatten(snapshot: &Snapshot) -> Vec<Group<'_>> {
+pub(super) fn flatten(snapshot: &Snapshot) -> Vec<Group<'_>> {
     let mut function = Vec::new();
     for (counter, n) in &snapshot.counters {
         function.push(count(counter.metric_name(), counter.unit(), *n));
@@ -97,7 +97,7 @@ fn distribution<'a>(name: &'a str, histogram: &'a Histogram) -> Option<Figure<'a
 
 /// A tenth of a microsecond is finer than anything we time; more digits only lengthen the
 /// EMF lines and PutMetricData bodies.
-pub fn round_ms(ms: f64) -> f64 {
+pub(super) fn round_ms(ms: f64) -> f64 {
     (ms * 10_000.0).round() / 10_000.0
 }
 

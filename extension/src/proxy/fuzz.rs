@@ -2,6 +2,10 @@
 //! what the proxy makes of a client's request head, and of a host name. The head is read by
 //! httparse, the parser hyper runs on the listener; everything after it is the proxy's own
 //! code, and each step asserts what a policy check downstream relies on.
+#![allow(
+    clippy::expect_used,
+    reason = "a fuzz target's assertion: the panic is the finding"
+)]
 
 use super::body::UpstreamBody;
 use super::modes::forward::{forward_target, rewrite_head};

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::AbortHandle;
 
 /// The SOA MINIMUM of the test zone (negative answers are cacheable this long, before caps).
-pub const SOA_MINIMUM: u32 = 60;
+pub(crate) const SOA_MINIMUM: u32 = 60;
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap_or_else(|e| panic!("bad test name {s}: {e}"))
@@ -29,13 +29,13 @@ fn name(s: &str) -> Name {
 
 /// The records an [`Authority`] serves, all under `test.`.
 #[derive(Clone, Default)]
-pub struct Zone {
+pub(crate) struct Zone {
     records: HashMap<(String, RecordType), Vec<Record>>,
 }
 
 impl Zone {
     /// The zone most tests use: a, aaaa, cname chain, txt, mx, a large TXT set, short TTLs.
-    pub fn standard() -> Zone {
+    pub(crate) fn standard() -> Zone {
         let mut z = Zone::default();
         z.add("www.test.", 300, RData::A(A::new(192, 0, 2, 1)));
         z.add(
@@ -63,7 +63,7 @@ impl Zone {
         z
     }
 
-    pub fn add(&mut self, owner: &str, ttl: u32, data: RData) {
+    pub(crate) fn add(&mut self, owner: &str, ttl: u32, data: RData) {
         let record = Record::from_rdata(name(owner), ttl, data);
         self.records
             .entry((owner.to_ascii_lowercase(), record.record_type()))
@@ -130,7 +130,7 @@ impl Zone {
 }
 
 /// A real authoritative server on 127.0.0.1 (UDP and TCP, same port) that counts queries.
-pub struct Authority {
+pub(crate) struct Authority {
     pub addr: SocketAddr,
     counts: Arc<Mutex<HashMap<(String, RecordType), u64>>>,
     total: Arc<AtomicU64>,
@@ -142,7 +142,7 @@ pub struct Authority {
 }
 
 impl Authority {
-    pub async fn start(zone: Zone) -> Authority {
+    pub(crate) async fn start(zone: Zone) -> Authority {
         let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().expect("udp addr");
         let zone = Arc::new(zone);
@@ -215,7 +215,7 @@ impl Authority {
     }
 
     /// Queries received for `owner`/`rtype` (any case) so far.
-    pub fn count(&self, owner: &str, rtype: RecordType) -> u64 {
+    pub(crate) fn count(&self, owner: &str, rtype: RecordType) -> u64 {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts
             .get(&(owner.to_ascii_lowercase(), rtype))
@@ -223,12 +223,12 @@ impl Authority {
             .unwrap_or(0)
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total.load(Ordering::SeqCst)
     }
 
     /// Stops answering for good: both sockets are closed.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -295,7 +295,7 @@ async fn bind_pair() -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
 }
 
 /// A loopback port free for both UDP and TCP right now (for the listener under test).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     for _ in 0..50 {
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
@@ -307,14 +307,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A loopback address where nothing answers DNS (a bound UDP socket nobody reads).
-pub fn dead_upstream() -> (UdpSocket, SocketAddr) {
+pub(crate) fn dead_upstream() -> (UdpSocket, SocketAddr) {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let addr = socket.local_addr().expect("addr");
     (socket, addr)
 }
 
 /// Tuning with short timers, so failure tests take well under a second each.
-pub fn quick_tuning() -> DnsTuning {
+pub(crate) fn quick_tuning() -> DnsTuning {
     DnsTuning {
         upstream_timeout: Duration::from_millis(300),
         stale_answer_after: Duration::from_millis(200),
@@ -323,7 +323,7 @@ pub fn quick_tuning() -> DnsTuning {
 }
 
 /// The DNS cache and listener under test, with their own runtime, plus the upstream.
-pub struct Harness {
+pub(crate) struct Harness {
     pub rt: tokio::runtime::Runtime,
     pub upstream: Authority,
     pub cache: Arc<DnsCache>,
@@ -333,7 +333,7 @@ pub struct Harness {
     shutdown: shutdown::ShutdownTrigger,
 }
 
-pub struct Setup {
+pub(crate) struct Setup {
     pub zone: Zone,
     /// Upstreams tried before the test authority (e.g. dead ones).
     pub upstreams_before: Vec<SocketAddr>,
@@ -357,7 +357,7 @@ impl Default for Setup {
 }
 
 impl Harness {
-    pub fn start(setup: Setup) -> Harness {
+    pub(crate) fn start(setup: Setup) -> Harness {
         // WARDEN_TEST_LOG=debug (an env filter) shows the cache's and hickory's logs.
         if let Ok(filter) = std::env::var("WARDEN_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -410,11 +410,11 @@ impl Harness {
         }
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         self.cache.status()
     }
 
-    pub fn shut_down(&self) {
+    pub(crate) fn shut_down(&self) {
         self.shutdown.trigger();
     }
 }
@@ -428,7 +428,7 @@ impl Drop for Harness {
 }
 
 /// Runs `dig` against the listener; returns stdout. Only ever at 127.0.0.1.
-pub fn dig(port: u16, args: &[&str]) -> String {
+pub(crate) fn dig(port: u16, args: &[&str]) -> String {
     let output = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=3"])
         .args(args)
@@ -438,7 +438,7 @@ pub fn dig(port: u16, args: &[&str]) -> String {
 }
 
 /// The records of dig's `+noall +answer` output: (name, ttl, type, data).
-pub fn dig_answers(port: u16, args: &[&str]) -> Vec<(String, u32, String, String)> {
+pub(crate) fn dig_answers(port: u16, args: &[&str]) -> Vec<(String, u32, String, String)> {
     let mut all = vec!["+noall", "+answer"];
     all.extend_from_slice(args);
     dig(port, &all)
@@ -461,7 +461,7 @@ fn python_helper() -> PathBuf {
 }
 
 /// Asks through dnspython (`tests/dns/query.py`); returns its JSON report.
-pub fn dnspython(port: u16, args: &[&str]) -> serde_json::Value {
+pub(crate) fn dnspython(port: u16, args: &[&str]) -> serde_json::Value {
     let output = Command::new("python3")
         .arg(python_helper())
         .args(["--port", &port.to_string()])
@@ -478,7 +478,7 @@ pub fn dnspython(port: u16, args: &[&str]) -> serde_json::Value {
 }
 
 /// Sends raw bytes over UDP and waits up to `wait` for one reply.
-pub fn udp_exchange(port: u16, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) fn udp_exchange(port: u16, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     socket.set_read_timeout(Some(wait)).expect("timeout");
     socket
@@ -495,7 +495,7 @@ pub fn udp_exchange(port: u16, packet: &[u8], wait: Duration) -> Option<Vec<u8>>
 }
 
 /// A standard query in wire form, built with hickory.
-pub fn query_bytes(id: u16, qname: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+pub(crate) fn query_bytes(id: u16, qname: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
     let mut m = Message::query();
     m.metadata.id = id;
     m.metadata.recursion_desired = true;
@@ -509,7 +509,7 @@ pub fn query_bytes(id: u16, qname: &str, rtype: RecordType, edns: Option<u16>) -
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes.
-pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if check() {

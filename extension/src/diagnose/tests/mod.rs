@@ -22,7 +22,7 @@ pub(super) struct Fixture {
 }
 
 impl Fixture {
-    pub fn new() -> Fixture {
+    pub(super) fn new() -> Fixture {
         let recorder = Recorder::new();
         let clock = Arc::new(InvocationClock::new());
         let board = Arc::new(Findings::default());
@@ -55,25 +55,25 @@ impl Fixture {
     }
 
     /// Moves on to invocation `n` (0 = INIT), as the lifecycle's INVOKEs would.
-    pub fn invoke_until(&self, n: u64) {
+    pub(super) fn invoke_until(&self, n: u64) {
         while self.clock.invocations() < n {
             self.clock.begin_invocation(0);
         }
         self.recorder.begin_invocation(self.clock.invocations());
     }
 
-    pub fn note(&self, event: Event) {
+    pub(super) fn note(&self, event: Event) {
         self.recorder.note(event);
     }
 
-    pub fn note_n(&self, n: usize, event: Event) {
+    pub(super) fn note_n(&self, n: usize, event: Event) {
         for _ in 0..n {
             self.note(event.clone());
         }
     }
 
     /// Evaluates and returns the active findings' names.
-    pub fn evaluate(&mut self) -> Vec<&'static str> {
+    pub(super) fn evaluate(&mut self) -> Vec<&'static str> {
         self.diagnosis.run();
         for (name, n) in self.recorder.take().named_counts {
             *self.symptoms.entry(name).or_default() += n;
@@ -82,14 +82,14 @@ impl Fixture {
     }
 
     /// How many times `symptom_<finding>` was counted.
-    pub fn symptom_count(&self, finding: &str) -> u64 {
+    pub(super) fn symptom_count(&self, finding: &str) -> u64 {
         self.symptoms
             .get(&format!("symptom_{finding}"))
             .copied()
             .unwrap_or(0)
     }
 
-    pub fn evidence(&self, finding: &str) -> serde_json::Value {
+    pub(super) fn evidence(&self, finding: &str) -> serde_json::Value {
         self.board
             .list()
             .into_iter()

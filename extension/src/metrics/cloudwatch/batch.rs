@@ -11,21 +11,21 @@ use crate::metrics::flat::{
 };
 use crate::metrics::{Histogram, Snapshot};
 
-pub const MAX_DATA_PER_REQUEST: usize = 1000;
-pub const MAX_VALUES_PER_DATUM: usize = 150;
+pub(super) const MAX_DATA_PER_REQUEST: usize = 1000;
+pub(super) const MAX_VALUES_PER_DATUM: usize = 150;
 /// The API's limit is 1 MB for the (uncompressed, form-encoded) POST body; our estimate is
 /// conservative per datum and we keep a tenth in reserve for the envelope and rounding.
-pub const MAX_REQUEST_BYTES: usize = 900_000;
+pub(super) const MAX_REQUEST_BYTES: usize = 900_000;
 
 /// What CloudWatch stores per datum; a histogram is `Values`/`Counts` so percentiles work.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
+pub(super) enum Payload {
     Value(f64),
     Distribution { values: Vec<f64>, counts: Vec<f64> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Datum {
+pub(super) struct Datum {
     pub name: String,
     pub unit: &'static str,
     /// `(name, value)` pairs: `FunctionName`, plus `Destination` for per-destination data.
@@ -36,7 +36,7 @@ pub struct Datum {
 impl Datum {
     /// An upper bound of this datum's size in the awsQuery form body: every field is sent as
     /// `MetricData.member.N.<Field>.member.M=<value>`, values percent-encoded (3× at worst).
-    pub fn estimated_bytes(&self) -> usize {
+    pub(super) fn estimated_bytes(&self) -> usize {
         const FIELD: usize = 64; // key prefix + '&' + '='
         const NUMBER: usize = 24; // f64 as text
         let mut bytes = FIELD * 4 + self.name.len() * 3 + self.unit.len();
@@ -54,7 +54,7 @@ impl Datum {
 /// Turns a window into data: counts and levels as single values, timings as values/counts
 /// chunks of at most [`MAX_VALUES_PER_DATUM`], for `[FunctionName]` and for each
 /// `[FunctionName, Destination]` — the same figures and dimension sets as the EMF lines.
-pub fn data(snapshot: &Snapshot, function_name: &str) -> Vec<Datum> {
+pub(super) fn data(snapshot: &Snapshot, function_name: &str) -> Vec<Datum> {
     let mut out = Vec::new();
     for group in flat::flatten(snapshot) {
         let mut dims = vec![(FUNCTION_NAME_DIMENSION, function_name.to_owned())];
@@ -76,7 +76,7 @@ pub fn data(snapshot: &Snapshot, function_name: &str) -> Vec<Datum> {
 /// destination; each request records which parts it finishes, so after a failure exactly the
 /// parts not yet fully sent go to the fallback.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(super) struct Plan {
     pub parts: Vec<Snapshot>,
     pub requests: Vec<Request>,
     /// Requests that succeeded, in order.
@@ -84,14 +84,14 @@ pub struct Plan {
 }
 
 #[derive(Debug, Default)]
-pub struct Request {
+pub(super) struct Request {
     pub data: Vec<Datum>,
     /// Indices into `parts` whose last datum is in this request.
     pub completes: Vec<usize>,
 }
 
 impl Plan {
-    pub fn new(snapshot: Snapshot, function_name: &str) -> Plan {
+    pub(super) fn new(snapshot: Snapshot, function_name: &str) -> Plan {
         let mut parts = Vec::new();
         let Snapshot {
             counters,
@@ -146,7 +146,7 @@ impl Plan {
     /// Everything not fully sent yet, as one window. A part that spans several requests
     /// (only a single destination or function window beyond 1000 data or 900 KB) is
     /// counted as unsent even if its first requests got through.
-    pub fn unsent(self) -> Snapshot {
+    pub(super) fn unsent(self) -> Snapshot {
         let mut done = vec![false; self.parts.len()];
         for request in self.requests.iter().take(self.sent) {
             for &i in &request.completes {

@@ -33,13 +33,13 @@ use std::time::{Duration, SystemTime};
 
 /// Per TCP connect: long enough for a cross-AZ handshake, short enough that a VPC without a
 /// route (SYNs dropped) is recognised within one invoke.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// One PutMetricData attempt, end to end.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Why a request failed, as far as the operator's fix is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(super) enum FailureKind {
     /// No answer: connect refused or timed out, DNS failure, attempt timeout. In a VPC this
     /// is the missing NAT route or `monitoring` interface endpoint.
     Unreachable,
@@ -51,12 +51,12 @@ pub enum FailureKind {
 }
 
 #[derive(Debug, Clone)]
-pub struct PutError {
+pub(super) struct PutError {
     pub kind: FailureKind,
     pub message: String,
 }
 
-pub struct CloudWatch {
+pub(super) struct CloudWatch {
     client: aws_sdk_cloudwatch::Client,
 }
 
@@ -65,7 +65,7 @@ impl CloudWatch {
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` environment), region
     /// from `AWS_REGION`, endpoint from `EGRESS_WARDEN_CLOUDWATCH_ENDPOINT`. No I/O happens here
     /// beyond reading the environment and profile files; credentials resolve on first use.
-    pub async fn new(settings: &Settings) -> CloudWatch {
+    pub(super) async fn new(settings: &Settings) -> CloudWatch {
         let mut loader = aws_config::defaults(BehaviorVersion::v2026_01_12())
             .http_client(DirectHttpClient::default())
             // We never retry inside the SDK: a failed window goes to EMF (nothing is lost) and
@@ -91,7 +91,7 @@ impl CloudWatch {
     }
 
     /// One PutMetricData call for one packed request.
-    pub async fn put(&self, namespace: &str, data: &[Datum]) -> Result<(), PutError> {
+    pub(super) async fn put(&self, namespace: &str, data: &[Datum]) -> Result<(), PutError> {
         let timestamp = DateTime::from(SystemTime::now());
         let metric_data = data.iter().map(|d| datum(d, timestamp)).collect();
         self.client

@@ -18,7 +18,7 @@ const MAX_COOL_DOWN: Duration = Duration::from_secs(15 * 60);
 
 /// Consecutive failures and the cool-down they earned (30 s doubling to 15 min).
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(super) struct Backoff {
     consecutive_failures: u32,
     cool_down_until: Option<Instant>,
     /// The kind of failure last reported, so each change is reported once.
@@ -27,7 +27,7 @@ pub struct Backoff {
 
 /// One failure as [`Backoff::failed`] counted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failure {
+pub(super) struct Failure {
     pub consecutive: u32,
     pub cool_down: Duration,
     /// The first failure of this kind in a row: the one to report.
@@ -35,11 +35,11 @@ pub struct Failure {
 }
 
 impl Backoff {
-    pub fn cooling(&self) -> bool {
+    pub(super) fn cooling(&self) -> bool {
         self.cool_down_until.is_some_and(|t| Instant::now() < t)
     }
 
-    pub fn failed(&mut self, kind: FailureKind) -> Failure {
+    pub(super) fn failed(&mut self, kind: FailureKind) -> Failure {
         self.consecutive_failures += 1;
         let cool_down = FIRST_COOL_DOWN
             .saturating_mul(1 << (self.consecutive_failures - 1).min(5))
@@ -55,7 +55,7 @@ impl Backoff {
     }
 
     /// A send succeeded; returns the failure kind that had been reported, if any.
-    pub fn recovered(&mut self) -> Option<FailureKind> {
+    pub(super) fn recovered(&mut self) -> Option<FailureKind> {
         self.consecutive_failures = 0;
         self.cool_down_until = None;
         self.reported.take()
@@ -63,7 +63,7 @@ impl Backoff {
 }
 
 /// Tells the operator about failures and recoveries.
-pub struct Reporter {
+pub(super) struct Reporter {
     findings: Arc<Findings>,
     /// The board entry is ours to clear. The diagnosis raises the same finding for AWS
     /// endpoints the function cannot reach; a CloudWatch send that works again says nothing
@@ -76,7 +76,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(settings: &Settings, findings: Arc<Findings>) -> Reporter {
+    pub(super) fn new(settings: &Settings, findings: Arc<Findings>) -> Reporter {
         let region = settings
             .region
             .clone()
@@ -96,7 +96,7 @@ impl Reporter {
 
     /// Reports a failure; returns whether it raised the `aws_endpoint_unreachable` finding
     /// (the caller counts the symptom). `invocation` is the number of INVOKEs so far.
-    pub fn failed(
+    pub(super) fn failed(
         &self,
         error: &PutError,
         failure: Failure,
@@ -165,7 +165,7 @@ impl Reporter {
     }
 
     /// A send succeeded after a failure of kind `reported` had been reported.
-    pub fn recovered(&self, reported: FailureKind) {
+    pub(super) fn recovered(&self, reported: FailureKind) {
         let cleared = self.raised.swap(false, Ordering::Relaxed)
             && self.findings.clear(
                 FINDING,

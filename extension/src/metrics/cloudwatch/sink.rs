@@ -29,10 +29,10 @@ use tokio::task::JoinHandle;
 
 /// How many times in a row a window interrupted by a freeze is put back before its failure
 /// counts: bounds the delay when the endpoint is really unreachable and invokes are short.
-pub const MAX_PUT_BACKS: u32 = 2;
+pub(super) const MAX_PUT_BACKS: u32 = 2;
 
 #[derive(Clone)]
-pub struct Sink {
+pub(super) struct Sink {
     inner: Arc<Inner>,
 }
 
@@ -61,7 +61,7 @@ struct InFlight {
 }
 
 impl Sink {
-    pub fn new(
+    pub(super) fn new(
         settings: Settings,
         recorder: Recorder,
         clock: Arc<InvocationClock>,
@@ -85,7 +85,7 @@ impl Sink {
     }
 
     /// Queues a window and starts a background send if none is running. Never blocks on I/O.
-    pub fn submit(&self, window: Snapshot) {
+    pub(super) fn submit(&self, window: Snapshot) {
         let inner = &self.inner;
         let mut st = inner.state();
         st.pending.merge_bounded(window);
@@ -116,7 +116,7 @@ impl Sink {
     /// A send still unanswered at the deadline is abandoned and its window handed back: if
     /// CloudWatch did take it after all, that window is counted twice — the price of never
     /// losing one, and only when CloudWatch answers slower than the whole budget.
-    pub async fn finish(&self, window: Snapshot, budget: Duration) {
+    pub(super) async fn finish(&self, window: Snapshot, budget: Duration) {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + budget;
         let (in_flight, last, cooling) = {

@@ -34,19 +34,19 @@ pub(super) struct Harness {
 }
 
 impl Harness {
-    pub fn warmer(&self) -> super::Warmer {
+    pub(super) fn warmer(&self) -> super::Warmer {
         self.handle.warmer()
     }
 
-    pub fn warmup(&self) -> crate::warm::Warmup {
+    pub(super) fn warmup(&self) -> crate::warm::Warmup {
         crate::warm::Warmup::new(&self.ctx.config, self.recorder.clone())
     }
 
-    pub fn port(&self) -> u16 {
+    pub(super) fn port(&self) -> u16 {
         self.addr.port()
     }
 
-    pub fn take(&self) -> Snapshot {
+    pub(super) fn take(&self) -> Snapshot {
         self.recorder.take()
     }
 }
@@ -109,14 +109,14 @@ pub(super) struct Reply {
 }
 
 impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn error(&self) -> Option<&str> {
+    pub(super) fn error(&self) -> Option<&str> {
         self.header("x-egress-warden-error")
     }
 }
