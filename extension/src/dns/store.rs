@@ -7,67 +7,18 @@
 
 use super::answer::{Answer, Freshness};
 use hashbrown::HashTable;
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 const SHARDS: usize = 16;
 
-/// A multiply-rotate hash over 8-byte words (FxHash's), seeded per process: keys are short
-/// DNS questions, and SipHash was a visible share of a cache hit's user time. The listener
-/// only serves loopback clients, so flooding resistance matters less than speed here.
-#[derive(Clone, Copy)]
-struct KeyHashState(u64);
-
-impl Default for KeyHashState {
-    fn default() -> Self {
-        KeyHashState(RandomState::new().hash_one(0x5eed_u64))
-    }
-}
-
-impl BuildHasher for KeyHashState {
-    type Hasher = KeyHasher;
-
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(self.0)
-    }
-}
-
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl KeyHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
+/// foldhash (hashbrown's own default hasher), seeded per process: keys are short DNS
+/// questions, and SipHash was a visible share of a cache hit's user time. The listener only
+/// serves loopback clients, so flooding resistance matters less than speed here.
+type KeyHashState = foldhash::fast::RandomState;
 
 #[derive(Default)]
 struct Shard {
