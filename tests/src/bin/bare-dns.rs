@@ -7,8 +7,7 @@
 //! Every query gets the same A record (10.0.0.1, TTL 3600) for the name it asked, with no
 //! cache, no lookup and no checks beyond finding the question's end. It receives and sends the
 //! way egress-warden's UDP thread does (`recvmmsg` of everything queued; the answers together,
-//! in one `sendmmsg`, when 16 or more queries were queued or the thread is short of CPU, else
-//! one by one), so what it costs per query is the kernel's datagram work plus the system calls:
+//! in one `sendmmsg`, when 16 or more queries were queued, else one by one), so what it costs per query is the kernel's datagram work plus the system calls:
 //! the floor under egress-warden on the same machine. A bench tool, not for any network but
 //! loopback.
 
@@ -16,13 +15,9 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
 
 const BATCH: usize = 32;
 const TOGETHER: usize = BATCH / 2;
-const SHORT_FOR: Duration = Duration::from_millis(20);
-const CHECK_EVERY: Duration = Duration::from_millis(10);
-const SLICE_WAIT_NS: u64 = 100_000;
 const MAX: usize = 512;
 /// Name pointer to offset 12 (the question), type A, class IN, TTL 3600, 4 bytes: 10.0.0.1.
 const ANSWER: [u8; 16] = [0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0x0e, 0x10, 0, 4, 10, 0, 0, 1];
@@ -38,13 +33,6 @@ fn main() -> io::Result<()> {
     let mut addrs: Vec<libc::sockaddr_in> = vec![unsafe { zeroed() }; BATCH];
     let mut iovs: Vec<libc::iovec> = vec![unsafe { zeroed() }; BATCH];
     let mut headers: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; BATCH];
-    // Short of CPU (see egress-warden's dns/cpu_share.rs): until `short_until`.
-    let (mut last_check, mut short_until) = (Instant::now(), Instant::now());
-    let schedstat = std::fs::File::open("/proc/thread-self/schedstat").ok();
-    let mut waits = schedstat
-        .as_ref()
-        .and_then(read_schedstat)
-        .unwrap_or_default();
     loop {
         for i in 0..BATCH {
             iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
@@ -68,19 +56,7 @@ fn main() -> io::Result<()> {
             continue;
         }
         let n = n as usize;
-        let now = Instant::now();
-        if now.duration_since(last_check) >= CHECK_EVERY {
-            last_check = now;
-            if let Some((wait, slices)) = schedstat.as_ref().and_then(read_schedstat) {
-                let (waited, new_slices) =
-                    (wait.saturating_sub(waits.0), slices.saturating_sub(waits.1));
-                if new_slices > 0 && waited / new_slices >= SLICE_WAIT_NS {
-                    short_until = now + SHORT_FOR;
-                }
-                waits = (wait, slices);
-            }
-        }
-        let together = now < short_until || n >= TOGETHER;
+        let together = n >= TOGETHER;
         let mut ready = 0;
         for i in 0..n {
             let len = headers[i].msg_len as usize;
@@ -101,18 +77,6 @@ fn main() -> io::Result<()> {
         }
         send(fd, &mut headers[..ready]);
     }
-}
-
-/// This thread's (time waited for a CPU in ns, time slices), from its schedstat.
-fn read_schedstat(file: &std::fs::File) -> Option<(u64, u64)> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = [0u8; 96];
-    let len = file.read_at(&mut buf, 0).ok()?;
-    let mut fields = std::str::from_utf8(buf.get(..len)?)
-        .ok()?
-        .split_ascii_whitespace();
-    let _run = fields.next()?;
-    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 fn send(fd: i32, headers: &mut [libc::mmsghdr]) {
