@@ -1,5 +1,5 @@
 //! The SAM templates: `cfn-lint` passes on every one, and their dashboards and alarms name only
-//! metrics the extension emits, with the seeds' signals and targets present.
+//! metrics the extension emits, with the operators' signals and their alarm targets present.
 //!
 //! Source of truth for the names: the `metric_enum!` declarations in
 //! `extension/src/metrics/mod.rs` (what `metric_name()` returns), the CloudWatch sink's own
@@ -251,7 +251,7 @@ fn has_metric(metrics: &[(String, Value)], name: &str, stat: &str) -> bool {
 }
 
 #[test]
-fn the_dashboard_shows_the_seeds_signals() {
+fn the_dashboard_shows_the_operators_signals() {
     let v = references(&workspace_root().join("sam/template.yaml"));
     assert_eq!(list(&v["dashboards"]).len(), 1, "one dashboard");
     let only_dashboard = serde_json::json!({ "dashboards": v["dashboards"], "alarms": [] });
@@ -295,7 +295,7 @@ fn the_dashboard_shows_the_seeds_signals() {
 }
 
 #[test]
-fn alarms_sit_at_the_seeds_targets() {
+fn alarms_sit_at_the_operators_targets() {
     let v = references(&workspace_root().join("sam/template.yaml"));
     let alarms = list(&v["alarms"]);
     let find = |pred: &dyn Fn(&Value) -> bool| alarms.iter().find(|a| pred(a)).cloned();
