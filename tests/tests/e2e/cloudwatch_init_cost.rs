@@ -27,7 +27,7 @@ const RUNS: usize = 15;
 /// credentials lookup, a connection) moved into it, not a millisecond.
 const MAX_EXTRA: Duration = Duration::from_millis(8);
 /// What the extension logs when the CloudWatch sink starts.
-const SINK_STARTED: &str = "metrics go to CloudWatch PutMetricData";
+const SINK_STARTED: &str = "sending metrics to CloudWatch PutMetricData";
 
 /// One cold start of `binary` with `sink`: spawn → first `/event/next` in ms, and the
 /// extension's stderr.

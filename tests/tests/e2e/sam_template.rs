@@ -2,7 +2,7 @@
 //! metrics the extension emits, with the operators' signals and their alarm targets present.
 //!
 //! Source of truth for the names: the `metric_enum!` declarations in
-//! `extension/src/metrics/mod.rs` (what `metric_name()` returns), the CloudWatch sink's own
+//! `extension/src/metrics/names.rs` (what `metric_name()` returns), the CloudWatch sink's own
 //! counter in `extension/src/metrics/cloudwatch/mod.rs`, and the `symptom_<finding>` names of the
 //! findings listed in INTERFACE.md. Needs `python3` with cfn-lint (.ci/run installs it).
 
@@ -73,12 +73,12 @@ fn known_metric_names() -> BTreeSet<String> {
     let root = workspace_root().join("extension/src/metrics");
     let read =
         |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut known: BTreeSet<String> = enum_metric_names(&read(&root.join("mod.rs")))
+    let mut known: BTreeSet<String> = enum_metric_names(&read(&root.join("names.rs")))
         .into_iter()
         .collect();
     assert!(
         known.len() > 20 && known.contains("dns_ms") && known.contains("requests"),
-        "the metric_enum! declarations were not found in metrics/mod.rs: {known:?}"
+        "the metric_enum! declarations were not found in metrics/names.rs: {known:?}"
     );
     known.insert(
         const_str(&read(&root.join("cloudwatch/mod.rs")), "PUT_ERRORS_METRIC")
