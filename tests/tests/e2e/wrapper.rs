@@ -769,3 +769,42 @@ async fn with_the_proxy_port_taken_the_function_goes_direct_and_its_calls_succee
     })
     .await
 }
+
+/// Node.js before 22.21 ignores the proxy variables: the wrapper says so once, naming what
+/// works instead; newer Node runtimes (and other runtimes) get no such line.
+#[test]
+fn old_node_runtimes_are_told_their_clients_go_direct() {
+    let ready = Ready::new();
+    for shell in shells() {
+        for (runtime, warned) in [
+            ("AWS_Lambda_nodejs20.x", true),
+            ("AWS_Lambda_nodejs18.x", true),
+            ("AWS_Lambda_nodejs22.x", false),
+            ("AWS_Lambda_nodejs24.x", false),
+            ("AWS_Lambda_python3.12", false),
+        ] {
+            let out = run_with(
+                shell,
+                &ready.with(&[("AWS_EXECUTION_ENV", runtime)]),
+                &["true"],
+            );
+            assert!(out.status.success(), "{shell} {runtime}: {out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("ignores HTTP_PROXY"))
+                .collect();
+            if warned {
+                assert_eq!(lines.len(), 1, "{shell} {runtime}: {stderr}");
+                assert!(lines[0].contains("route mode"), "{}", lines[0]);
+                assert!(
+                    lines[0].contains(&format!("127.0.0.1:{}", ready.port)),
+                    "{}",
+                    lines[0]
+                );
+            } else {
+                assert!(lines.is_empty(), "{shell} {runtime}: {stderr}");
+            }
+        }
+    }
+}
