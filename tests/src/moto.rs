@@ -14,8 +14,31 @@ use crate::warden::{free_port, workspace_root};
 use serde_json::Value;
 
 pub const INSTALL_HINT: &str =
-    "moto's server and boto3 are needed: pip install 'moto[server]' boto3 \
+    "moto's server (5.2.6 or later) and boto3 are needed: pip install 'moto[server]>=5.2.6' boto3 \
      (.ci/run installs them)";
+
+/// The first moto release that serves CloudWatch over RPCv2 CBOR, the current SDK's protocol;
+/// an older server answers the extension's PutMetricData with an error.
+pub const MIN_MOTO: (u32, u32, u32) = (5, 2, 6);
+
+/// The installed moto's version, from the package metadata.
+pub fn moto_version() -> Option<(u32, u32, u32)> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('moto'))",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
 
 /// The fake credentials every test gives the extension (never real ones; the endpoint is
 /// loopback). `AWS_EC2_METADATA_DISABLED` keeps the default chain from ever trying IMDS.
@@ -44,6 +67,12 @@ impl MotoServer {
     /// [`MotoServer::start`] on another loopback address (one that `NO_PROXY=127.0.0.1` does
     /// not exempt from a proxy).
     pub fn start_on(host: Ipv4Addr) -> MotoServer {
+        let version = moto_version();
+        assert!(
+            version.is_some_and(|v| v >= MIN_MOTO),
+            "moto {version:?} is installed; CloudWatch over RPCv2 CBOR needs {MIN_MOTO:?} or later\n\
+             {INSTALL_HINT}"
+        );
         let dir = tempfile::Builder::new()
             .prefix("warden-moto-")
             .tempdir()

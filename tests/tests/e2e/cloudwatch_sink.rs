@@ -194,9 +194,13 @@ async fn cloudwatch_sink_delivers_every_window_and_bypasses_any_proxy() {
             "nothing falls back to EMF when CloudWatch works:\n{log}"
         );
         assert!(findings(&emu).is_empty(), "no finding: {log}");
+        // RPCv2 CBOR addresses the operation in the path (awsQuery posted to `/`): the current
+        // SDK's protocol, served by moto itself.
+        let moto_log = moto.log_text();
         assert!(
-            moto.log_text().contains("POST"),
-            "the SDK talked to moto directly"
+            moto_log
+                .contains("POST /service/GraniteServiceVersion20100801/operation/PutMetricData"),
+            "the SDK talked to moto directly, over RPCv2 CBOR:\n{moto_log}"
         );
     })
     .await

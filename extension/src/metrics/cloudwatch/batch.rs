@@ -34,8 +34,9 @@ pub(super) struct Datum {
 }
 
 impl Datum {
-    /// An upper bound of this datum's size in the awsQuery form body: every field is sent as
-    /// `MetricData.member.N.<Field>.member.M=<value>`, values percent-encoded (3× at worst).
+    /// An upper bound of this datum's size on the wire, taken from the bulkiest encoding
+    /// CloudWatch accepts (the awsQuery form body: `MetricData.member.N.<Field>.member.M=<value>`,
+    /// values percent-encoded, 3× at worst); the SDK's RPCv2 CBOR body is smaller.
     pub(super) fn estimated_bytes(&self) -> usize {
         const FIELD: usize = 64; // key prefix + '&' + '='
         const NUMBER: usize = 24; // f64 as text

@@ -66,7 +66,7 @@ impl CloudWatch {
     /// from `AWS_REGION`, endpoint from `EGRESS_WARDEN_CLOUDWATCH_ENDPOINT`. No I/O happens here
     /// beyond reading the environment and profile files; credentials resolve on first use.
     pub(super) async fn new(settings: &Settings) -> CloudWatch {
-        let mut loader = aws_config::defaults(BehaviorVersion::v2026_01_12())
+        let mut loader = aws_config::defaults(BehaviorVersion::v2026_11_17())
             .http_client(DirectHttpClient::default())
             // We never retry inside the SDK: a failed window goes to EMF (nothing is lost) and
             // the sink backs off; retries would only stretch the time a send is in flight.

@@ -6,10 +6,8 @@
 //! `cloudwatch` cargo feature (on by default and in the layer); without it [`CloudWatchSink::start`]
 //! warns and the extension writes EMF.
 //!
-//! SDK version: aws-sdk-cloudwatch is pinned to 1.99.0, the last release on the awsQuery
-//! protocol. 1.100 and later speak RPCv2 CBOR, which moto's server — the CloudWatch our
-//! end-to-end tests run on loopback — does not (getmoto/moto#9195); CloudWatch accepts both,
-//! so nothing is lost in production by staying on awsQuery.
+//! Protocol: the SDK (1.100 and later) speaks RPCv2 CBOR to CloudWatch; the end-to-end tests
+//! run moto's server (5.2.6 or later, which serves CBOR) on loopback as CloudWatch.
 //!
 //! The sink only writes PutMetricData: which windows come here, and what becomes of one it
 //! could not deliver ([`Undelivered`]), is the flusher's choice.
