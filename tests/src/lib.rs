@@ -17,6 +17,7 @@ pub mod emulator;
 pub mod load;
 pub mod moto;
 pub mod netns;
+pub mod node;
 pub mod prerequisite;
 pub mod process;
 pub mod python;
