@@ -146,6 +146,9 @@ pub struct MetricsSettings {
     pub sink: MetricsSink,
     pub namespace: String,
     pub cloudwatch_endpoint: Option<String>,
+    /// Also write the key metrics under `[FunctionName, FunctionVersion]`, so a canary
+    /// version's egress can be compared with the stable one's.
+    pub version_dimension: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +161,16 @@ pub enum InitType {
 }
 
 impl InitType {
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE`'s spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitType::OnDemand => "on-demand",
+            InitType::ProvisionedConcurrency => "provisioned-concurrency",
+            InitType::SnapStart => "snap-start",
+            InitType::ManagedInstances => "lambda-managed-instances",
+        }
+    }
+
     /// Lambda sends INVOKE events to extensions (everywhere but on Managed Instances).
     pub fn has_invoke_events(self) -> bool {
         self != InitType::ManagedInstances
@@ -168,6 +181,8 @@ impl InitType {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LambdaEnv {
     pub function_name: String,
+    /// `AWS_LAMBDA_FUNCTION_VERSION`: `$LATEST` or the published version's number.
+    pub function_version: Option<String>,
     pub region: Option<String>,
     pub initialization_type: InitType,
 }

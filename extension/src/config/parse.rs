@@ -80,6 +80,9 @@ fn lambda_env(r: &Reader) -> LambdaEnv {
             .lambda_var("AWS_LAMBDA_FUNCTION_NAME")
             .unwrap_or("unknown")
             .to_owned(),
+        function_version: r
+            .lambda_var("AWS_LAMBDA_FUNCTION_VERSION")
+            .map(str::to_owned),
         region: r
             .lambda_var("AWS_REGION")
             .or_else(|| r.lambda_var("AWS_DEFAULT_REGION"))
@@ -288,6 +291,7 @@ fn metrics(r: &mut Reader) -> MetricsSettings {
         sink,
         namespace: namespace(r),
         cloudwatch_endpoint: cloudwatch_endpoint(r),
+        version_dimension: r.bool(Var::VersionDimension, true),
     }
 }
 

@@ -51,6 +51,7 @@ known_variables! {
     MetricsSink => "EGRESS_WARDEN_METRICS_SINK",
     MetricsNamespace => "EGRESS_WARDEN_METRICS_NAMESPACE",
     CloudwatchEndpoint => "EGRESS_WARDEN_CLOUDWATCH_ENDPOINT",
+    VersionDimension => "EGRESS_WARDEN_VERSION_DIMENSION",
 }
 
 impl Var {

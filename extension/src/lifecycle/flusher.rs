@@ -6,8 +6,9 @@
 //! never run at once, and each takes the window out of the recorder whole: an observation
 //! lands in exactly one flush. A window that cannot be written is put back for the next.
 
-use crate::clock::epoch_ms;
-use crate::config::MetricsSink;
+use crate::clock::{epoch_ms, InvocationClock};
+use crate::config::{Config, MetricsSink};
+use crate::findings::Findings;
 use crate::metrics::cloudwatch::{self, CloudWatchSink, Undelivered};
 use crate::metrics::{EmfWriter, Recorder, Snapshot};
 use std::sync::Arc;
@@ -34,6 +35,36 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
+    /// The flusher with the writers `config` asks for; the key metrics also per function
+    /// version unless `EGRESS_WARDEN_VERSION_DIMENSION=false`.
+    pub(super) fn configured(
+        config: &Config,
+        recorder: &Recorder,
+        clock: &Arc<InvocationClock>,
+        findings: &Arc<Findings>,
+    ) -> Flusher {
+        let function_version =
+            (config.lambda.function_version.clone()).filter(|_| config.metrics.version_dimension);
+        let emf = EmfWriter::new(&*config.metrics.namespace, &*config.lambda.function_name)
+            .with_version(function_version.clone());
+        let cloudwatch = cloudwatch::Settings {
+            namespace: config.metrics.namespace.clone(),
+            function_name: config.lambda.function_name.clone(),
+            function_version,
+            region: config.lambda.region.clone(),
+            endpoint: config.metrics.cloudwatch_endpoint.clone(),
+        };
+        Flusher::new(recorder.clone(), emf, config.metrics.sink, |undelivered| {
+            CloudWatchSink::start(
+                cloudwatch,
+                recorder.clone(),
+                clock.clone(),
+                findings.clone(),
+                undelivered,
+            )
+        })
+    }
+
     /// `start_cloudwatch` is called for `cloudwatch` and `both` with what should become of
     /// the windows the sink could not send; `None` back (a build without the sink) means EMF.
     pub(super) fn new(

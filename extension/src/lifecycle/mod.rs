@@ -23,8 +23,7 @@ use crate::config::{Config, InitType, Problem};
 use crate::diagnose::{self, Diagnosis};
 use crate::dns::{self, DnsCache, DnsServerHandle};
 use crate::findings::Findings;
-use crate::metrics::cloudwatch::{self, CloudWatchSink};
-use crate::metrics::{Counter, EmfWriter, Recorder, Timing};
+use crate::metrics::{Counter, Recorder, Timing};
 use crate::proxy::{self, ProxyDeps, ProxyHandle};
 use crate::shutdown;
 use crate::telemetry::{self, TelemetryListener};
@@ -347,29 +346,16 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     }
 
     memory::watch();
-    recorder.observe_ms(
-        Timing::ExtensionInitMs,
-        started.elapsed().as_secs_f64() * 1000.0,
+    let init_ms = started.elapsed().as_secs_f64() * 1000.0;
+    recorder.observe_ms(Timing::ExtensionInitMs, init_ms);
+    // One per INIT: cold-start share = cold_starts / invocations.
+    recorder.incr(Counter::ColdStarts);
+    tracing::info!(
+        initialization_type = init_type.as_str(),
+        extension_init_ms = %format_args!("{init_ms:.3}"),
+        "cold start"
     );
-    let emf = EmfWriter::new(
-        config.metrics.namespace.clone(),
-        config.lambda.function_name.clone(),
-    );
-    let cloudwatch = cloudwatch::Settings {
-        namespace: config.metrics.namespace.clone(),
-        function_name: config.lambda.function_name.clone(),
-        region: config.lambda.region.clone(),
-        endpoint: config.metrics.cloudwatch_endpoint.clone(),
-    };
-    let flusher = Flusher::new(recorder.clone(), emf, config.metrics.sink, |undelivered| {
-        CloudWatchSink::start(
-            cloudwatch,
-            recorder.clone(),
-            clock.clone(),
-            ctx.findings.clone(),
-            undelivered,
-        )
-    });
+    let flusher = Flusher::configured(&config, &recorder, &clock, &ctx.findings);
     let inputs = events::Inputs {
         telemetry: telemetry_rx,
         warmer,

@@ -4,7 +4,10 @@
 //! directive, 100 values per metric and 256 KiB per event. Anything that does not fit goes
 //! into another line; nothing is dropped.
 
-use super::flat::{self, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION};
+use super::flat::{
+    self, by_version, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION,
+    FUNCTION_VERSION_DIMENSION,
+};
 use super::{Histogram, Snapshot};
 use serde_json::{json, Map, Value};
 use std::io::Write;
@@ -19,6 +22,8 @@ const ENVELOPE_ALLOWANCE: usize = 4 * 1024;
 pub struct EmfWriter {
     namespace: String,
     function_name: String,
+    /// When set, the key metrics are also declared under `[FunctionName, FunctionVersion]`.
+    function_version: Option<String>,
 }
 
 /// One metric value ready to place in a document.
@@ -60,7 +65,16 @@ impl EmfWriter {
         EmfWriter {
             namespace: namespace.into(),
             function_name: function_name.into(),
+            function_version: None,
         }
+    }
+
+    /// Also declares the key metrics ([`flat::by_version`]) under `[FunctionName,
+    /// FunctionVersion]`: a second directive over the same values, so the line carries them
+    /// once.
+    pub fn with_version(mut self, function_version: Option<String>) -> Self {
+        self.function_version = function_version;
+        self
     }
 
     /// Renders a window as EMF lines (without trailing newlines). An empty window gives none.
@@ -136,19 +150,42 @@ impl EmfWriter {
             .iter()
             .map(|e| json!({"Name": e.name, "Unit": e.unit}))
             .collect();
+        let mut directives = vec![json!({
+            "Namespace": self.namespace,
+            "Dimensions": [dimensions],
+            "Metrics": definitions,
+        })];
+        let version = self
+            .function_version
+            .as_deref()
+            .filter(|_| destination.is_none());
+        if version.is_some() {
+            let by_version: Vec<Value> = doc
+                .entries
+                .iter()
+                .filter(|e| by_version(&e.name))
+                .map(|e| json!({"Name": e.name, "Unit": e.unit}))
+                .collect();
+            if !by_version.is_empty() {
+                directives.push(json!({
+                    "Namespace": self.namespace,
+                    "Dimensions": [[FUNCTION_NAME_DIMENSION, FUNCTION_VERSION_DIMENSION]],
+                    "Metrics": by_version,
+                }));
+            }
+        }
         let mut root = Map::new();
         root.insert(
             "_aws".into(),
             json!({
                 "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [dimensions],
-                    "Metrics": definitions,
-                }],
+                "CloudWatchMetrics": directives,
             }),
         );
         root.insert(FUNCTION_NAME_DIMENSION.into(), json!(self.function_name));
+        if let Some(version) = version {
+            root.insert(FUNCTION_VERSION_DIMENSION.into(), json!(version));
+        }
         if let Some(destination) = destination {
             root.insert(DESTINATION_DIMENSION.into(), json!(destination));
         }
@@ -280,6 +317,48 @@ mod tests {
         assert_eq!(
             doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][1],
             "Destination"
+        );
+    }
+
+    #[test]
+    fn key_metrics_are_also_declared_per_function_version() {
+        let r = Recorder::new();
+        r.count(Counter::Invocations, 3);
+        r.count(Counter::ColdStarts, 1);
+        r.count_for("api.example.com:443", Counter::Requests, 2);
+        r.observe_ms(Timing::RequestMs, 4.0);
+        let window = r.take();
+        let lines = EmfWriter::new("ns", "fn")
+            .with_version(Some("7".into()))
+            .render(&window, 1);
+        assert_eq!(lines.len(), 2);
+        let doc = parse(&lines[0]);
+        assert_eq!(doc["FunctionVersion"], "7");
+        let directives = &doc["_aws"]["CloudWatchMetrics"];
+        assert_eq!(directives.as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            directives[1]["Dimensions"],
+            json!([["FunctionName", "FunctionVersion"]])
+        );
+        let names: Vec<&str> = directives[1]["Metrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["Name"].as_str())
+            .collect();
+        assert_eq!(names, ["cold_starts", "requests", "request_ms"]);
+        // Per-destination lines keep their one dimension set.
+        let dest = parse(&lines[1]);
+        assert_eq!(dest["FunctionVersion"], Value::Null);
+        assert_eq!(
+            dest["_aws"]["CloudWatchMetrics"].as_array().map(Vec::len),
+            Some(1)
+        );
+        // Without a version: one directive, as before.
+        let plain = parse(&EmfWriter::new("ns", "fn").render(&window, 1)[0]);
+        assert_eq!(
+            plain["_aws"]["CloudWatchMetrics"].as_array().map(Vec::len),
+            Some(1)
         );
     }
 

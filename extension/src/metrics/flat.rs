@@ -5,6 +5,25 @@ use super::{Histogram, Snapshot};
 
 pub(super) const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
 pub(super) const DESTINATION_DIMENSION: &str = "Destination";
+pub(super) const FUNCTION_VERSION_DIMENSION: &str = "FunctionVersion";
+
+/// The function's key figures, also written under `[FunctionName, FunctionVersion]`: what a
+/// canary version is compared on. Few on purpose: every metric per version is billed apart.
+const BY_VERSION: [&str; 8] = [
+    "requests",
+    "errors",
+    "connect_timeouts",
+    "request_ms",
+    "ttfb_ms",
+    "tcp_connect_ms",
+    "dns_ms",
+    "cold_starts",
+];
+
+/// Whether the function-level figure `name` is also written per function version.
+pub(super) fn by_version(name: &str) -> bool {
+    BY_VERSION.contains(&name)
+}
 
 /// What one metric holds in a window.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -23,6 +23,7 @@ metric_enum!(
     /// Monotonic counts (unit `Count`, or `Bytes` for the byte counters).
     Counter {
         Invocations => "invocations",
+        ColdStarts => "cold_starts",
         Restores => "restores",
         FunctionTimeouts => "function_timeouts",
         TelemetryRecordsIgnored => "telemetry_records_ignored",

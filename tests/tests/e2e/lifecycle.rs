@@ -340,3 +340,101 @@ async fn listeners_are_ready_when_init_ends_and_status_answers() {
     })
     .await
 }
+
+/// Every metric the directive with `[FunctionName, FunctionVersion]` declares, in `doc`.
+fn per_version_metrics(doc: &Value) -> Vec<String> {
+    doc["_aws"]["CloudWatchMetrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["Dimensions"] == json!([["FunctionName", "FunctionVersion"]]))
+        .flat_map(|d| d["Metrics"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["Name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A canary version is told apart from the stable one: the key metrics also carry
+/// `[FunctionName, FunctionVersion]`, and every INIT counts one cold start, named in a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_metrics_per_function_version_and_one_cold_start_per_init() {
+    bounded(async {
+        let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin_port = origin.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for mut s in origin.incoming().flatten().take(8) {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        for (switch, version_expected) in [(None, true), (Some("false"), false)] {
+            let d = ExtensionsDir::with_warden();
+            let (cfg, proxy, _) = config(&d);
+            let mut cfg = cfg.env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8");
+            if let Some(value) = switch {
+                cfg = cfg.env("EGRESS_WARDEN_VERSION_DIMENSION", value);
+            }
+            cfg.function_version = "7".to_string();
+            let mut emu = Emulator::start(cfg).await.unwrap();
+            emu.wait_init().await.unwrap();
+            let url = format!("http://127.0.0.1:{origin_port}/canary");
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-x"])
+                    .arg(format!("http://127.0.0.1:{proxy}"))
+                    .arg(url)
+                    .output()
+            })
+            .await
+            .unwrap()
+            .expect("curl");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+            assert!(emu.invoke("{}").await.unwrap().is_success());
+            shut_down_cleanly(&mut emu).await;
+
+            let docs = emf_documents(&emu);
+            let log = extension_log(&emu);
+            assert_eq!(emf::sum(&docs, "cold_starts"), 1.0, "{log}");
+            assert!(
+                log.lines().any(|l| l.contains("cold start")
+                    && l.contains("initialization_type=\"on-demand\"")
+                        | l.contains("initialization_type=on-demand")),
+                "{log}"
+            );
+            let function_docs: Vec<&Value> = docs
+                .iter()
+                .map(|d| &d.value)
+                .filter(|v| v.get("Destination").is_none())
+                .collect();
+            let declared: Vec<String> = function_docs
+                .iter()
+                .flat_map(|v| per_version_metrics(v))
+                .collect();
+            if version_expected {
+                for name in [
+                    "requests",
+                    "cold_starts",
+                    "request_ms",
+                    "ttfb_ms",
+                    "tcp_connect_ms",
+                ] {
+                    assert!(declared.iter().any(|n| n == name), "{name}: {declared:?}");
+                }
+                assert!(!declared.iter().any(|n| n == "invocations"), "{declared:?}");
+                assert!(function_docs
+                    .iter()
+                    .filter(|v| !per_version_metrics(v).is_empty())
+                    .all(|v| v["FunctionVersion"] == "7"));
+            } else {
+                assert_eq!(declared, Vec::<String>::new());
+                assert!(function_docs
+                    .iter()
+                    .all(|v| v.get("FunctionVersion").is_none()));
+            }
+        }
+    })
+    .await
+}

@@ -7,7 +7,8 @@
 //! tested exactly, and `client.rs` maps them onto the SDK's types.
 
 use crate::metrics::flat::{
-    self, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION,
+    self, by_version, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION,
+    FUNCTION_VERSION_DIMENSION,
 };
 use crate::metrics::{Histogram, Snapshot};
 
@@ -52,21 +53,43 @@ impl Datum {
     }
 }
 
+/// The function the data is about: its name, and its version when the key metrics are also
+/// written per version.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Function<'a> {
+    pub name: &'a str,
+    pub version: Option<&'a str>,
+}
+
 /// Turns a window into data: counts and levels as single values, timings as values/counts
-/// chunks of at most [`MAX_VALUES_PER_DATUM`], for `[FunctionName]` and for each
-/// `[FunctionName, Destination]` — the same figures and dimension sets as the EMF lines.
-pub(super) fn data(snapshot: &Snapshot, function_name: &str) -> Vec<Datum> {
+/// chunks of at most [`MAX_VALUES_PER_DATUM`], for `[FunctionName]`, `[FunctionName,
+/// FunctionVersion]` (the key metrics, when a version is given) and each `[FunctionName,
+/// Destination]` — the same figures and dimension sets as the EMF lines.
+pub(super) fn data(snapshot: &Snapshot, function: Function<'_>) -> Vec<Datum> {
     let mut out = Vec::new();
     for group in flat::flatten(snapshot) {
-        let mut dims = vec![(FUNCTION_NAME_DIMENSION, function_name.to_owned())];
+        let mut dims = vec![(FUNCTION_NAME_DIMENSION, function.name.to_owned())];
         if let Some(destination) = group.destination {
             dims.push((DESTINATION_DIMENSION, destination.to_owned()));
         }
+        let version = function.version.filter(|_| group.destination.is_none());
+        let version_dims = version.map(|v| {
+            vec![
+                (FUNCTION_NAME_DIMENSION, function.name.to_owned()),
+                (FUNCTION_VERSION_DIMENSION, v.to_owned()),
+            ]
+        });
         for figure in group.figures {
-            match figure.reading {
-                Reading::Count(n) => out.push(value(figure.name, figure.unit, &dims, n as f64)),
-                Reading::Level(l) => out.push(value(figure.name, figure.unit, &dims, l as f64)),
-                Reading::Distribution(h) => distribution(figure.name, h, &dims, &mut out),
+            let mut sets = vec![&dims];
+            if let Some(v) = version_dims.as_ref().filter(|_| by_version(figure.name)) {
+                sets.push(v);
+            }
+            for dims in sets {
+                match figure.reading {
+                    Reading::Count(n) => out.push(value(figure.name, figure.unit, dims, n as f64)),
+                    Reading::Level(l) => out.push(value(figure.name, figure.unit, dims, l as f64)),
+                    Reading::Distribution(h) => distribution(figure.name, h, dims, &mut out),
+                }
             }
         }
     }
@@ -92,7 +115,7 @@ pub(super) struct Request {
 }
 
 impl Plan {
-    pub(super) fn new(snapshot: Snapshot, function_name: &str) -> Plan {
+    pub(super) fn new(snapshot: Snapshot, function: Function<'_>) -> Plan {
         let mut parts = Vec::new();
         let Snapshot {
             counters,
@@ -119,7 +142,7 @@ impl Plan {
         let mut requests: Vec<Request> = Vec::new();
         let mut bytes = 0;
         for (index, part) in parts.iter().enumerate() {
-            for datum in data(part, function_name) {
+            for datum in data(part, function) {
                 let size = datum.estimated_bytes();
                 let full = requests.last().is_none_or(|last| {
                     last.data.len() >= MAX_DATA_PER_REQUEST || bytes + size > MAX_REQUEST_BYTES
@@ -201,6 +224,39 @@ mod tests {
     use super::*;
     use crate::metrics::{Counter, Recorder, Timing};
 
+    const FN: Function<'static> = Function {
+        name: "fn",
+        version: None,
+    };
+
+    #[test]
+    fn key_metrics_are_also_sent_per_function_version() {
+        let r = Recorder::new();
+        r.count(Counter::Invocations, 3);
+        r.count_for("a:443", Counter::Requests, 2);
+        r.observe_ms(Timing::TtfbMs, 4.0);
+        let function = Function {
+            name: "fn",
+            version: Some("7"),
+        };
+        let data = data(&r.take(), function);
+        let per_version: Vec<&str> = data
+            .iter()
+            .filter(|d| {
+                d.dimensions
+                    == [
+                        ("FunctionName", "fn".to_owned()),
+                        ("FunctionVersion", "7".to_owned()),
+                    ]
+            })
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(per_version, ["requests", "ttfb_ms"]);
+        assert!(data
+            .iter()
+            .any(|d| d.name == "invocations" && d.dimensions.len() == 1));
+    }
+
     fn counts_of(data: &[Datum], name: &str) -> f64 {
         data.iter()
             .filter(|d| d.name == name && d.dimensions.len() == 1)
@@ -218,7 +274,7 @@ mod tests {
         r.count_for("api.example.com:443", Counter::Requests, 2);
         r.observe_ms_for("api.example.com:443", Timing::DnsMs, 1.25);
         r.count_named("symptom_idle_reset", 1);
-        let data = data(&r.take(), "fn");
+        let data = data(&r.take(), FN);
         assert_eq!(counts_of(&data, "invocations"), 3.0);
         assert_eq!(counts_of(&data, "requests"), 2.0);
         assert_eq!(counts_of(&data, "symptom_idle_reset"), 1.0);
@@ -247,7 +303,7 @@ mod tests {
             recorded += 1.0;
             v *= 1.01;
         }
-        let data = data(&r.take(), "fn");
+        let data = data(&r.take(), FN);
         assert!(data.len() > 2);
         for d in &data {
             if let Payload::Distribution { values, counts } = &d.payload {
@@ -265,7 +321,7 @@ mod tests {
         for i in 0..2500 {
             r.count_named(&format!("m{i}"), 1);
         }
-        let plan = Plan::new(r.take(), "fn");
+        let plan = Plan::new(r.take(), FN);
         let sizes: Vec<_> = plan.requests.iter().map(|q| q.data.len()).collect();
         assert_eq!(sizes, [1000, 1000, 500]);
 
@@ -277,14 +333,20 @@ mod tests {
                 v *= 1.02;
             }
         }
-        let plan = Plan::new(r.take(), &"f".repeat(64));
+        let plan = Plan::new(
+            r.take(),
+            Function {
+                name: &"f".repeat(64),
+                version: None,
+            },
+        );
         assert!(plan.requests.len() > 1);
         for req in &plan.requests {
             let bytes: usize = req.data.iter().map(Datum::estimated_bytes).sum();
             assert!(bytes <= MAX_REQUEST_BYTES, "{bytes}");
             assert!(req.data.len() <= MAX_DATA_PER_REQUEST);
         }
-        assert!(Plan::new(Snapshot::default(), "fn").requests.is_empty());
+        assert!(Plan::new(Snapshot::default(), FN).requests.is_empty());
     }
 
     #[test]
@@ -299,9 +361,9 @@ mod tests {
             }
         }
         let window = r.take();
-        let mut plan = Plan::new(window.clone(), "fn");
+        let mut plan = Plan::new(window.clone(), FN);
         assert!(plan.requests.len() >= 2);
-        assert_eq!(Plan::new(window.clone(), "fn").unsent(), window);
+        assert_eq!(Plan::new(window.clone(), FN).unsent(), window);
         plan.sent = 1;
         let first = plan.requests[0].completes.clone();
         let parts = plan.parts.clone();

@@ -59,9 +59,21 @@ pub fn shutdown_budget(deadline_ms: Option<u64>, now_ms: u64) -> Duration {
 pub struct Settings {
     pub namespace: String,
     pub function_name: String,
+    /// Also send the key metrics under `[FunctionName, FunctionVersion]`.
+    pub function_version: Option<String>,
     pub region: Option<String>,
     /// `EGRESS_WARDEN_CLOUDWATCH_ENDPOINT`; the SDK's regional endpoint when `None`.
     pub endpoint: Option<String>,
+}
+
+#[cfg(feature = "cloudwatch")]
+impl Settings {
+    fn function(&self) -> batch::Function<'_> {
+        batch::Function {
+            name: &self.function_name,
+            version: self.function_version.as_deref(),
+        }
+    }
 }
 
 /// What becomes of a window, or the part of one, that CloudWatch did not take. Called from

@@ -206,6 +206,7 @@ mod tests {
         Settings {
             namespace: "ns".into(),
             function_name: "fn".into(),
+            function_version: None,
             region: Some("eu-west-1".into()),
             endpoint: None,
         }

@@ -130,7 +130,7 @@ impl Sink {
             )
         };
         let started = Instant::now();
-        let mut plan = Plan::new(last, &inner.settings.function_name);
+        let mut plan = Plan::new(last, inner.settings.function());
         let final_send = async {
             if cooling || plan.requests.is_empty() {
                 return Ok(());
@@ -232,7 +232,7 @@ impl Inner {
     async fn send_once(&self, window: Snapshot) -> Option<()> {
         let started = Instant::now();
         let invocations = self.clock.invocations();
-        let mut plan = Plan::new(window, &self.settings.function_name);
+        let mut plan = Plan::new(window, self.settings.function());
         let result = self.put_plan(&mut plan).await;
         let elapsed = started.elapsed();
         let error = match result {
