@@ -3,7 +3,7 @@
 //! EMF flushed at the next INVOKE already counts it). What is only known later — the time
 //! to the last byte, bytes moved — is added when the body or tunnel ends.
 
-use crate::metrics::{Counter, Event, Recorder, Timing};
+use crate::metrics::{log_ms, Counter, Event, Recorder, Timing};
 use crate::proxy::policy::Verdict;
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::region::is_cross_region;
@@ -193,11 +193,11 @@ impl RequestRecord {
             reused = self.reused,
             retries = self.retries,
             fallback = self.fallback,
-            dns_ms = self.dns_ms,
-            tcp_connect_ms = self.connect_ms,
-            tls_ms = self.tls_ms,
-            ttfb_ms = self.ttfb_ms,
-            head_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            dns_ms = self.dns_ms.map(log_ms),
+            tcp_connect_ms = self.connect_ms.map(log_ms),
+            tls_ms = self.tls_ms.map(log_ms),
+            ttfb_ms = self.ttfb_ms.map(log_ms),
+            head_ms = log_ms(self.started.elapsed().as_secs_f64() * 1000.0),
             "{} {} {}",
             self.kind.as_str(),
             decision,

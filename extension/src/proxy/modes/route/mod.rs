@@ -12,6 +12,7 @@
 mod attempt;
 
 use crate::config::Upstream;
+use crate::metrics::log_ms;
 use crate::proxy::body::{ProxyBody, UpstreamBody};
 use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
@@ -95,7 +96,8 @@ pub(crate) async fn handle(
                 tracing::debug!(
                     route = name,
                     attempt = attempts.number(),
-                    "retrying in {wait:?}: {}",
+                    wait_ms = log_ms(wait.as_secs_f64() * 1000.0),
+                    "retrying: {}",
                     last.message
                 );
                 tokio::time::sleep(wait).await;
