@@ -38,11 +38,36 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 #[derive(Debug)]
-pub struct DnsError(pub String);
+pub struct DnsError {
+    message: String,
+    /// The name does not exist, has no addresses, or is not a name: asking again gives the
+    /// same answer (unlike upstreams that failed).
+    name_error: bool,
+}
+
+impl DnsError {
+    fn new(message: String) -> DnsError {
+        DnsError {
+            message,
+            name_error: false,
+        }
+    }
+
+    fn name_error(message: String) -> DnsError {
+        DnsError {
+            message,
+            name_error: true,
+        }
+    }
+
+    pub fn is_name_error(&self) -> bool {
+        self.name_error
+    }
+}
 
 impl std::fmt::Display for DnsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -149,7 +174,7 @@ impl DnsCache {
         }
         let started = Instant::now();
         let mut name = Name::from_utf8(host)
-            .map_err(|e| DnsError(format!("invalid host name {host:?}: {e}")))?;
+            .map_err(|e| DnsError::name_error(format!("invalid host name {host:?}: {e}")))?;
         // The proxy is handed names to reach, not relative ones to search.
         name.set_fqdn(true);
         let name = name.to_lowercase();
@@ -164,13 +189,18 @@ impl DnsCache {
         if !ips.is_empty() {
             return Ok(ips);
         }
-        let reason = match (a.answer.kind, a.answer.rcode()) {
-            (Kind::Negative, ResponseCode::NXDomain) => "does not exist (NXDOMAIN)",
-            (Kind::Negative, _) | (Kind::Positive, _) => "has no address records",
-            (Kind::Failure, ResponseCode::Refused) => "was refused by the DNS upstreams",
-            (Kind::Failure, _) => "could not be resolved: DNS upstreams failed",
+        let (reason, name_error) = match (a.answer.kind, a.answer.rcode()) {
+            (Kind::Negative, ResponseCode::NXDomain) => ("does not exist (NXDOMAIN)", true),
+            (Kind::Negative, _) | (Kind::Positive, _) => ("has no address records", true),
+            (Kind::Failure, ResponseCode::Refused) => ("was refused by the DNS upstreams", false),
+            (Kind::Failure, _) => ("could not be resolved: DNS upstreams failed", false),
         };
-        Err(DnsError(format!("{host} {reason}")))
+        let message = format!("{host} {reason}");
+        Err(if name_error {
+            DnsError::name_error(message)
+        } else {
+            DnsError::new(message)
+        })
     }
 
     /// Cache and upstream figures for `/_warden/status`.
@@ -202,7 +232,7 @@ impl DnsCache {
 fn question_key(name: &Name, rtype: RecordType) -> Result<Vec<u8>, DnsError> {
     Question::query(name.clone(), rtype)
         .to_bytes()
-        .map_err(|e| DnsError(format!("cannot encode a question for {name}: {e}")))
+        .map_err(|e| DnsError::new(format!("cannot encode a question for {name}: {e}")))
 }
 
 /// The running DNS listener. Dropping it leaves the listener running; it stops at shutdown

@@ -7,8 +7,13 @@
 //! worker runs out of work (tokio's park hook), before a batch would pass `PIPE_BUF` (so a
 //! write stays atomic between threads), and when the extension exits ([`flush_all`]). Other
 //! threads write each line at once.
+//!
+//! One event is one line: CloudWatch makes every line of a pipe its own log event, so the
+//! line breaks inside a message or field (hickory's message dumps, error chains) are folded
+//! into ` ⏎ ` here, once for every call site and both formats.
 
 use crate::config::LogLevel;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -82,11 +87,43 @@ fn gather(lines: &mut Vec<u8>, line: &[u8], out: &mut impl Write) -> bool {
     true
 }
 
+/// What stands for a line break inside one event's line.
+const FOLDED_BREAK: &[u8] = " ⏎ ".as_bytes();
+
+/// `line` (one formatted event, ending in its newline) with every line break before that
+/// newline folded into [`FOLDED_BREAK`]; `\r\n` counts as one break.
+fn fold_breaks(line: &[u8]) -> Cow<'_, [u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if !body.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return Cow::Borrowed(line);
+    }
+    let mut folded = Vec::with_capacity(line.len() + 16);
+    let mut rest = body;
+    while let Some(at) = rest.iter().position(|b| matches!(b, b'\n' | b'\r')) {
+        folded.extend_from_slice(&rest[..at]);
+        folded.extend_from_slice(FOLDED_BREAK);
+        let skip = if rest[at..].starts_with(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[at + skip..];
+    }
+    folded.extend_from_slice(rest);
+    if body.len() < line.len() {
+        folded.push(b'\n');
+    }
+    Cow::Owned(folded)
+}
+
 /// What `tracing` writes a formatted line to: this worker's batch, or stderr at once.
 struct LineWriter;
 
 impl Write for LineWriter {
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+    /// tracing-subscriber's fmt layer hands over each event whole, in one call.
+    fn write(&mut self, event: &[u8]) -> io::Result<usize> {
+        let folded = fold_breaks(event);
+        let line: &[u8] = &folded;
         let gathered = BATCH
             .try_with(|cell| {
                 let Ok(cell) = cell.try_borrow() else {
@@ -101,7 +138,7 @@ impl Write for LineWriter {
         if !gathered {
             io::stderr().write_all(line)?;
         }
-        Ok(line.len())
+        Ok(event.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -136,6 +173,22 @@ pub(super) fn init(level: LogLevel, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_breaks_inside_an_event_are_folded_into_one_line() {
+        let fold = |s: &str| String::from_utf8(fold_breaks(s.as_bytes()).into_owned()).unwrap();
+        assert_eq!(fold("plain line\n"), "plain line\n");
+        assert!(matches!(fold_breaks(b"plain\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            fold("DEBUG message: ; header\n; ANSWER\r\nx.example. 60 IN A 1.2.3.4\n"),
+            "DEBUG message: ; header ⏎ ; ANSWER ⏎ x.example. 60 IN A 1.2.3.4\n"
+        );
+        assert_eq!(fold("a\n\nb\n"), "a ⏎  ⏎ b\n");
+        assert_eq!(fold("no newline\rat end"), "no newline ⏎ at end");
+        // JSON escapes its breaks already: a JSON line passes unchanged.
+        let json = "{\"message\":\"a\\nb\"}\n";
+        assert_eq!(fold(json), json);
+    }
 
     #[test]
     fn lines_are_gathered_up_to_pipe_buf_and_written_whole_in_order() {

@@ -134,5 +134,7 @@ async fn over_capacity(mut stream: TcpStream, proxy: Arc<Proxy>) {
     record.method = "-".into();
     record.status = 503;
     record.error = Some("over_capacity");
+    record.cause =
+        Some("too many client connections, none idle; raise EGRESS_WARDEN_MAX_CONNECTIONS".into());
     proxy.commit(&record);
 }

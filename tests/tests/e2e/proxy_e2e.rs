@@ -705,3 +705,119 @@ async fn requests_in_flight_at_sigterm_are_answered_and_counted() {
     ))
     .await
 }
+
+/// Relays TCP connections from a port on 127.0.0.2 to `upstream`, counting them: how many
+/// connections (so handshakes) the proxy opened.
+async fn counting_relay(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+        .await
+        .expect("bind relay");
+    let port = listener.local_addr().expect("relay addr").port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.2", upstream)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+/// What a Python client (urllib3, boto3 underneath) reports for a refused CONNECT: the
+/// status line, through `http.client`'s tunnel.
+fn python_tunnel_error(proxy: u16, host: &str, port: u16) -> String {
+    let script = format!(
+        "import http.client\nc = http.client.HTTPConnection('127.0.0.1', {proxy}, timeout=10)\n\
+         c.set_tunnel('{host}', {port})\ntry:\n    c.request('GET', '/')\n    print('no error')\n\
+         except OSError as e:\n    print(e)\n"
+    );
+    let out = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Each answer of the proxy's own is one WARN line that names its cause and what to change,
+/// the client is told the same, and a failure that would recur is not retried: a route to
+/// an upstream whose certificate no trusted CA signed (one connection, UnknownIssuer and
+/// EGRESS_WARDEN_CA_BUNDLE named), a route to a name that does not exist, a DENY rule, an
+/// unknown route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answers_are_warnings_naming_the_cause_and_the_fix() {
+    bounded(async {
+        let certs = tempfile::tempdir().expect("tmp");
+        make_certs(certs.path());
+        let (_tls, tls_port) = upstream("tls", Some(certs.path()));
+        let (relay, handshakes) = counting_relay(tls_port).await;
+        let (_plain, plain_port) = upstream("plain", None);
+        let dns = dnsmasq();
+        let d = ExtensionsDir::with_warden();
+        let proxy = free_port();
+        // No EGRESS_WARDEN_CA_BUNDLE: the test CA is unknown. `missing.test` is NXDOMAIN.
+        let cfg = base_config(&d, proxy)
+            .env("EGRESS_WARDEN_DNS_UPSTREAMS", format!("127.0.0.1:{}", dns.port))
+            .env(
+                "EGRESS_WARDEN_ROUTES",
+                format!("tls=https://127.0.0.2:{relay},nx=https://missing.test"),
+            )
+            .env("EGRESS_WARDEN_RETRY_MAX", "3")
+            .env("EGRESS_WARDEN_POLICY", "enforce")
+            .env("EGRESS_WARDEN_DENY", "denied.test")
+            .env("EGRESS_WARDEN_LOG_LEVEL", "debug");
+        let mut emu = started_through_init(cfg).await;
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let warning = |line: &str| line.contains(" WARN ") && !line.contains(" INFO ");
+
+        // Certificate from an unknown CA: one handshake, 502, the cause and the fix.
+        let (status, error, body) = raw(proxy, get("/tls/x").as_bytes());
+        assert_eq!((status, error.as_deref()), (502, Some("tls_error")), "{body}");
+        assert!(body.contains("UnknownIssuer") && body.contains("EGRESS_WARDEN_CA_BUNDLE"), "{body}\n{}", emu.stderr_lines(EXTENSION_NAME).join("\n"));
+        let line = decision_line(&emu, &format!("route failed 127.0.0.2:{relay}: TLS with 127.0.0.2:{relay} failed: invalid peer certificate: UnknownIssuer; set EGRESS_WARDEN_CA_BUNDLE to the CA that signed it")).await;
+        assert!(warning(&line) && line.contains("retries=0") && line.contains(r#"decision="failed""#), "{line}");
+        assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 1, "not retried");
+
+        // A name that does not exist: 502, not retried.
+        let (status, error, body) = raw(proxy, get("/nx/x").as_bytes());
+        assert_eq!((status, error.as_deref()), (502, Some("dns_failure")), "{body}");
+        let line = decision_line(&emu, "route failed missing.test:443: DNS look-up failed: missing.test does not exist (NXDOMAIN); check the host name").await;
+        assert!(warning(&line) && line.contains("retries=0"), "{line}");
+
+        // A DENY rule: the client sees the rule, even one that shows only the status line.
+        let target = format!("denied.test:{plain_port}");
+        let (status, error, body) = raw(
+            proxy,
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!((status, error.as_deref()), (403, Some("deny_rule")), "{body}");
+        assert!(body.contains("matches `denied.test` in EGRESS_WARDEN_DENY"), "{body}");
+        let shown = python_tunnel_error(proxy, "denied.test", plain_port);
+        assert_eq!(shown, "Tunnel connection failed: 403 Forbidden (egress-warden: deny_rule)");
+        let line = decision_line(&emu, &format!("connect denied {target}: denied by policy: {target} matches `denied.test` in EGRESS_WARDEN_DENY; to allow it remove `denied.test` from EGRESS_WARDEN_DENY")).await;
+        assert!(warning(&line) && line.contains(r#"reason="deny_rule""#), "{line}");
+
+        // An unknown route: 404, named with the known ones.
+        let (status, error, body) = raw(proxy, get("/nope/x").as_bytes());
+        assert_eq!((status, error.as_deref()), (404, Some("unknown_route")), "{body}");
+        let line = decision_line(&emu, r#"route refused -: unknown route "nope"; known: tls, nx; set EGRESS_WARDEN_ROUTES"#).await;
+        assert!(warning(&line) && !line.contains("allowed"), "{line}");
+
+        shut_down_cleanly(&mut emu).await;
+        for line in emu.stderr_lines(EXTENSION_NAME).iter().filter(|l| l.contains(" WARN ")) {
+            eprintln!("{line}");
+        }
+        // One event, one line: at debug level too, every line starts as an event does.
+        for line in emu.stderr_lines(EXTENSION_NAME) {
+            let event = line.starts_with('{') || line.get(..2).is_some_and(|c| c == "20");
+            assert!(event, "a line that is not an event of its own: {line:?}");
+        }
+        drop(dns);
+    })
+    .await
+}

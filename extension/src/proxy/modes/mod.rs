@@ -35,7 +35,10 @@ pub(crate) async fn dispatch(
             let refusal = Refusal::new(
                 StatusCode::FORBIDDEN,
                 "loop",
-                "this request already went through egress-warden",
+                "this request already went through egress-warden (its Via header says so)",
+            )
+            .with_hint(
+                "an upstream sent it back to the proxy: check that upstream's proxy settings",
             )
             .denial();
             proxy.refuse(&mut record, refusal)
@@ -74,8 +77,9 @@ async fn origin(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBod
         let refusal = Refusal::new(
             StatusCode::NOT_FOUND,
             "unknown_route",
-            "egress-warden: use a proxy request, /<route>/<path> or /_warden/status",
-        );
+            "no route named in the path",
+        )
+        .with_hint("send proxy requests, /<route>/<path> (routes from EGRESS_WARDEN_ROUTES) or GET /_warden/status");
         return proxy.refuse(&mut record, refusal);
     }
     let (name, rest) = (name.to_owned(), rest.to_owned());

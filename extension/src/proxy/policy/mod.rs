@@ -7,6 +7,7 @@
 //! link-local, metadata, and their IPv6 embeddings; lifted only by a CIDR in ALLOW) → the
 //! user's DENY, then ALLOW lists, which `observe` mode only reports.
 
+pub(crate) mod explain;
 pub(crate) mod host;
 pub(crate) mod ranges;
 
@@ -102,28 +103,28 @@ impl Policy {
 
     /// Rules as written, for the status page.
     pub(crate) fn describe(&self) -> serde_json::Value {
-        let show = |rules: &[PolicyRule]| -> Vec<String> {
-            rules
-                .iter()
-                .map(|r| match r {
-                    PolicyRule::Host {
-                        pattern,
-                        port: Some(p),
-                    } => format!("{pattern}:{p}"),
-                    PolicyRule::Host {
-                        pattern,
-                        port: None,
-                    } => pattern.clone(),
-                    PolicyRule::Cidr(net) => net.to_string(),
-                })
-                .collect()
-        };
+        let show = |rules: &[PolicyRule]| -> Vec<String> { rules.iter().map(show_rule).collect() };
         serde_json::json!({
             "mode": match self.settings.mode { PolicyMode::Observe => "observe", PolicyMode::Enforce => "enforce" },
             "allow": show(&self.settings.allow),
             "deny": show(&self.settings.deny),
             "own_ports": self.own_ports,
         })
+    }
+}
+
+/// A rule as written in ALLOW or DENY.
+fn show_rule(rule: &PolicyRule) -> String {
+    match rule {
+        PolicyRule::Host {
+            pattern,
+            port: Some(p),
+        } => format!("{pattern}:{p}"),
+        PolicyRule::Host {
+            pattern,
+            port: None,
+        } => pattern.clone(),
+        PolicyRule::Cidr(net) => net.to_string(),
     }
 }
 

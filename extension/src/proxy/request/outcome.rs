@@ -18,6 +18,8 @@ pub(crate) struct Refusal {
     pub token: &'static str,
     pub counters: &'static [Counter],
     pub message: String,
+    /// What to change, naming the variable where one helps; shown after the message.
+    pub hint: Option<String>,
 }
 
 const NONE: &[Counter] = &[];
@@ -45,6 +47,20 @@ impl Refusal {
             token,
             counters: NONE,
             message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Refusal {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The message and the hint, as the log line and the client's answer give them.
+    pub(crate) fn described(&self) -> String {
+        match &self.hint {
+            Some(hint) => format!("{}; {hint}", self.message),
+            None => self.message.clone(),
         }
     }
 
@@ -75,6 +91,7 @@ impl Refusal {
             token,
             counters,
             message: failure.to_string(),
+            hint: failure.hint(),
         }
     }
 
@@ -85,6 +102,7 @@ impl Refusal {
             token: "upstream_timeout",
             counters: UPSTREAM_TIMEOUT,
             message: "the upstream did not answer in time".into(),
+            hint: None,
         }
     }
 
@@ -102,6 +120,7 @@ impl Refusal {
             token: "upstream_reset",
             counters: RESET,
             message: format!("the upstream connection broke: {}", describe(err)),
+            hint: None,
         };
         if let Some(io) = find::<io::Error>(err) {
             if is_broken(io.kind()) {
@@ -124,6 +143,7 @@ impl Refusal {
             token: "upstream_error",
             counters: OTHER,
             message: format!("the upstream request failed: {}", describe(err)),
+            hint: None,
         }
     }
 
@@ -132,11 +152,22 @@ impl Refusal {
     }
 
     pub(crate) fn response(&self) -> Response<ProxyBody> {
-        text_response(
+        let mut res = text_response(
             self.status,
             Some(self.token),
-            format!("egress-warden: {}\n", self.message),
-        )
+            format!("egress-warden: {}\n", self.described()),
+        );
+        // Clients that show only the status line of a refused CONNECT (urllib3's "Tunnel
+        // connection failed: 403 …", curl -v) still see who refused and why.
+        let phrase = format!(
+            "{} (egress-warden: {})",
+            self.status.canonical_reason().unwrap_or("Error"),
+            self.token
+        );
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
+            res.extensions_mut().insert(phrase);
+        }
+        res
     }
 }
 

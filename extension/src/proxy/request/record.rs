@@ -3,7 +3,7 @@
 //! EMF flushed at the next INVOKE already counts it). What is only known later — the time
 //! to the last byte, bytes moved — is added when the body or tunnel ends.
 
-use crate::metrics::{Counter, Event, Recorder, Timing};
+use crate::metrics::{log_ms, Counter, Event, Recorder, Timing};
 use crate::proxy::policy::Verdict;
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::region::is_cross_region;
@@ -51,6 +51,8 @@ pub(crate) struct RequestRecord {
     pub status: u16,
     pub error: Option<&'static str>,
     pub error_counters: &'static [Counter],
+    /// Why the proxy answered itself, and what to change: the end of the decision line.
+    pub cause: Option<String>,
     pub retries: u32,
     pub fallback: bool,
 }
@@ -74,6 +76,7 @@ impl RequestRecord {
             status: 0,
             error: None,
             error_counters: &[],
+            cause: None,
             retries: 0,
             fallback: false,
         }
@@ -104,6 +107,7 @@ impl RequestRecord {
         self.status = refusal.status.as_u16();
         self.error = Some(refusal.token);
         self.error_counters = refusal.counters;
+        self.cause = Some(refusal.described());
         if refusal.is_denial() {
             self.verdict = Verdict::Deny(refusal.token);
         }
@@ -168,41 +172,72 @@ impl RequestRecord {
         self.log();
     }
 
-    fn log(&self) {
-        let (decision, reason) = match self.verdict {
-            Verdict::Allow => ("allowed", None),
-            Verdict::Observe(r) => ("observed", Some(r)),
-            Verdict::Deny(r) => ("denied", Some(r)),
+    /// The decision: `denied` by the policy, `failed` upstream (timeout, refused, DNS, TLS,
+    /// reset), `refused` by the proxy itself (malformed, unknown route, circuit open, over
+    /// capacity), else `observed` or `allowed`. The first three are warnings and end with
+    /// their cause and what to change.
+    pub(crate) fn decision(&self) -> (&'static str, Option<&'static str>) {
+        match (self.verdict, self.error) {
+            (Verdict::Deny(r), _) => ("denied", Some(r)),
+            (_, Some(_)) if self.error_counters.contains(&Counter::Errors) => ("failed", None),
+            (_, Some(_)) => ("refused", None),
+            (Verdict::Observe(r), None) => ("observed", Some(r)),
+            (Verdict::Allow, None) => ("allowed", None),
+        }
+    }
+
+    /// The decision line's message: `<kind> <decision> <host:port>[: <cause>; <fix>]`.
+    pub(crate) fn headline(&self) -> String {
+        let destination = match self.destination.as_str() {
+            "" => "-",
+            d => d,
         };
+        let (decision, _) = self.decision();
+        match &self.cause {
+            Some(cause) => format!("{} {decision} {destination}: {cause}", self.kind.as_str()),
+            None => format!("{} {decision} {destination}", self.kind.as_str()),
+        }
+    }
+
+    fn log(&self) {
+        let (decision, reason) = self.decision();
         let (host, port) = match self.destination.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().ok()),
             None => (self.destination.as_str(), None),
         };
-        tracing::info!(
-            target: "egress_warden::proxy",
-            kind = self.kind.as_str(),
-            decision,
-            reason,
-            method = %self.method,
-            host,
-            port,
-            route = self.route.as_deref(),
-            address = self.addr.map(|a| a.ip().to_string()),
-            status = self.status,
-            error = self.error,
-            reused = self.reused,
-            retries = self.retries,
-            fallback = self.fallback,
-            dns_ms = self.dns_ms,
-            tcp_connect_ms = self.connect_ms,
-            tls_ms = self.tls_ms,
-            ttfb_ms = self.ttfb_ms,
-            head_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            "{} {} {}",
-            self.kind.as_str(),
-            decision,
-            if self.destination.is_empty() { "-" } else { &self.destination },
-        );
+        let headline = self.headline();
+        // One field list for both levels (a level is part of a call site).
+        macro_rules! decision_line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "egress_warden::proxy",
+                    $level,
+                    kind = self.kind.as_str(),
+                    decision,
+                    reason,
+                    method = %self.method,
+                    host,
+                    port,
+                    route = self.route.as_deref(),
+                    address = self.addr.map(|a| a.ip().to_string()),
+                    status = self.status,
+                    error = self.error,
+                    reused = self.reused,
+                    retries = self.retries,
+                    fallback = self.fallback,
+                    dns_ms = self.dns_ms.map(log_ms),
+                    tcp_connect_ms = self.connect_ms.map(log_ms),
+                    tls_ms = self.tls_ms.map(log_ms),
+                    ttfb_ms = self.ttfb_ms.map(log_ms),
+                    head_ms = log_ms(self.started.elapsed().as_secs_f64() * 1000.0),
+                    "{headline}"
+                )
+            };
+        }
+        match decision {
+            "allowed" | "observed" => decision_line!(tracing::Level::INFO),
+            _ => decision_line!(tracing::Level::WARN),
+        }
     }
 }
 
@@ -223,5 +258,109 @@ pub(crate) fn record_bytes_out(recorder: &Recorder, destination: &str, bytes: u6
         recorder.count(Counter::BytesOut, bytes);
     } else {
         recorder.count_for(destination, Counter::BytesOut, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::policy::explain::Explained;
+    use crate::proxy::upstream::connect::Failure;
+    use crate::proxy::upstream::tls::TlsProblem;
+    use http::StatusCode;
+    use std::time::Duration;
+
+    fn refused(kind: Kind, destination: &str, refusal: &Refusal) -> RequestRecord {
+        let mut record = RequestRecord::new(kind, &http::Method::GET);
+        record.destination = destination.to_owned();
+        record.refused(refusal);
+        record
+    }
+
+    #[test]
+    fn answers_of_the_proxy_are_decided_by_what_happened_and_say_why() {
+        let addr: SocketAddr = "127.0.0.2:8443".parse().unwrap();
+        let tls = Failure::Tls {
+            addr,
+            message: "invalid peer certificate: UnknownIssuer".into(),
+            problem: TlsProblem::UnknownIssuer,
+        };
+        let record = refused(Kind::Route, "127.0.0.2:8443", &Refusal::from_failure(&tls));
+        assert_eq!(record.decision(), ("failed", None));
+        assert_eq!(
+            record.headline(),
+            "route failed 127.0.0.2:8443: TLS with 127.0.0.2:8443 failed: invalid peer certificate: UnknownIssuer; set EGRESS_WARDEN_CA_BUNDLE to the CA that signed it"
+        );
+
+        let denied = Failure::Denied {
+            reason: "deny_rule",
+            addr: None,
+            explained: Box::new(Explained {
+                rule: "x.test:443 matches `x.test` in EGRESS_WARDEN_DENY".into(),
+                fix: Some("to allow it remove `x.test` from EGRESS_WARDEN_DENY".into()),
+            }),
+        };
+        let record = refused(Kind::Tunnel, "x.test:443", &Refusal::from_failure(&denied));
+        assert_eq!(record.decision(), ("denied", Some("deny_rule")));
+        assert_eq!(
+            record.headline(),
+            "connect denied x.test:443: denied by policy: x.test:443 matches `x.test` in EGRESS_WARDEN_DENY; to allow it remove `x.test` from EGRESS_WARDEN_DENY"
+        );
+
+        let timeout = Failure::Timeout {
+            addr,
+            dns_ms: None,
+            after: Duration::from_millis(3000),
+        };
+        let record = refused(Kind::Forward, "a:80", &Refusal::from_failure(&timeout));
+        assert_eq!(record.decision(), ("failed", None));
+        assert!(record
+            .headline()
+            .starts_with("forward failed a:80: connect to 127.0.0.2:8443 timed out after 3000 ms; nothing answered"));
+
+        let unknown = Refusal::new(StatusCode::NOT_FOUND, "unknown_route", "unknown route");
+        assert_eq!(
+            refused(Kind::Route, "", &unknown).decision(),
+            ("refused", None)
+        );
+        assert_eq!(
+            refused(Kind::Route, "", &unknown).headline(),
+            "route refused -: unknown route"
+        );
+
+        let mut allowed = RequestRecord::new(Kind::Forward, &http::Method::GET);
+        allowed.destination = "a:80".into();
+        allowed.status = 502;
+        assert_eq!(allowed.decision(), ("allowed", None));
+        assert_eq!(allowed.headline(), "forward allowed a:80");
+        allowed.verdict = Verdict::Observe("not_allowed");
+        assert_eq!(allowed.decision(), ("observed", Some("not_allowed")));
+    }
+
+    #[test]
+    fn only_failures_that_recur_are_kept_from_retries() {
+        let addr: SocketAddr = "127.0.0.2:443".parse().unwrap();
+        let tls = |problem| Failure::Tls {
+            addr,
+            message: String::new(),
+            problem,
+        };
+        assert!(tls(TlsProblem::UnknownIssuer).recurs());
+        assert!(tls(TlsProblem::WrongName).recurs());
+        assert!(!tls(TlsProblem::Handshake).recurs());
+        let dns = |name_error| Failure::Dns {
+            message: String::new(),
+            dns_ms: None,
+            name_error,
+        };
+        assert!(dns(true).recurs());
+        assert!(!dns(false).recurs());
+        assert!(!Failure::Refused { addr, dns_ms: None }.recurs());
+        let timeout = Failure::Timeout {
+            addr,
+            dns_ms: None,
+            after: Duration::from_secs(3),
+        };
+        assert!(!timeout.recurs());
     }
 }

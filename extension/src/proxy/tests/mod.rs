@@ -104,6 +104,8 @@ pub(super) async fn start_with(vars: &[(&str, &str)], timeouts: ClientTimeouts) 
 #[derive(Debug)]
 pub(super) struct Reply {
     pub status: u16,
+    /// The status line's reason phrase.
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
@@ -140,7 +142,9 @@ pub(super) async fn read_reply(stream: &mut TcpStream) -> Option<Reply> {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut status_line = lines.next()?.splitn(3, ' ');
+    let status = status_line.nth(1)?.parse().ok()?;
+    let reason = status_line.next().unwrap_or("").to_owned();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -171,6 +175,7 @@ pub(super) async fn read_reply(stream: &mut TcpStream) -> Option<Reply> {
     }
     Some(Reply {
         status,
+        reason,
         headers,
         body: String::from_utf8_lossy(&body).to_string(),
     })

@@ -146,3 +146,30 @@ async fn malformed_targets_are_400() {
         assert_eq!(reply.status, 400, "{target}");
     }
 }
+
+/// A refused CONNECT is an answer, not a dropped connection: status line, header and body
+/// say who refused, by which rule, and what would allow it.
+#[tokio::test]
+async fn a_denial_tells_the_client_the_rule_and_the_variable() {
+    let proxy = start(&[("EGRESS_WARDEN_ALLOW", "<unset>")]).await;
+    let (reply, _) = connect(proxy.addr, "169.254.169.254:80").await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.error(), Some("link_local"));
+    assert_eq!(reply.reason, "Forbidden (egress-warden: link_local)");
+    assert!(
+        reply.body.starts_with(
+            "egress-warden: denied by policy: 169.254.169.254 is link-local (instance metadata and Lambda's own endpoints), a built-in protection; to allow it set EGRESS_WARDEN_ALLOW=169.254.169.254/32"
+        ),
+        "{}",
+        reply.body
+    );
+    let req = "GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    let reply = raw(proxy.addr, req.as_bytes()).await.expect("reply");
+    assert_eq!((reply.status, reply.error()), (403, Some("loopback")));
+    assert!(
+        reply.body.contains("127.0.0.1 is a loopback address")
+            && reply.body.contains("EGRESS_WARDEN_ALLOW=127.0.0.1/32"),
+        "{}",
+        reply.body
+    );
+}

@@ -58,19 +58,6 @@ async fn http1_upstreams_work_too() {
 }
 
 #[tokio::test]
-async fn untrusted_certificates_fail_with_a_tls_error() {
-    let up = upstream::tls("api", true).await;
-    let routes = format!("api=https://localhost:{}", up.addr.port());
-    let proxy = start(&[("EGRESS_WARDEN_ROUTES", &routes)]).await;
-    let reply = raw(proxy.addr, get("/api/x").as_bytes())
-        .await
-        .expect("reply");
-    assert_eq!(reply.status, 502);
-    assert_eq!(reply.error(), Some("tls_error"));
-    assert_eq!(count(&proxy.take(), Counter::ErrorsTls), 1);
-}
-
-#[tokio::test]
 async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
     let up = upstream::tls("api", true).await;
     let routes = format!("api=https://localhost:{}", up.addr.port());
@@ -164,14 +151,83 @@ async fn connect_failures_open_the_breaker_and_the_fallback_answers() {
 }
 
 #[tokio::test]
-async fn unknown_routes_are_404() {
-    let proxy = start(&[]).await;
+async fn unknown_routes_are_404_naming_the_known_ones() {
+    let proxy = start(&[(
+        "EGRESS_WARDEN_ROUTES",
+        "api=https://127.0.0.1:9,pay=https://127.0.0.1:10",
+    )])
+    .await;
     let reply = raw(proxy.addr, get("/nope/x").as_bytes())
         .await
         .expect("reply");
     assert_eq!(reply.status, 404);
     assert_eq!(reply.error(), Some("unknown_route"));
+    assert!(
+        reply.body.starts_with(
+            r#"egress-warden: unknown route "nope"; known: api, pay; set EGRESS_WARDEN_ROUTES"#
+        ),
+        "{}",
+        reply.body
+    );
     assert_eq!(count(&proxy.take(), Counter::Requests), 1);
+}
+
+/// A certificate no trusted CA signed fails the same way on every handshake: one attempt,
+/// and the answer says which variable fixes it.
+#[tokio::test]
+async fn a_certificate_from_an_unknown_ca_is_not_retried_and_names_the_ca_bundle() {
+    let up = upstream::tls("api", true).await;
+    let routes = format!("api=https://localhost:{}", up.addr.port());
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_RETRY_MAX", "3"),
+    ])
+    .await;
+    let reply = raw(proxy.addr, get("/api/x").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(reply.error(), Some("tls_error"));
+    assert!(
+        reply.body.contains("UnknownIssuer")
+            && reply
+                .body
+                .contains("set EGRESS_WARDEN_CA_BUNDLE to the CA that signed it"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        up.connections.load(Ordering::Relaxed),
+        1,
+        "one handshake, no retries"
+    );
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::RetryCount), 0);
+    assert_eq!(count(&snap, Counter::ErrorsTls), 1);
+}
+
+/// Refused connects may succeed on the next attempt: still retried.
+#[tokio::test]
+async fn a_refused_connect_is_still_retried() {
+    let routes = format!("dead=https://127.0.0.1:{}", closed_port());
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_RETRY_MAX", "3"),
+    ])
+    .await;
+    let reply = raw(proxy.addr, get("/dead/x").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(
+        (reply.status, reply.error()),
+        (502, Some("connect_refused"))
+    );
+    assert!(
+        reply.body.contains("nothing listens there"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(count(&proxy.take(), Counter::RetryCount), 2);
 }
 
 #[tokio::test]

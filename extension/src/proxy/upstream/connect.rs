@@ -4,8 +4,10 @@
 
 use crate::dns::DnsCache;
 use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, Recorder};
+use crate::proxy::policy::explain::Explained;
 use crate::proxy::policy::host::Target;
 use crate::proxy::policy::{Policy, Verdict};
+use crate::proxy::upstream::tls::TlsProblem;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,14 +43,18 @@ pub(crate) enum Failure {
     Denied {
         reason: &'static str,
         addr: Option<SocketAddr>,
+        explained: Box<Explained>,
     },
     Dns {
         message: String,
         dns_ms: Option<f64>,
+        /// The name does not exist or has no addresses (not: the upstreams failed).
+        name_error: bool,
     },
     Timeout {
         addr: SocketAddr,
         dns_ms: Option<f64>,
+        after: Duration,
     },
     Refused {
         addr: SocketAddr,
@@ -63,18 +69,27 @@ pub(crate) enum Failure {
     Tls {
         addr: SocketAddr,
         message: String,
+        problem: TlsProblem,
     },
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Denied { reason, .. } => write!(f, "denied by policy: {reason}"),
+            Failure::Denied { explained, .. } => {
+                write!(f, "denied by policy: {}", explained.rule)
+            }
             Failure::Dns { message, .. } => write!(f, "DNS look-up failed: {message}"),
-            Failure::Timeout { addr, .. } => write!(f, "connect to {addr} timed out"),
+            Failure::Timeout { addr, after, .. } => {
+                write!(
+                    f,
+                    "connect to {addr} timed out after {} ms",
+                    after.as_millis()
+                )
+            }
             Failure::Refused { addr, .. } => write!(f, "connect to {addr} refused"),
             Failure::Io { addr, message, .. } => write!(f, "connect to {addr} failed: {message}"),
-            Failure::Tls { addr, message } => write!(f, "TLS with {addr} failed: {message}"),
+            Failure::Tls { addr, message, .. } => write!(f, "TLS with {addr} failed: {message}"),
         }
     }
 }
@@ -106,6 +121,36 @@ impl Failure {
     /// A failure before anything was sent upstream: safe to retry whatever the method.
     pub(crate) fn is_connect_phase(&self) -> bool {
         !matches!(self, Failure::Denied { .. } | Failure::Tls { .. })
+    }
+
+    /// A failure that comes back the same on every attempt: a verdict on the certificate,
+    /// a name that does not exist (negative answers are cached besides). Not retried.
+    pub(crate) fn recurs(&self) -> bool {
+        match self {
+            Failure::Denied { .. } => true,
+            Failure::Tls { problem, .. } => problem.is_certificate(),
+            Failure::Dns { name_error, .. } => *name_error,
+            Failure::Timeout { .. } | Failure::Refused { .. } | Failure::Io { .. } => false,
+        }
+    }
+
+    /// What to change, naming the variable where one helps.
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            Failure::Denied { explained, .. } => explained.fix.clone(),
+            Failure::Dns {
+                name_error: true, ..
+            } => Some("check the host name (a route's is in EGRESS_WARDEN_ROUTES)".into()),
+            Failure::Dns { .. } => Some(
+                "the DNS upstreams did not answer: check EGRESS_WARDEN_DNS_UPSTREAMS and the VPC's resolver".into(),
+            ),
+            Failure::Timeout { .. } => Some(
+                "nothing answered: from a VPC the subnets need a route there (NAT gateway or VPC endpoint); EGRESS_WARDEN_CONNECT_TIMEOUT_MS sets the wait".into(),
+            ),
+            Failure::Refused { .. } => Some("nothing listens there: check the port".into()),
+            Failure::Tls { problem, .. } => problem.hint().map(str::to_owned),
+            Failure::Io { .. } => None,
+        }
     }
 }
 
@@ -145,7 +190,7 @@ impl Dialer {
         match self.policy.check_host(target) {
             Verdict::Allow => {}
             Verdict::Observe(reason) => observed = Some(reason),
-            Verdict::Deny(reason) => return Err(Failure::Denied { reason, addr: None }),
+            Verdict::Deny(reason) => return Err(self.denied(reason, target, None)),
         }
         let (ips, dns_ms) = match target.ip {
             Some(ip) => (vec![ip], None),
@@ -157,14 +202,16 @@ impl Dialer {
                     Ok(ips) if !ips.is_empty() => (ips, dns_ms),
                     Ok(_) => {
                         return Err(Failure::Dns {
-                            message: "no addresses".into(),
+                            message: format!("{} has no addresses", target.host),
                             dns_ms,
+                            name_error: true,
                         })
                     }
                     Err(err) => {
                         return Err(Failure::Dns {
                             message: err.to_string(),
                             dns_ms,
+                            name_error: err.is_name_error(),
                         })
                     }
                 }
@@ -182,10 +229,9 @@ impl Dialer {
             let verdict = self.policy.check_addr(target, addr);
             let observed_here = match verdict {
                 Verdict::Deny(reason) => {
-                    denial.get_or_insert(Failure::Denied {
-                        reason,
-                        addr: Some(addr),
-                    });
+                    if denial.is_none() {
+                        denial = Some(self.denied(reason, target, Some(addr)));
+                    }
                     continue;
                 }
                 Verdict::Observe(reason) => Some(reason),
@@ -222,14 +268,28 @@ impl Dialer {
                 }
                 Err(_) => {
                     self.note_connect(target, addr, purpose, ConnectOutcome::Timeout, started);
-                    last_failure = Some(Failure::Timeout { addr, dns_ms });
+                    last_failure = Some(Failure::Timeout {
+                        addr,
+                        dns_ms,
+                        after: self.connect_timeout,
+                    });
                 }
             }
         }
         Err(last_failure.or(denial).unwrap_or(Failure::Dns {
-            message: "no addresses".into(),
+            message: format!("{} has no addresses", target.host),
             dns_ms,
+            name_error: true,
         }))
+    }
+
+    /// A denial, with the rule and the fix in words.
+    fn denied(&self, reason: &'static str, target: &Target, addr: Option<SocketAddr>) -> Failure {
+        Failure::Denied {
+            reason,
+            addr,
+            explained: Box::new(self.policy.explain(reason, target, addr)),
+        }
     }
 }
 

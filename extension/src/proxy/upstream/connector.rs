@@ -8,12 +8,13 @@
 //! carries a [`Health`] cell, so a stale one is found before a request is written to it.
 
 use crate::metrics::ConnectPurpose;
+use crate::proxy::policy::explain::Explained;
 use crate::proxy::policy::host::Target;
 use crate::proxy::upstream::connect::{ms_since, Dialer, Failure};
 use crate::proxy::upstream::liveness::{Health, Liveness, Registry};
 use crate::proxy::upstream::pool_stats::{OpenGuard, PoolStats};
 use crate::proxy::upstream::prewarmed::{Parkable, Prewarmed};
-use crate::proxy::upstream::tls::{server_name, TlsSetup};
+use crate::proxy::upstream::tls::{server_name, TlsProblem, TlsSetup};
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -70,6 +71,10 @@ pub(crate) fn pool_key(uri: &Uri) -> Result<(String, Target, bool), Failure> {
         Failure::Denied {
             reason: "invalid_host",
             addr: None,
+            explained: Box::new(Explained {
+                rule: message,
+                fix: None,
+            }),
         }
     };
     let authority = uri
@@ -121,6 +126,7 @@ impl WardenConnector {
             let tls_err = |message: String| Failure::Tls {
                 addr: dialed.addr,
                 message,
+                problem: TlsProblem::Handshake,
             };
             let connector = self.tls.connector().map_err(tls_err)?;
             let name = server_name(&target.host).map_err(tls_err)?;
@@ -128,7 +134,13 @@ impl WardenConnector {
             let handshake = connector.connect(name, dialed.stream);
             let tls = match tokio::time::timeout(self.dialer.connect_timeout, handshake).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => return Err(tls_err(err.to_string())),
+                Ok(Err(err)) => {
+                    return Err(Failure::Tls {
+                        addr: dialed.addr,
+                        message: err.to_string(),
+                        problem: TlsProblem::of(&err),
+                    })
+                }
                 Err(_) => return Err(tls_err("handshake timed out".into())),
             };
             info.tls_ms = Some(ms_since(started));

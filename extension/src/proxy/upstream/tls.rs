@@ -37,6 +37,65 @@ impl TlsSetup {
     }
 }
 
+/// What went wrong in a TLS handshake, as far as the fix differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsProblem {
+    /// The chain leads to no trusted CA (a private CA, or an incomplete chain).
+    UnknownIssuer,
+    /// The certificate does not name the host.
+    WrongName,
+    /// Expired or not yet valid.
+    OutOfDate,
+    /// Any other verdict on the certificate.
+    Certificate,
+    /// Not about the certificate: protocol, versions, a reset, the handshake's time.
+    Handshake,
+}
+
+impl TlsProblem {
+    /// The handshake's error from tokio-rustls (a `rustls::Error` inside an `io::Error`).
+    pub(crate) fn of(err: &std::io::Error) -> TlsProblem {
+        use rustls::CertificateError as C;
+        let rustls_error = err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+                C::UnknownIssuer => TlsProblem::UnknownIssuer,
+                C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongName,
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => TlsProblem::OutOfDate,
+                _ => TlsProblem::Certificate,
+            },
+            _ => TlsProblem::Handshake,
+        }
+    }
+
+    /// A verdict on the certificate: the next handshake gets the same one.
+    pub(crate) fn is_certificate(self) -> bool {
+        self != TlsProblem::Handshake
+    }
+
+    /// What to change, naming the variable where there is one.
+    pub(crate) fn hint(self) -> Option<&'static str> {
+        match self {
+            TlsProblem::UnknownIssuer => {
+                Some("set EGRESS_WARDEN_CA_BUNDLE to the CA that signed it")
+            }
+            TlsProblem::WrongName => {
+                Some("the certificate does not name this host: check the host in the URL")
+            }
+            TlsProblem::OutOfDate => Some("the upstream's certificate is out of date"),
+            TlsProblem::Certificate => Some(
+                "check the upstream's certificate chain (EGRESS_WARDEN_CA_BUNDLE for a private CA)",
+            ),
+            TlsProblem::Handshake => None,
+        }
+    }
+}
+
 pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned())
         .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))
@@ -84,4 +143,53 @@ fn client_config(ca_bundle: Option<&Path>) -> Result<ClientConfig, String> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertificateError;
+    use std::io;
+
+    fn handshake_error(err: rustls::Error) -> io::Error {
+        // As tokio-rustls hands it over.
+        io::Error::new(io::ErrorKind::InvalidData, err)
+    }
+
+    #[test]
+    fn certificate_verdicts_are_told_from_other_handshake_failures() {
+        let cert = |c| TlsProblem::of(&handshake_error(rustls::Error::InvalidCertificate(c)));
+        assert_eq!(
+            cert(CertificateError::UnknownIssuer),
+            TlsProblem::UnknownIssuer
+        );
+        assert_eq!(
+            cert(CertificateError::NotValidForName),
+            TlsProblem::WrongName
+        );
+        assert_eq!(cert(CertificateError::Expired), TlsProblem::OutOfDate);
+        assert_eq!(
+            cert(CertificateError::BadSignature),
+            TlsProblem::Certificate
+        );
+        let unknown = handshake_error(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            unknown.to_string(),
+            "invalid peer certificate: UnknownIssuer"
+        );
+        for other in [
+            handshake_error(rustls::Error::HandshakeNotComplete),
+            io::Error::from(io::ErrorKind::ConnectionReset),
+            io::Error::other("handshake timed out"),
+        ] {
+            assert_eq!(TlsProblem::of(&other), TlsProblem::Handshake, "{other}");
+            assert!(!TlsProblem::of(&other).is_certificate());
+        }
+        assert!(TlsProblem::UnknownIssuer.is_certificate());
+        assert!(TlsProblem::UnknownIssuer
+            .hint()
+            .is_some_and(|h| h.contains("EGRESS_WARDEN_CA_BUNDLE")));
+    }
 }

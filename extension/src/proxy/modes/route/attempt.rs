@@ -156,7 +156,13 @@ pub(super) fn choose<'r>(
                 return Err(Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "circuit_open",
-                    format!("{} is failing; its circuit is open", route.primary.uri),
+                    format!(
+                        "the route's primary {} is failing; its circuit is open",
+                        primary_key
+                    ),
+                )
+                .with_hint(
+                    "it is tried again within seconds; a fallback in EGRESS_WARDEN_ROUTES (name=https://primary|https://fallback) serves meanwhile",
                 ))
             }
         },
@@ -247,8 +253,10 @@ pub(super) fn judge(
                 "route attempt failed: {}",
                 refusal.message
             );
+            // A certificate verdict or a missing name comes back the same every time.
+            let recurs = failure.is_some_and(Failure::recurs);
             let repeatable = attempts_left && can_repeat_body && (connect_phase || may_repeat);
-            if refusal.is_denial() || !repeatable {
+            if recurs || refusal.is_denial() || !repeatable {
                 return Next::Refuse(refusal);
             }
             Next::RetryAfter(refusal)

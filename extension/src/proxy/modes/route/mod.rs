@@ -12,6 +12,7 @@
 mod attempt;
 
 use crate::config::Upstream;
+use crate::metrics::log_ms;
 use crate::proxy::body::{ProxyBody, UpstreamBody};
 use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
@@ -41,12 +42,7 @@ pub(crate) async fn handle(
     let mut record = RequestRecord::new(Kind::Route, req.method());
     record.route = Some(name.to_owned());
     let Some(route) = proxy.config.route(name).cloned() else {
-        let refusal = Refusal::new(
-            StatusCode::NOT_FOUND,
-            "unknown_route",
-            format!("no route named {name:?}"),
-        );
-        return proxy.refuse(&mut record, refusal);
+        return proxy.refuse(&mut record, unknown_route(proxy, name));
     };
     let deadline = record.started + budget(proxy);
     let (mut parts, body) = req.into_parts();
@@ -95,7 +91,8 @@ pub(crate) async fn handle(
                 tracing::debug!(
                     route = name,
                     attempt = attempts.number(),
-                    "retrying in {wait:?}: {}",
+                    wait_ms = log_ms(wait.as_secs_f64() * 1000.0),
+                    "retrying: {}",
                     last.message
                 );
                 tokio::time::sleep(wait).await;
@@ -104,6 +101,30 @@ pub(crate) async fn handle(
             }
         }
     }
+}
+
+/// `404 unknown_route`, naming the routes there are (names only: their URLs may hold
+/// credentials).
+fn unknown_route(proxy: &Proxy, name: &str) -> Refusal {
+    let known: Vec<&str> = proxy
+        .config
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    Refusal::new(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!("unknown route {name:?}; known: {known}"),
+    )
+    .with_hint(format!(
+        "set EGRESS_WARDEN_ROUTES to define it ({name}=https://host[/base]; a route whose value was invalid is named at INIT)"
+    ))
 }
 
 /// Bounded by the route timeout and the invocation's deadline (when one is known).
