@@ -77,6 +77,37 @@ impl EmfDocument {
             .collect()
     }
 
+    /// Each metric under each dimension set that declares it, with the dimensions' values
+    /// from the root, sorted by name (as CloudWatch lists them): one entry per metric a
+    /// CloudWatch consumer would store.
+    pub fn declared(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let mut out = Vec::new();
+        for directive in self.directives() {
+            let names: Vec<String> = directive["Metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["Name"].as_str().map(str::to_string))
+                .collect();
+            for set in directive["Dimensions"].as_array().into_iter().flatten() {
+                let mut dims: Vec<(String, String)> = set
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| {
+                        let k = k.as_str()?;
+                        Some((k.to_string(), self.get(k)?.as_str()?.to_string()))
+                    })
+                    .collect();
+                dims.sort();
+                for name in &names {
+                    out.push((name.clone(), dims.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether the document defines metric `name`.
     pub fn defines(&self, name: &str) -> bool {
         self.metrics().iter().any(|(n, _)| n == name)

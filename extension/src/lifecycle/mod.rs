@@ -352,7 +352,7 @@ async fn run(config: Config, problems: Vec<Problem>, started: Instant) -> ExitCo
     recorder.incr(Counter::ColdStarts);
     tracing::info!(
         initialization_type = init_type.as_str(),
-        extension_init_ms = %format_args!("{init_ms:.3}"),
+        extension_init_ms = crate::metrics::log_ms(init_ms),
         "cold start"
     );
     let flusher = Flusher::configured(&config, &recorder, &clock, &ctx.findings);

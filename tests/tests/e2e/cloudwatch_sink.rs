@@ -93,17 +93,15 @@ async fn invoke(emu: &mut Emulator, k: usize) -> InvokeOutcome {
 /// send is in flight keep the highest, so they compare by maximum.
 const GAUGES: &[&str] = &["active_connections"];
 
-/// (metric, destination or "") → (Σ value×count, Σ count (NaN for single values), max) over
-/// every EMF document.
-fn emf_totals(docs: &[EmfDocument]) -> BTreeMap<(String, String), (f64, f64, f64)> {
-    let mut totals: BTreeMap<(String, String), (f64, f64, f64)> = BTreeMap::new();
+/// A metric as CloudWatch stores it: its name and its dimensions (name, value), sorted.
+type MetricKey = (String, Vec<(String, String)>);
+
+/// Each metric under each of its dimension sets → (Σ value×count, Σ count (NaN for single
+/// values), max) over every EMF document.
+fn emf_totals(docs: &[EmfDocument]) -> BTreeMap<MetricKey, (f64, f64, f64)> {
+    let mut totals: BTreeMap<MetricKey, (f64, f64, f64)> = BTreeMap::new();
     for d in docs {
-        let destination = d
-            .get("Destination")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        for (name, _) in d.metrics() {
+        for (name, dims) in d.declared() {
             let value = d.get(&name).cloned().unwrap_or(Value::Null);
             // Sample counts are the data of distributions; for single values they only
             // tell how many windows there were, which merging changes.
@@ -112,9 +110,7 @@ fn emf_totals(docs: &[EmfDocument]) -> BTreeMap<(String, String), (f64, f64, f64
                 None => f64::NAN,
             };
             let total = d.metric_total(&name).unwrap_or(0.0);
-            let e = totals
-                .entry((name.clone(), destination.clone()))
-                .or_default();
+            let e = totals.entry((name.clone(), dims)).or_default();
             e.0 += total;
             e.1 += samples;
             e.2 = e.2.max(total);
@@ -226,14 +222,21 @@ async fn both_sinks_carry_the_same_figures() {
 
         let docs = emf_documents(&emu);
         let emf = emf_totals(&docs);
-        assert_eq!(emf[&("invocations".to_string(), String::new())].0, N as f64);
+        let function = vec![("FunctionName".to_string(), FUNCTION.to_string())];
+        assert_eq!(
+            emf[&("invocations".to_string(), function.clone())].0,
+            N as f64
+        );
+        // The key metrics also per function version, in both sinks.
+        let mut per_version = function.clone();
+        per_version.push(("FunctionVersion".to_string(), "$LATEST".to_string()));
+        assert_eq!(
+            emf[&("requests".to_string(), per_version)].0,
+            2.0 * N as f64
+        );
         let stored = tokio::task::block_in_place(|| moto.query(NAMESPACE));
-        for ((metric, destination), (sum, samples, max)) in &emf {
-            let mut dims = vec![("FunctionName".to_string(), FUNCTION.to_string())];
-            if !destination.is_empty() {
-                dims.insert(0, ("Destination".to_string(), destination.clone()));
-            }
-            let key = (metric.clone(), dims);
+        for ((metric, dims), (sum, samples, max)) in &emf {
+            let key = (metric.clone(), dims.clone());
             let got = stored
                 .stats
                 .get(&key)
