@@ -13,6 +13,7 @@ mod execution_models;
 mod findings_netns;
 mod layer;
 mod lifecycle;
+mod own_function;
 mod proxy_e2e;
 mod proxy_memory;
 mod sam_template;
