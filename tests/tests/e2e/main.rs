@@ -7,6 +7,7 @@
 mod cargo_lambda_watch;
 mod cloudwatch_init_cost;
 mod cloudwatch_sink;
+mod demo;
 mod dns_lambda;
 mod emulator_selftest;
 mod execution_models;
