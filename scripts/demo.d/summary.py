@@ -93,11 +93,8 @@ rows = [
     ("DNS queries the resolver received", str(w["dns"]), str(l["dns"])),
     ("TLS handshakes (new connections)", str(w["tls"]), str(l["tls"])),
     ("requests the servers answered", str(w["served"]), str(l["served"])),
-    (
-        "answered from egress-warden's caches",
-        "-",
-        f"{emf.get('dns_cache_hits', 0):.0f} DNS, {emf.get('connections_reused', 0):.0f} conns",
-    ),
+    ("DNS answers from egress-warden's cache", "-", f"{emf.get('dns_cache_hits', 0):.0f}"),
+    ("connections egress-warden reused", "-", f"{emf.get('connections_reused', 0):.0f}"),
     ("finding", "none", ", ".join(f["finding"] for f in active) or "none"),
 ]
 width = max(len(r[0]) for r in rows)
@@ -111,7 +108,7 @@ for name, a, b in rows:
 # --- the finding ---------------------------------------------------------------------------------
 for f in active:
     print()
-    print(f"Finding {f['finding']}: {f.get('message', '')}")
+    print(f"Finding: {f.get('message', f['finding'])}")
     ev = f.get("evidence", {})
     if ev:
         print("  evidence: " + json.dumps(ev, separators=(", ", ": ")))

@@ -77,7 +77,7 @@ fn the_demo_shows_the_layer_at_work() {
     assert_eq!(with, "cross_region", "{logs}");
     assert!(
         out.iter()
-            .any(|l| l.starts_with("Finding cross_region: ") && l.contains("eu-west-1")),
+            .any(|l| l.starts_with("Finding: cross_region") && l.contains("eu-west-1")),
         "the finding is explained\n{logs}"
     );
 }
