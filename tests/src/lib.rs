@@ -1,5 +1,6 @@
 //! Test harness for egress-warden: a faithful local Lambda emulator ([`emulator`]), an EMF
-//! validator written from the CloudWatch Embedded Metric Format specification ([`emf`]),
+//! validator written from the CloudWatch Embedded Metric Format specification ([`emf`]) and
+//! the totals `lambda-emulator` prints ([`emf_summary`]),
 //! helpers to find and stage the extension binary ([`warden`]), a tiny blocking HTTP client
 //! for the std-only test doubles ([`blocking_http`]), a dnsmasq upstream for DNS ([`dnsmasq`]),
 //! the Python interpreter and upstream of the proxy tests ([`python`]), moto's CloudWatch server
@@ -13,6 +14,7 @@ pub mod blocking_http;
 pub mod curl;
 pub mod dnsmasq;
 pub mod emf;
+pub mod emf_summary;
 pub mod emulator;
 pub mod load;
 pub mod moto;

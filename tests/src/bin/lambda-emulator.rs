@@ -2,36 +2,59 @@
 //!
 //! ```text
 //! lambda-emulator --extensions-dir DIR [--runtime PATH [--runtime-arg ARG]...]
+//!                 [--task-root DIR] [--handler NAME]
 //!                 [--env K=V]... [--invoke JSON]... [--invocations N]
 //!                 [--shutdown-reason spindown|timeout|failure] [--function-name NAME]
 //!                 [--timeout-ms MS] [--memory-mb MB] [--init-type on-demand|provisioned-concurrency|snap-start]
-//!                 [--shutdown-grace-ms MS] [--quiet]
+//!                 [--shutdown-grace-ms MS] [--emf-json PATH] [--quiet]
 //! ```
 //!
-//! Children's output is echoed prefixed `[name] ` (unless `--quiet`); a summary follows.
+//! Children's output is echoed prefixed `[name] ` (unless `--quiet`); a summary follows, and
+//! after SHUTDOWN the totals of every extension's EMF lines (`--emf-json` writes them as JSON).
 //! Exit status 0 when INIT succeeded, every invoke answered successfully and every extension
 //! exited 0 before the SHUTDOWN deadline; 1 otherwise; 2 for a usage error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use warden_tests::emf_summary::EmfSummary;
 use warden_tests::emulator::{
     Emulator, EmulatorConfig, InitType, InvokeResult, Runtime, ShutdownReason, ShutdownReport,
 };
 
 const USAGE: &str =
     "usage: lambda-emulator --extensions-dir DIR [--runtime PATH [--runtime-arg ARG]...] \
+[--task-root DIR] [--handler NAME] \
 [--env K=V]... [--invoke JSON]... [--invocations N] [--shutdown-reason spindown|timeout|failure] \
 [--function-name NAME] [--timeout-ms MS] [--memory-mb MB] \
-[--init-type on-demand|provisioned-concurrency|snap-start] [--shutdown-grace-ms MS] [--quiet]
-Without --runtime an in-process runtime answers {\"echo\": <event>} over the Runtime API.";
+[--init-type on-demand|provisioned-concurrency|snap-start] [--shutdown-grace-ms MS] \
+[--emf-json PATH] [--quiet]
+Without --runtime an in-process runtime answers {\"echo\": <event>} over the Runtime API.
+--runtime PATH: the function's process (a bootstrap, or an interpreter with --runtime-arg:
+  --runtime python3 --runtime-arg -m --runtime-arg awslambdaric --runtime-arg handler.fn);
+  run through AWS_LAMBDA_EXEC_WRAPPER when --env sets it.
+--task-root DIR: the runtime's working directory and LAMBDA_TASK_ROOT (default: the directory
+  of --runtime when it names one, else /var/task).
+--handler NAME: _HANDLER (default: bootstrap).
+--emf-json PATH: also write the totals of the extensions' EMF lines as JSON.";
 
 struct Args {
     cfg: EmulatorConfig,
     invokes: Vec<String>,
     invocations: Option<usize>,
     reason: ShutdownReason,
+    emf_json: Option<PathBuf>,
+}
+
+/// A program path with a directory part, made absolute: the runtime starts in the task root,
+/// where a relative path would name something else. A bare name is left for PATH to find.
+fn absolute_program(p: PathBuf) -> PathBuf {
+    if p.components().count() > 1 {
+        std::fs::canonicalize(&p).unwrap_or(p)
+    } else {
+        p
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +64,8 @@ fn parse_args() -> Result<Args, String> {
     let mut invokes = Vec::new();
     let mut invocations = None;
     let mut reason = ShutdownReason::Spindown;
+    let mut task_root: Option<PathBuf> = None;
+    let mut emf_json = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -49,6 +74,16 @@ fn parse_args() -> Result<Args, String> {
             "--extensions-dir" => cfg.extensions_dir = Some(PathBuf::from(val(&a)?)),
             "--runtime" => runtime = Some(PathBuf::from(val(&a)?)),
             "--runtime-arg" => runtime_args.push(val(&a)?),
+            "--task-root" => {
+                let d = val(&a)?;
+                let dir = std::fs::canonicalize(&d)
+                    .ok()
+                    .filter(|p| p.is_dir())
+                    .ok_or(format!("--task-root {d}: not a directory"))?;
+                task_root = Some(dir);
+            }
+            "--handler" => cfg.handler = val(&a)?,
+            "--emf-json" => emf_json = Some(PathBuf::from(val(&a)?)),
             "--env" => {
                 let kv = val(&a)?;
                 let (k, v) = kv
@@ -93,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if let Some(p) = runtime {
+        let p = absolute_program(p);
         if let Some(dir) = p.parent().filter(|d| d.is_dir()) {
             cfg.task_root = dir.to_path_buf();
         }
@@ -100,6 +136,9 @@ fn parse_args() -> Result<Args, String> {
             program: p,
             args: runtime_args,
         };
+    }
+    if let Some(dir) = task_root {
+        cfg.task_root = dir;
     }
     for i in &invokes {
         serde_json::from_str::<serde_json::Value>(i)
@@ -110,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
         invokes,
         invocations,
         reason,
+        emf_json,
     })
 }
 
@@ -146,6 +186,11 @@ fn print_shutdown(r: &ShutdownReport) -> bool {
 }
 
 async fn run(args: Args) -> bool {
+    let where_ = format!(
+        "task root {}, _HANDLER {}",
+        args.cfg.task_root.display(),
+        args.cfg.handler
+    );
     let mut emu = match Emulator::start(args.cfg).await {
         Ok(e) => e,
         Err(e) => {
@@ -153,7 +198,7 @@ async fn run(args: Args) -> bool {
             return false;
         }
     };
-    println!("== Runtime API on {}", emu.runtime_api());
+    println!("== Runtime API on {}; {where_}", emu.runtime_api());
     let init = match emu.wait_init().await {
         Ok(r) => r,
         Err(e) => {
@@ -229,7 +274,39 @@ async fn run(args: Args) -> bool {
     }
     let report = emu.shutdown(args.reason).await;
     let clean = print_shutdown(&report);
-    ok && clean
+    let written = print_emf(&emu, args.emf_json.as_deref());
+    ok && clean && written
+}
+
+/// The totals of each extension's EMF lines (stdout), and the JSON file when asked for; false
+/// when that file cannot be written.
+fn print_emf(emu: &Emulator, json_path: Option<&Path>) -> bool {
+    let mut all = serde_json::Map::new();
+    for name in emu.extension_names() {
+        let lines = emu.stdout_lines(&name);
+        let s = EmfSummary::from_lines(lines.iter().map(String::as_str));
+        if s.documents == 0 {
+            continue;
+        }
+        println!(
+            "== EMF of {name}: {} documents; function-level counts summed (gauges at their peak), \
+             then per dimension",
+            s.documents
+        );
+        print!("{}", s.render());
+        all.insert(name, s.to_json());
+    }
+    let Some(path) = json_path else {
+        return true;
+    };
+    let text = serde_json::Value::Object(all).to_string();
+    match std::fs::write(path, text) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("lambda-emulator: --emf-json {}: {e}", path.display());
+            false
+        }
+    }
 }
 
 #[tokio::main]

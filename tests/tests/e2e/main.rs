@@ -7,6 +7,7 @@
 mod cargo_lambda_watch;
 mod cloudwatch_init_cost;
 mod cloudwatch_sink;
+mod demo;
 mod dns_lambda;
 mod emulator_selftest;
 mod execution_models;
@@ -14,6 +15,7 @@ mod findings_netns;
 mod layer;
 mod lifecycle;
 mod node_runtimes;
+mod own_function;
 mod proxy_e2e;
 mod proxy_memory;
 mod sam_template;
