@@ -92,15 +92,19 @@ impl EmfSummary {
 
     fn add(&mut self, doc: &Value) {
         let label = label(doc);
-        let metrics = doc["_aws"]["CloudWatchMetrics"]
+        // A metric declared by several directives (the key metrics, also per function
+        // version) has one value at the root: it counts once.
+        let mut names: Vec<String> = doc["_aws"]["CloudWatchMetrics"]
             .as_array()
             .into_iter()
             .flatten()
-            .flat_map(|d| d["Metrics"].as_array().cloned().unwrap_or_default());
-        for m in metrics {
-            let Some(name) = m["Name"].as_str() else {
-                continue;
-            };
+            .flat_map(|d| d["Metrics"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["Name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in &names {
+            let name = name.as_str();
             let (counts, dists, key) = if label.is_empty() {
                 (&mut self.totals, &mut self.dists, name.to_string())
             } else {
@@ -231,5 +235,21 @@ mod tests {
         assert_eq!(j["totals"]["requests"], 3.0);
         assert_eq!(j["distributions"]["request_ms"]["avg"], 1.875);
         assert!(s.render().contains("requests [Destination=api:443]"));
+    }
+
+    #[test]
+    fn a_metric_declared_per_function_version_too_counts_once() {
+        let line = json!({
+            "_aws": {"Timestamp": 1, "CloudWatchMetrics": [
+                {"Namespace": "EgressWarden", "Dimensions": [["FunctionName"]],
+                 "Metrics": [{"Name": "requests"}, {"Name": "invocations"}]},
+                {"Namespace": "EgressWarden", "Dimensions": [["FunctionName", "FunctionVersion"]],
+                 "Metrics": [{"Name": "requests"}]}]},
+            "FunctionName": "f", "FunctionVersion": "7", "requests": 4, "invocations": 1
+        })
+        .to_string();
+        let s = EmfSummary::from_lines([line.as_str()]);
+        assert_eq!(s.total("requests"), 4.0);
+        assert_eq!(s.total("invocations"), 1.0);
     }
 }
