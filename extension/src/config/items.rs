@@ -2,7 +2,7 @@
 //! upstreams, routes and warm-up targets. Each returns why an item is bad; the reader turns
 //! that into a problem.
 
-use super::{LogLevel, PolicyRule, Route, Upstream, WarmTarget};
+use super::{LogLevel, PolicyRule, Route, RouteOptions, RouteRegions, Upstream, WarmTarget};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -137,8 +137,9 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
     })
 }
 
-/// `name=https://primary[|https://fallback]`.
+/// `name=https://primary[|https://fallback][;option…]`.
 pub(super) fn parse_route(item: &str) -> Result<Route, String> {
+    let (item, options) = item.split_once(';').unwrap_or((item, ""));
     let (name, targets) = item.split_once('=').ok_or("missing '='")?;
     let name = name.trim();
     if name.is_empty()
@@ -159,11 +160,55 @@ pub(super) fn parse_route(item: &str) -> Result<Route, String> {
     if parts.next().is_some() {
         return Err("at most one fallback".into());
     }
+    let options = parse_route_options(options, fallback.is_some())?;
     Ok(Route {
         name: name.to_owned(),
         primary,
         fallback,
+        options,
     })
+}
+
+/// `idempotency=auto`, `fallback=reads`, `regions=PRIMARY[/FALLBACK]`, separated by `;`.
+fn parse_route_options(options: &str, has_fallback: bool) -> Result<RouteOptions, String> {
+    let mut parsed = RouteOptions::default();
+    for option in options.split(';').map(str::trim).filter(|o| !o.is_empty()) {
+        match option.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+            Some(("idempotency", "auto")) => parsed.idempotency_auto = true,
+            Some(("fallback", "reads")) if has_fallback => parsed.fallback_reads_only = true,
+            Some(("fallback", "reads")) => {
+                return Err("fallback=reads needs a fallback (https://primary|https://fallback)".into())
+            }
+            Some(("regions", regions)) => parsed.regions = Some(parse_regions(regions, has_fallback)?),
+            _ => {
+                return Err(format!(
+                    "unknown route option {option:?} (known: idempotency=auto, fallback=reads, regions=PRIMARY/FALLBACK)"
+                ))
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_regions(value: &str, has_fallback: bool) -> Result<RouteRegions, String> {
+    let region = |r: &str| {
+        let ok = !r.is_empty()
+            && r.len() <= 32
+            && r.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        ok.then(|| r.to_owned())
+            .ok_or_else(|| format!("{r:?} is not a region name (like us-east-1)"))
+    };
+    let (primary, fallback) = match value.split_once('/') {
+        Some((p, f)) => (region(p.trim())?, Some(region(f.trim())?)),
+        None => (region(value)?, None),
+    };
+    if fallback.is_some() && !has_fallback {
+        return Err(
+            "regions=PRIMARY/FALLBACK names a fallback region but the route has no fallback".into(),
+        );
+    }
+    Ok(RouteRegions { primary, fallback })
 }
 
 /// `route[*n]` (a configured route's name) or `host:port[*n]`, n from 1 to 64.

@@ -125,6 +125,26 @@ pub struct Route {
     pub name: String,
     pub primary: Upstream,
     pub fallback: Option<Upstream>,
+    pub options: RouteOptions,
+}
+
+/// A route's `;option`s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteOptions {
+    /// `idempotency=auto`: a POST or PATCH without an `Idempotency-Key` gets one, the same on
+    /// every attempt, so the route's retries of it are safe.
+    pub idempotency_auto: bool,
+    /// `fallback=reads`: requests that are not safe to repeat stay on the primary (home)
+    /// when it is down or drilled, answered `503 home_region_only` instead.
+    pub fallback_reads_only: bool,
+    /// `regions=PRIMARY/FALLBACK`: the upstreams' regions, for the per-region metrics.
+    pub regions: Option<RouteRegions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRegions {
+    pub primary: String,
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -188,7 +188,7 @@ fn routes(r: &mut Reader) -> Vec<Route> {
     let routes = r.list(
         Var::Routes,
         "",
-        "name=https://primary[|https://fallback]",
+        "name=https://primary[|https://fallback][;idempotency=auto][;fallback=reads][;regions=PRIMARY/FALLBACK]",
         parse_route,
     );
     let mut seen = BTreeSet::new();

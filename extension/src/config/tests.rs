@@ -169,6 +169,57 @@ fn routes_and_warm_targets() {
 }
 
 #[test]
+fn route_options() {
+    let (c, problems) = Config::from_vars(&vars(&[(
+        "EGRESS_WARDEN_ROUTES",
+        "pay=https://a.example.com|https://b.example.com;idempotency=auto;fallback=reads;regions=us-east-1/us-west-2,\
+         plain=https://c.example.com,\
+         one=https://d.example.com;regions=eu-west-1,\
+         bad1=https://e.example.com;fallback=reads,\
+         bad2=https://f.example.com;retries=9,\
+         bad3=https://g.example.com;regions=us-east-1/us-west-2,\
+         bad4=https://h.example.com|https://i.example.com;regions=US_EAST",
+    )]));
+    let pay = c
+        .route("pay")
+        .map(|r| r.options.clone())
+        .unwrap_or_default();
+    assert!(pay.idempotency_auto && pay.fallback_reads_only);
+    assert_eq!(
+        pay.regions,
+        Some(RouteRegions {
+            primary: "us-east-1".into(),
+            fallback: Some("us-west-2".into())
+        })
+    );
+    assert_eq!(
+        c.route("plain").map(|r| r.options.clone()),
+        Some(RouteOptions::default())
+    );
+    assert_eq!(
+        c.route("one").and_then(|r| r.options.regions.clone()),
+        Some(RouteRegions {
+            primary: "eu-west-1".into(),
+            fallback: None
+        })
+    );
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    for name in ["bad1", "bad2", "bad3", "bad4"] {
+        assert!(c.route(name).is_none(), "{name}");
+    }
+    let text = problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("fallback=reads needs a fallback"), "{text}");
+    assert!(
+        text.contains("unknown route option \"retries=9\""),
+        "{text}"
+    );
+}
+
+#[test]
 fn provisioned_concurrency_gets_a_larger_budget() {
     let (c, _) = Config::from_vars(&vars(&[(
         "AWS_LAMBDA_INITIALIZATION_TYPE",

@@ -36,6 +36,7 @@ metric_enum!(
         ErrorsTls => "errors_tls",
         ConnectTimeouts => "connect_timeouts",
         RetryCount => "retry_count",
+        IdempotencyKeysAdded => "idempotency_keys_added",
         PolicyDenied => "policy_denied",
         ConnectionsOpened => "connections_opened",
         ConnectionsReused => "connections_reused",

@@ -7,6 +7,7 @@ use crate::proxy::body::{ClientBodyError, ProxyBody};
 use crate::proxy::upstream::connect::Failure;
 use http::{HeaderValue, Response, StatusCode};
 use std::io;
+use std::time::Duration;
 
 pub(crate) const ERROR_HEADER: &str = "x-egress-warden-error";
 
@@ -20,6 +21,8 @@ pub(crate) struct Refusal {
     pub message: String,
     /// What to change, naming the variable where one helps; shown after the message.
     pub hint: Option<String>,
+    /// `Retry-After`: when the same request may succeed.
+    pub retry_after: Option<Duration>,
 }
 
 const NONE: &[Counter] = &[];
@@ -48,11 +51,17 @@ impl Refusal {
             counters: NONE,
             message: message.into(),
             hint: None,
+            retry_after: None,
         }
     }
 
     pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Refusal {
         self.hint = Some(hint.into());
+        self
+    }
+
+    pub(crate) fn with_retry_after(mut self, after: Duration) -> Refusal {
+        self.retry_after = Some(after);
         self
     }
 
@@ -92,6 +101,7 @@ impl Refusal {
             counters,
             message: failure.to_string(),
             hint: failure.hint(),
+            retry_after: None,
         }
     }
 
@@ -103,6 +113,7 @@ impl Refusal {
             counters: UPSTREAM_TIMEOUT,
             message: "the upstream did not answer in time".into(),
             hint: None,
+            retry_after: None,
         }
     }
 
@@ -121,6 +132,7 @@ impl Refusal {
             counters: RESET,
             message: format!("the upstream connection broke: {}", describe(err)),
             hint: None,
+            retry_after: None,
         };
         if let Some(io) = find::<io::Error>(err) {
             if is_broken(io.kind()) {
@@ -144,6 +156,7 @@ impl Refusal {
             counters: OTHER,
             message: format!("the upstream request failed: {}", describe(err)),
             hint: None,
+            retry_after: None,
         }
     }
 
@@ -166,6 +179,12 @@ impl Refusal {
         );
         if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
             res.extensions_mut().insert(phrase);
+        }
+        if let Some(after) = self.retry_after {
+            // Whole seconds (RFC 9110 §10.2.3), rounded up so a client never comes back early.
+            let secs = after.as_millis().div_ceil(1000).max(1);
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs as u64));
         }
         res
     }

@@ -70,7 +70,10 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
     let reply = raw(proxy.addr, get("/api/fail/2/get").as_bytes())
         .await
         .expect("reply");
-    assert_eq!((reply.status, reply.body.as_str()), (200, "ok after 3"));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "ok after 3 keys=-,-,-")
+    );
 
     let post = |key: &str, extra: &str| {
         format!("POST /api/fail/2/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n{extra}\r\nbody")
@@ -88,7 +91,10 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
     )
     .await
     .expect("reply");
-    assert_eq!((reply.status, reply.body.as_str()), (200, "ok after 3"));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "ok after 3 keys=k-1,k-1,k-1")
+    );
 
     // Retries stop at EGRESS_WARDEN_RETRY_MAX attempts.
     let reply = raw(proxy.addr, get("/api/fail/5/many").as_bytes())
@@ -99,6 +105,61 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
     let snap = proxy.take();
     assert_eq!(count(&snap, Counter::Requests), 4);
     assert_eq!(count(&snap, Counter::RetryCount), 2 + 2 + 2);
+}
+
+/// `idempotency=auto`: an unkeyed POST gets one key, sent with every attempt, so it is retried
+/// like a keyed one; without the option it goes once. A client's own key is kept.
+#[tokio::test]
+async fn idempotency_auto_makes_posts_retryable_with_one_key() {
+    let up = upstream::tls("api", true).await;
+    let routes = format!(
+        "auto=https://localhost:{0};idempotency=auto,plain=https://localhost:{0}",
+        up.addr.port()
+    );
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+    let post = |path: &str, extra: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n{extra}\r\nbody")
+    };
+
+    let reply = raw(proxy.addr, post("/auto/fail/2/a", "").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let keys: Vec<&str> = reply
+        .body
+        .strip_prefix("ok after 3 keys=")
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    assert_eq!(keys.len(), 3, "{}", reply.body);
+    assert!(
+        keys[0].len() == 36 && keys.iter().all(|k| *k == keys[0]),
+        "{keys:?}"
+    );
+
+    let reply = raw(proxy.addr, post("/plain/fail/2/b", "").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 503, "one attempt without the option");
+
+    let reply = raw(
+        proxy.addr,
+        post("/auto/fail/1/c", "Idempotency-Key: mine\r\n").as_bytes(),
+    )
+    .await
+    .expect("reply");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "ok after 2 keys=mine,mine")
+    );
+
+    let snap = proxy.take();
+    assert_eq!(count(&snap, Counter::IdempotencyKeysAdded), 1);
+    assert_eq!(count(&snap, Counter::RetryCount), 2 + 1);
 }
 
 #[tokio::test]
@@ -148,6 +209,52 @@ async fn connect_failures_open_the_breaker_and_the_fallback_answers() {
         breakers.iter().any(|b| b["state"] == "open"),
         "{breakers:?}"
     );
+}
+
+/// `fallback=reads`: with the primary's breaker open, reads and keyed writes go to the
+/// fallback; an unkeyed write stays home: `503 home_region_only` with a `Retry-After`.
+#[tokio::test]
+async fn with_fallback_reads_unkeyed_writes_stay_home() {
+    let fallback = upstream::tls("fallback", true).await;
+    let routes = format!(
+        "svc=https://127.0.0.1:{}|https://localhost:{};fallback=reads;idempotency=auto",
+        closed_port(),
+        fallback.addr.port()
+    );
+    let proxy = start(&[
+        ("EGRESS_WARDEN_ROUTES", &routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await;
+    // Five refused connects open the breaker (3 attempts, then 2 of the next request).
+    let _ = raw(proxy.addr, get("/svc/a").as_bytes()).await;
+    let read = raw(proxy.addr, get("/svc/b").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(read.status, 200, "{read:?}");
+    assert!(read.body.starts_with("fallback GET /b"), "{}", read.body);
+    let write = |extra: &str| {
+        format!("POST /svc/w HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n{extra}\r\nhi")
+    };
+    // idempotency=auto adds a key, but a write the client did not key still stays home.
+    let home = raw(proxy.addr, write("").as_bytes()).await.expect("reply");
+    assert_eq!(home.status, 503, "{home:?}");
+    assert_eq!(home.error(), Some("home_region_only"));
+    let after: u64 = home
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=10).contains(&after), "{home:?}");
+    assert!(home.body.contains("fallback=reads"), "{}", home.body);
+    let keyed = raw(proxy.addr, write("Idempotency-Key: k\r\n").as_bytes())
+        .await
+        .expect("reply");
+    assert_eq!(keyed.status, 200, "{keyed:?}");
+    assert!(keyed.body.starts_with("fallback POST /w"), "{}", keyed.body);
+    let delete = raw(proxy.addr, b"DELETE /svc/d HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("reply");
+    assert_eq!(delete.error(), Some("home_region_only"));
 }
 
 #[tokio::test]

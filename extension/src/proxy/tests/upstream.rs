@@ -1,6 +1,7 @@
 //! Upstream servers for the proxy tests, plain or TLS (HTTP/2 by ALPN when offered).
 //!
-//! Paths: `/fail/<n>/<key>` answers 503 to the first n requests for key, then 200;
+//! Paths: `/fail/<n>/<key>` answers 503 to the first n requests for key, then 200 with the
+//! `Idempotency-Key` of every request for key (`ok after 3 keys=a,a,a`);
 //! `/reset/<n>/<key>` drops the connection the first n times; `/slow/<ms>` waits first;
 //! anything else echoes `name method path host=… via=… proto=… body=<len>`.
 
@@ -39,7 +40,7 @@ impl Drop for TestUpstream {
 #[derive(Clone)]
 struct State {
     name: &'static str,
-    hits: Arc<Mutex<HashMap<String, u32>>>,
+    hits: Arc<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
@@ -59,11 +60,12 @@ async fn respond(state: State, req: Request<Incoming>) -> Reply {
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Each request for a key, remembered by the Idempotency-Key it carried.
     let hit = |k: &str| {
         let mut hits = state.hits.lock().unwrap_or_else(|p| p.into_inner());
-        let n = hits.entry(k.to_owned()).or_default();
-        *n += 1;
-        *n
+        let seen = hits.entry(k.to_owned()).or_default();
+        seen.push(key.clone());
+        (seen.len() as u32, seen.join(","))
     };
     let text = |status: StatusCode, body: String| {
         let mut res = Response::new(Full::new(Bytes::from(body)));
@@ -75,16 +77,16 @@ async fn respond(state: State, req: Request<Incoming>) -> Reply {
     match parts.as_slice() {
         ["fail", n, k, ..] => {
             let n: u32 = n.parse().unwrap_or(0);
-            let seen = hit(k);
+            let (seen, keys) = hit(k);
             if seen <= n {
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("failing {seen}/{n}"))
             } else {
-                text(StatusCode::OK, format!("ok after {seen}"))
+                text(StatusCode::OK, format!("ok after {seen} keys={keys}"))
             }
         }
         ["reset", n, k, ..] => {
             let n: u32 = n.parse().unwrap_or(0);
-            if hit(k) <= n {
+            if hit(k).0 <= n {
                 Err(std::io::Error::other("reset on purpose"))
             } else {
                 text(StatusCode::OK, "ok after reset".into())

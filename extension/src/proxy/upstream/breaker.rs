@@ -79,6 +79,17 @@ impl Breakers {
         })
     }
 
+    /// How long until an open breaker lets a probe through (zero when it would now).
+    pub(crate) fn retry_in(&self, key: &str) -> Duration {
+        let now = Instant::now();
+        let open_for = self.open_for;
+        self.with(key, |state| match *state {
+            State::Open { until } => until.saturating_duration_since(now),
+            State::HalfOpen { since } => (since + open_for).saturating_duration_since(now),
+            State::Closed { .. } => Duration::ZERO,
+        })
+    }
+
     pub(crate) fn success(&self, key: &str) {
         self.with(key, |state| *state = State::Closed { failures: 0 });
     }

@@ -26,6 +26,32 @@ pub(crate) fn method_allows_retry(method: &Method, headers: &HeaderMap) -> bool 
     }
 }
 
+/// A write the client did not mark safe to repeat: POST, PATCH or DELETE without an
+/// `Idempotency-Key`. With `fallback=reads` these stay on the route's primary (home).
+pub(crate) fn is_unkeyed_write(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::POST | Method::PATCH | Method::DELETE)
+        && !headers.contains_key(IDEMPOTENCY_KEY)
+}
+
+/// Gives a POST or PATCH without an `Idempotency-Key` a fresh one (a UUID v4, the form the
+/// IETF draft recommends), so every attempt carries the same key and the upstream can drop
+/// repeats. True when it added one.
+pub(crate) fn add_idempotency_key(method: &Method, headers: &mut HeaderMap) -> bool {
+    let unkeyed = (*method == Method::POST || *method == Method::PATCH)
+        && !headers.contains_key(IDEMPOTENCY_KEY);
+    if !unkeyed {
+        return false;
+    }
+    let key = uuid::Uuid::new_v4().hyphenated().to_string();
+    match http::HeaderValue::from_str(&key) {
+        Ok(value) => {
+            headers.insert(IDEMPOTENCY_KEY, value);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Answers that say "try again" without the request having had an effect.
 pub(crate) fn status_allows_retry(status: StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
@@ -69,6 +95,28 @@ fn random_u64() -> u64 {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn an_idempotency_key_is_added_to_unkeyed_posts_and_patches_only() {
+        let mut post = HeaderMap::new();
+        assert!(add_idempotency_key(&Method::POST, &mut post));
+        let key = post[IDEMPOTENCY_KEY]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(key.len(), 36, "{key}");
+        assert!(method_allows_retry(&Method::POST, &post));
+        // Kept as it is: a key the client chose, or one added before.
+        assert!(!add_idempotency_key(&Method::POST, &mut post));
+        assert_eq!(post[IDEMPOTENCY_KEY], key.as_str());
+        let mut patch = HeaderMap::new();
+        assert!(add_idempotency_key(&Method::PATCH, &mut patch));
+        let mut other = HeaderMap::new();
+        assert_ne!(patch[IDEMPOTENCY_KEY], post[IDEMPOTENCY_KEY]);
+        assert!(!add_idempotency_key(&Method::GET, &mut other));
+        assert!(!add_idempotency_key(&Method::DELETE, &mut other));
+        assert!(other.is_empty());
+    }
 
     #[test]
     fn which_methods_may_repeat() {

@@ -137,10 +137,12 @@ pub(super) struct Chosen<'r> {
     probe: bool,
 }
 
-/// The primary, unless its breaker is open: then the fallback, or `503 circuit_open`.
+/// The primary, unless its breaker is open: then the fallback (not for an unkeyed write with
+/// `fallback=reads`: `503 home_region_only`), or `503 circuit_open`.
 pub(super) fn choose<'r>(
     proxy: &Proxy,
     route: &'r Route,
+    unkeyed_write: bool,
     record: &mut RequestRecord,
 ) -> Result<Chosen<'r>, Refusal> {
     let primary_key = upstream_key(&route.primary);
@@ -148,6 +150,9 @@ pub(super) fn choose<'r>(
         Admission::Pass => (&route.primary, false),
         Admission::Probe => (&route.primary, true),
         Admission::Reject => match &route.fallback {
+            Some(_) if route.options.fallback_reads_only && unkeyed_write => {
+                return Err(home_region_only(&primary_key, proxy.breakers.retry_in(&primary_key)))
+            }
             Some(fallback) => {
                 record.fallback = true;
                 (fallback, false)
@@ -177,6 +182,18 @@ pub(super) fn choose<'r>(
         primary_key,
         probe,
     })
+}
+
+/// `503 home_region_only`: with `fallback=reads`, a write (a request not safe to repeat) waits
+/// for the primary rather than landing in the fallback's region.
+fn home_region_only(primary_key: &str, retry_after: Duration) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "home_region_only",
+        format!("the route's primary {primary_key} is unavailable and this request is not safe to repeat elsewhere"),
+    )
+    .with_hint("fallback=reads keeps writes home; send it again after Retry-After, or give it an Idempotency-Key if the fallback may take it")
+    .with_retry_after(retry_after)
 }
 
 /// What allows a retry, worked out once the attempt's result is in.

@@ -13,12 +13,15 @@ mod attempt;
 
 use crate::config::Upstream;
 use crate::metrics::log_ms;
+use crate::metrics::Counter;
 use crate::proxy::body::{ProxyBody, UpstreamBody};
 use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::{Kind, RequestRecord};
 use crate::proxy::shared::Proxy;
-use crate::proxy::upstream::retry::{backoff, method_allows_retry};
+use crate::proxy::upstream::retry::{
+    add_idempotency_key, backoff, is_unkeyed_write, method_allows_retry,
+};
 use attempt::{choose, judge, Attempts, Next, RequestBody, Retry};
 use http::header::HOST;
 use http::request::Parts;
@@ -48,6 +51,12 @@ pub(crate) async fn handle(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers);
+    // As the client sent it: a key added below makes retries safe, not a write portable.
+    let unkeyed_write = is_unkeyed_write(&parts.method, &parts.headers);
+    // Before `may_repeat`: the key added here is what makes the request safe to retry.
+    if route.options.idempotency_auto && add_idempotency_key(&parts.method, &mut parts.headers) {
+        proxy.recorder.incr(Counter::IdempotencyKeysAdded);
+    }
     let may_repeat = method_allows_retry(&parts.method, &parts.headers);
     let mut body = match RequestBody::read(body).await {
         Ok(body) => body,
@@ -55,7 +64,7 @@ pub(crate) async fn handle(
     };
     let mut attempts = Attempts::new(proxy.retry_max, deadline);
     loop {
-        let chosen = match choose(proxy, &route, &mut record) {
+        let chosen = match choose(proxy, &route, unkeyed_write, &mut record) {
             Ok(chosen) => chosen,
             Err(refusal) => return proxy.refuse(&mut record, refusal),
         };
