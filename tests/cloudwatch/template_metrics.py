@@ -8,7 +8,11 @@ Decodes the template with cfn-lint's loader (it understands !Sub, !Ref, !If ...)
       "dimensions": [names], "stat", "id"}], "expressions": [{"expression", "id"}]}]}],
    "alarms": [{"resource", "metrics": [...], "expressions": [...], "stat", "threshold",
       "comparison"}],
+   "deployments": [{"function", "type", "alarms": [resource names]}],
+   "parameters": {name: default},
    "errors": [str]}
+A metric's "dimension_values" are the template's values (a string, or an intrinsic such as
+{"Fn::GetAtt": [...]}) in the order of "dimensions".
 A metric row using the "." / "..." shorthand is reported as an error: write rows out in full
 so they can be checked.
 """
@@ -67,6 +71,7 @@ def metric_of(m):
         "namespace": m.get("Namespace"),
         "name": m.get("MetricName"),
         "dimensions": [d.get("Name") for d in m.get("Dimensions", [])],
+        "dimension_values": [d.get("Value") for d in m.get("Dimensions", [])],
     }
 
 
@@ -91,7 +96,9 @@ def alarm(name, props):
 def main():
     template, matches = decode(sys.argv[1])
     errors = [str(m) for m in matches]
-    result = {"dashboards": [], "alarms": [], "errors": errors}
+    result = {"dashboards": [], "alarms": [], "deployments": [], "errors": errors,
+              "parameters": {k: v.get("Default")
+                             for k, v in (template or {}).get("Parameters", {}).items()}}
     for name, res in (template or {}).get("Resources", {}).items():
         kind, props = res.get("Type"), res.get("Properties", {})
         try:
@@ -99,6 +106,14 @@ def main():
                 result["dashboards"].append(dashboard(name, props, errors))
             elif kind == "AWS::CloudWatch::Alarm":
                 result["alarms"].append(alarm(name, props))
+            elif kind == "AWS::Serverless::Function" and "DeploymentPreference" in props:
+                pref = props["DeploymentPreference"]
+                result["deployments"].append({
+                    "function": name,
+                    "type": pref.get("Type"),
+                    "alarms": [a.get("Ref") if isinstance(a, dict) else a
+                               for a in pref.get("Alarms", [])],
+                })
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             errors.append(f"{name}: {e}")
     print(json.dumps(result))

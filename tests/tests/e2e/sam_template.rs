@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use warden_tests::warden::workspace_root;
 
 const NAMESPACE: &str = "EgressWarden";
@@ -85,6 +85,34 @@ fn known_metric_names() -> BTreeSet<String> {
     );
     known.extend(FINDINGS.iter().map(|f| format!("symptom_{f}")));
     known
+}
+
+/// The metrics the extension also writes per function version: `BY_VERSION` in
+/// `extension/src/metrics/flat.rs` (one quoted name per line).
+fn per_version_metric_names() -> BTreeSet<String> {
+    let path = workspace_root().join("extension/src/metrics/flat.rs");
+    let source =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let start = source
+        .find("const BY_VERSION")
+        .expect("BY_VERSION in metrics/flat.rs");
+    let block = &source[start..];
+    let block = &block[..block.find("];").expect("BY_VERSION's end")];
+    let names: BTreeSet<String> = block
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix('"')?
+                .split_once('"')
+                .map(|(n, _)| n.to_string())
+        })
+        .collect();
+    assert!(
+        names.contains("requests") && names.contains("errors"),
+        "{names:?}"
+    );
+    names
 }
 
 /// The findings the README documents: the `| finding |` table of its "Findings" section.
@@ -225,6 +253,7 @@ fn cfn_lint_passes_on_every_template() {
 #[test]
 fn dashboards_and_alarms_name_only_metrics_the_extension_emits() {
     let known = known_metric_names();
+    let per_version = per_version_metric_names();
     for t in templates() {
         let v = references(&t);
         let (metrics, expressions) = metrics_and_expressions(&v);
@@ -238,8 +267,15 @@ fn dashboards_and_alarms_name_only_metrics_the_extension_emits() {
             assert_eq!(m["namespace"], NAMESPACE, "{}: {place}", t.display());
             for dim in list(&m["dimensions"]) {
                 assert!(
-                    dim == "FunctionName" || dim == "Destination",
+                    dim == "FunctionName" || dim == "Destination" || dim == "FunctionVersion",
                     "{}: {place}: dimension {dim} is not one the extension sets",
+                    t.display()
+                );
+            }
+            if list(&m["dimensions"]).contains(&Value::from("FunctionVersion")) {
+                assert!(
+                    per_version.contains(name),
+                    "{}: {place}: `{name}` is not written per function version ({per_version:?})",
                     t.display()
                 );
             }
@@ -319,6 +355,11 @@ fn alarms_sit_at_the_operators_targets() {
     let alarms = list(&v["alarms"]);
     let find = |pred: &dyn Fn(&Value) -> bool| alarms.iter().find(|a| pred(a)).cloned();
     let on = |a: &Value, name: &str| list(&a["metrics"]).iter().any(|m| m["name"] == name);
+    let per_version = |a: &Value| {
+        list(&a["metrics"])
+            .iter()
+            .any(|m| list(&m["dimensions"]).contains(&Value::from("FunctionVersion")))
+    };
 
     for (metric, threshold) in [("dns_ms", 30.0), ("tcp_connect_ms", 120.0)] {
         let a = find(&|a| on(a, metric) && a["stat"] == "p95")
@@ -327,7 +368,7 @@ fn alarms_sit_at_the_operators_targets() {
         assert_eq!(a["comparison"], "GreaterThanThreshold", "{metric}");
     }
     for (metric, threshold) in [("errors", 0.1), ("cross_region_requests", 5.0)] {
-        let a = find(&|a| on(a, metric) && on(a, "requests"))
+        let a = find(&|a| on(a, metric) && on(a, "requests") && !per_version(a))
             .unwrap_or_else(|| panic!("a {metric} / requests alarm"));
         let returned: Vec<Value> = list(&a["expressions"])
             .into_iter()
@@ -353,4 +394,49 @@ fn metric_names_are_read_from_the_enum_blocks_only() {
     let src = "metric_enum!(\n  Counter {\n    Requests => \"requests\",\n  }\n);\n\
                fn unit() { Counter::BytesIn => \"Bytes\", }\n";
     assert_eq!(enum_metric_names(src), ["requests"]);
+}
+
+/// The demo function rolls out through CodeDeploy (a canary by default) gated on egress-warden's
+/// alarms for the version being deployed: its error rate, connect timeouts and p95 request
+/// time, each under `[FunctionName, FunctionVersion]` with the new version's number.
+#[test]
+fn rollouts_are_gated_on_the_new_versions_egress() {
+    let v = references(&workspace_root().join("sam/template.yaml"));
+    assert_eq!(v["parameters"]["DeploymentType"], "Canary10Percent5Minutes");
+    let deployments = list(&v["deployments"]);
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
+    let d = &deployments[0];
+    assert_eq!(d["function"], "DemoFunction");
+    assert_eq!(d["type"], json!({"Ref": "DeploymentType"}));
+    let alarms = list(&v["alarms"]);
+    let gates: Vec<&Value> = list(&d["alarms"])
+        .iter()
+        .map(|name| {
+            alarms
+                .iter()
+                .find(|a| a["resource"] == *name)
+                .unwrap_or_else(|| panic!("gate {name} is an alarm of the template"))
+        })
+        .collect();
+    let new_version = json!({"Fn::GetAtt": ["DemoFunction", "Version.Version"]});
+    let mut gated_on = BTreeSet::new();
+    for gate in &gates {
+        let per_version: Vec<Value> = list(&gate["metrics"])
+            .into_iter()
+            .filter(|m| list(&m["dimensions"]).contains(&Value::from("FunctionVersion")))
+            .collect();
+        assert!(!per_version.is_empty(), "{}: per version", gate["resource"]);
+        for m in &per_version {
+            assert_eq!(
+                m["dimension_values"][1], new_version,
+                "{}: the version being deployed",
+                gate["resource"]
+            );
+            gated_on.insert(m["name"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(gate["comparison"], "GreaterThanThreshold");
+    }
+    for metric in ["errors", "connect_timeouts", "request_ms"] {
+        assert!(gated_on.contains(metric), "{metric}: {gated_on:?}");
+    }
 }
