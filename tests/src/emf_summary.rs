@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Map, Value};
 
 /// Levels, not events: a sum of them would mean nothing.
-const GAUGES: &[&str] = &["active_connections", "connections_peak"];
+const GAUGES: &[&str] = &["active_connections", "connections_peak", "drill_active"];
 
 /// A merged distribution.
 #[derive(Clone, Copy, Debug, PartialEq)]

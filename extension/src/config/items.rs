@@ -2,7 +2,10 @@
 //! upstreams, routes and warm-up targets. Each returns why an item is bad; the reader turns
 //! that into a problem.
 
-use super::{LogLevel, PolicyRule, Route, RouteOptions, RouteRegions, Upstream, WarmTarget};
+use super::{
+    Drill, DrillWindow, LogLevel, PolicyRule, Route, RouteOptions, RouteRegions, Upstream,
+    WarmTarget,
+};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -209,6 +212,57 @@ fn parse_regions(value: &str, has_fallback: bool) -> Result<RouteRegions, String
         );
     }
     Ok(RouteRegions { primary, fallback })
+}
+
+/// `route[@START/DURATION]`: START in RFC 3339 (`2026-12-07T10:00:00Z`), DURATION like `10m`
+/// or `1h30m`; the route must have a fallback to evacuate to.
+pub(super) fn parse_drill(item: &str, routes: &[Route]) -> Result<Drill, String> {
+    let (name, window) = match item.split_once('@') {
+        Some((name, window)) => (name.trim(), Some(window.trim())),
+        None => (item.trim(), None),
+    };
+    // Not echoed unless it reads as a route name: a pasted URL may hold credentials.
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(
+            "the drill must name a route of EGRESS_WARDEN_ROUTES (letters, digits, '-', '_')"
+                .into(),
+        );
+    }
+    let route = routes
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| format!("no route {name:?} in EGRESS_WARDEN_ROUTES"))?;
+    if route.fallback.is_none() {
+        return Err(format!(
+            "route {name:?} has no fallback to evacuate to (name=https://primary|https://fallback)"
+        ));
+    }
+    let window = window.map(parse_drill_window).transpose()?;
+    Ok(Drill {
+        route: name.to_owned(),
+        window,
+    })
+}
+
+fn parse_drill_window(window: &str) -> Result<DrillWindow, String> {
+    let (start, length) = window
+        .split_once('/')
+        .ok_or("expected START/DURATION, like 2026-12-07T10:00:00Z/10m")?;
+    let start = chrono::DateTime::parse_from_rfc3339(start.trim())
+        .map_err(|e| format!("{start:?} is not an RFC 3339 time ({e})"))?;
+    let length = humantime::parse_duration(length.trim())
+        .map_err(|e| format!("{length:?} is not a duration like 10m or 1h30m ({e})"))?;
+    if length.is_zero() {
+        return Err("the drill's duration must be more than zero".into());
+    }
+    Ok(DrillWindow {
+        start: start.into(),
+        length,
+    })
 }
 
 /// `route[*n]` (a configured route's name) or `host:port[*n]`, n from 1 to 64.

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use items::normalize_host;
 pub use redact::redact;
@@ -41,6 +41,7 @@ pub struct Config {
     pub ca_bundle: Option<PathBuf>,
     pub vpc_cidrs: Vec<IpNet>,
     pub routes: Vec<Route>,
+    pub drills: Vec<Drill>,
     pub warm: Vec<WarmTarget>,
     pub warm_budget: Duration,
     /// Time the warm-up may take after a SnapStart restore.
@@ -139,6 +140,20 @@ pub struct RouteOptions {
     pub fallback_reads_only: bool,
     /// `regions=PRIMARY/FALLBACK`: the upstreams' regions, for the per-region metrics.
     pub regions: Option<RouteRegions>,
+}
+
+/// `EGRESS_WARDEN_DRILL`: a route whose primary is treated as down on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drill {
+    pub route: String,
+    /// `None`: from INIT on.
+    pub window: Option<DrillWindow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrillWindow {
+    pub start: SystemTime,
+    pub length: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

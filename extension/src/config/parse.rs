@@ -2,7 +2,7 @@
 //! the problems always come out in the same order (unknown names first).
 
 use super::items::{
-    parse_cidr, parse_dns_upstream, parse_level, parse_route, parse_rule, parse_warm,
+    parse_cidr, parse_dns_upstream, parse_drill, parse_level, parse_route, parse_rule, parse_warm,
 };
 use super::reader::Reader;
 use super::variables::Var;
@@ -37,6 +37,12 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         parse_cidr,
     );
     let routes = routes(&mut r);
+    let drills = r.list(
+        Var::Drill,
+        "",
+        "route[@START/DURATION] (START in RFC 3339, DURATION like 10m), a route with a fallback",
+        |item| parse_drill(item, &routes),
+    );
     let lifecycle = lifecycle(&mut r, &routes, lambda.initialization_type);
     let limits = limits(&mut r);
     let metrics = metrics(&mut r);
@@ -53,6 +59,7 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         ca_bundle,
         vpc_cidrs,
         routes,
+        drills,
         warm: lifecycle.warm,
         warm_budget: lifecycle.warm_budget,
         restore_budget: lifecycle.restore_budget,

@@ -220,6 +220,42 @@ fn route_options() {
 }
 
 #[test]
+fn drills_name_a_route_with_a_fallback_and_an_optional_window() {
+    let routes = "pay=https://a.example.com|https://b.example.com,solo=https://c.example.com";
+    let (c, problems) = Config::from_vars(&vars(&[
+        ("EGRESS_WARDEN_ROUTES", routes),
+        (
+            "EGRESS_WARDEN_DRILL",
+            "pay@2026-12-07T10:00:00Z/10m,solo,nope,pay@yesterday/10m,pay@2026-12-07T10:00:00+02:00/0s",
+        ),
+    ]));
+    assert_eq!(c.drills.len(), 1, "{problems:?}");
+    let window = c.drills[0].window.expect("a window");
+    let start = window
+        .start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    assert_eq!(start, 1_796_637_600, "2026-12-07T10:00:00Z");
+    assert_eq!(window.length, Duration::from_secs(600));
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    let text = problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("has no fallback"), "{text}");
+    assert!(text.contains("no route \"nope\""), "{text}");
+    assert!(text.contains("RFC 3339"), "{text}");
+    assert!(text.contains("more than zero"), "{text}");
+    let (c, _) = Config::from_vars(&vars(&[
+        ("EGRESS_WARDEN_ROUTES", routes),
+        ("EGRESS_WARDEN_DRILL", "pay"),
+    ]));
+    assert_eq!(c.drills[0].window, None, "no window: from INIT on");
+}
+
+#[test]
 fn provisioned_concurrency_gets_a_larger_budget() {
     let (c, _) = Config::from_vars(&vars(&[(
         "AWS_LAMBDA_INITIALIZATION_TYPE",

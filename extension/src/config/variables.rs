@@ -52,6 +52,7 @@ known_variables! {
     MetricsNamespace => "EGRESS_WARDEN_METRICS_NAMESPACE",
     CloudwatchEndpoint => "EGRESS_WARDEN_CLOUDWATCH_ENDPOINT",
     VersionDimension => "EGRESS_WARDEN_VERSION_DIMENSION",
+    Drill => "EGRESS_WARDEN_DRILL",
 }
 
 impl Var {

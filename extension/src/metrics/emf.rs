@@ -5,8 +5,7 @@
 //! into another line; nothing is dropped.
 
 use super::flat::{
-    self, by_version, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION,
-    FUNCTION_VERSION_DIMENSION,
+    self, by_version, round_ms, Reading, Scope, FUNCTION_NAME_DIMENSION, FUNCTION_VERSION_DIMENSION,
 };
 use super::{Histogram, Snapshot};
 use serde_json::{json, Map, Value};
@@ -93,7 +92,7 @@ impl EmfWriter {
                     Reading::Distribution(h) => histogram_entries(figure.name, h, &mut entries),
                 }
             }
-            self.pack(entries, group.destination, timestamp_ms, &mut lines);
+            self.pack(entries, group.scope, timestamp_ms, &mut lines);
         }
         lines
     }
@@ -118,7 +117,7 @@ impl EmfWriter {
     fn pack(
         &self,
         entries: Vec<Entry>,
-        destination: Option<&str>,
+        scope: Scope<'_>,
         timestamp_ms: u64,
         lines: &mut Vec<String>,
     ) {
@@ -136,15 +135,14 @@ impl EmfWriter {
             doc.entries.push(entry);
         }
         for doc in documents {
-            lines.push(self.document(doc, destination, timestamp_ms));
+            lines.push(self.document(doc, scope, timestamp_ms));
         }
     }
 
-    fn document(&self, doc: Document, destination: Option<&str>, timestamp_ms: u64) -> String {
+    fn document(&self, doc: Document, scope: Scope<'_>, timestamp_ms: u64) -> String {
+        let scoped = scope.dimensions();
         let mut dimensions = vec![FUNCTION_NAME_DIMENSION];
-        if destination.is_some() {
-            dimensions.push(DESTINATION_DIMENSION);
-        }
+        dimensions.extend(scoped.iter().map(|(name, _)| *name));
         let definitions: Vec<Value> = doc
             .entries
             .iter()
@@ -155,10 +153,7 @@ impl EmfWriter {
             "Dimensions": [dimensions],
             "Metrics": definitions,
         })];
-        let version = self
-            .function_version
-            .as_deref()
-            .filter(|_| destination.is_none());
+        let version = (self.function_version.as_deref()).filter(|_| scope == Scope::Function);
         if version.is_some() {
             let by_version: Vec<Value> = doc
                 .entries
@@ -186,8 +181,8 @@ impl EmfWriter {
         if let Some(version) = version {
             root.insert(FUNCTION_VERSION_DIMENSION.into(), json!(version));
         }
-        if let Some(destination) = destination {
-            root.insert(DESTINATION_DIMENSION.into(), json!(destination));
+        for (name, value) in scoped {
+            root.insert(name.into(), json!(value));
         }
         for entry in doc.entries {
             root.insert(entry.name, entry.value);

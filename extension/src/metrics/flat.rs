@@ -1,11 +1,13 @@
 //! A window as the flat list of figures both writers read (EMF lines and PutMetricData
 //! data), so the two cannot disagree on names, units, order or dimension sets.
 
-use super::{Histogram, Snapshot};
+use super::{DestinationWindow, Histogram, Snapshot};
 
 pub(super) const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
 pub(super) const DESTINATION_DIMENSION: &str = "Destination";
 pub(super) const FUNCTION_VERSION_DIMENSION: &str = "FunctionVersion";
+pub(super) const ROUTE_DIMENSION: &str = "Route";
+pub(super) const REGION_DIMENSION: &str = "Region";
 
 /// The function's key figures, also written under `[FunctionName, FunctionVersion]`: what a
 /// canary version is compared on. Few on purpose: every metric per version is billed apart.
@@ -42,16 +44,40 @@ pub(super) struct Figure<'a> {
     pub reading: Reading<'a>,
 }
 
-/// The figures of one dimension set: `[FunctionName]` when `destination` is `None`, else
-/// `[FunctionName, Destination]`.
+/// What a group of figures is about, beyond the function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Scope<'a> {
+    /// `[FunctionName]`.
+    Function,
+    /// `[FunctionName, Destination]`.
+    Destination(&'a str),
+    /// `[FunctionName, Route, Region]`.
+    Route { route: &'a str, region: &'a str },
+}
+
+impl<'a> Scope<'a> {
+    /// The dimensions besides `FunctionName`, with their values.
+    pub(super) fn dimensions(self) -> Vec<(&'static str, &'a str)> {
+        match self {
+            Scope::Function => Vec::new(),
+            Scope::Destination(d) => vec![(DESTINATION_DIMENSION, d)],
+            Scope::Route { route, region } => {
+                vec![(ROUTE_DIMENSION, route), (REGION_DIMENSION, region)]
+            }
+        }
+    }
+}
+
+/// The figures of one dimension set.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Group<'a> {
-    pub destination: Option<&'a str>,
+    pub scope: Scope<'a>,
     pub figures: Vec<Figure<'a>>,
 }
 
 /// The function's figures (counters, run-time counts, gauges, timings), then each
-/// destination's (counters, timings). Empty histograms and empty groups are left out.
+/// destination's and each route and region's (counters, timings). Empty histograms and empty
+/// groups are left out.
 pub(super) fn flatten(snapshot: &Snapshot) -> Vec<Group<'_>> {
     let mut function = Vec::new();
     for (counter, n) in &snapshot.counters {
@@ -74,28 +100,38 @@ pub(super) fn flatten(snapshot: &Snapshot) -> Vec<Group<'_>> {
             .filter_map(|(t, h)| distribution(t.metric_name(), h)),
     );
     let mut groups = vec![Group {
-        destination: None,
+        scope: Scope::Function,
         figures: function,
     }];
     for (destination, window) in &snapshot.destinations {
-        let mut figures: Vec<Figure<'_>> = window
-            .counters
-            .iter()
-            .map(|(c, n)| count(c.metric_name(), c.unit(), *n))
-            .collect();
-        figures.extend(
-            window
-                .timings
-                .iter()
-                .filter_map(|(t, h)| distribution(t.metric_name(), h)),
-        );
         groups.push(Group {
-            destination: Some(destination),
-            figures,
+            scope: Scope::Destination(destination),
+            figures: window_figures(window),
+        });
+    }
+    for ((route, region), window) in &snapshot.routes {
+        groups.push(Group {
+            scope: Scope::Route { route, region },
+            figures: window_figures(window),
         });
     }
     groups.retain(|g| !g.figures.is_empty());
     groups
+}
+
+fn window_figures(window: &DestinationWindow) -> Vec<Figure<'_>> {
+    let mut figures: Vec<Figure<'_>> = window
+        .counters
+        .iter()
+        .map(|(c, n)| count(c.metric_name(), c.unit(), *n))
+        .collect();
+    figures.extend(
+        window
+            .timings
+            .iter()
+            .filter_map(|(t, h)| distribution(t.metric_name(), h)),
+    );
+    figures
 }
 
 fn count<'a>(name: &'a str, unit: &'static str, n: u64) -> Figure<'a> {
@@ -140,7 +176,7 @@ mod tests {
         let window = r.take();
         let groups = flatten(&window);
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].destination, None);
+        assert_eq!(groups[0].scope, Scope::Function);
         assert_eq!(
             names(&groups[0]),
             [
@@ -151,7 +187,7 @@ mod tests {
                 "dns_ms"
             ]
         );
-        assert_eq!(groups[1].destination, Some("a:443"));
+        assert_eq!(groups[1].scope, Scope::Destination("a:443"));
         assert_eq!(names(&groups[1]), ["requests", "dns_ms"]);
         assert_eq!(groups[0].figures[3].reading, Reading::Level(3));
         assert!(flatten(&Snapshot::default()).is_empty());

@@ -44,6 +44,7 @@ metric_enum!(
         CrossRegionRequests => "cross_region_requests",
         CircuitOpen => "circuit_open",
         FallbackHits => "fallback_hits",
+        Responses5xx => "responses_5xx",
         BytesIn => "bytes_in",
         BytesOut => "bytes_out",
         DnsCacheHits => "dns_cache_hits",
@@ -77,6 +78,7 @@ metric_enum!(
     /// Levels; a flush reports the highest level seen during the window.
     Gauge {
         ActiveConnections => "active_connections",
+        DrillActive => "drill_active",
     }
 );
 

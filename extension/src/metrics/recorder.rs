@@ -1,6 +1,7 @@
 //! The recorder every part of the extension writes to.
 
 use super::observations::{self, JournalRead};
+use super::snapshot::RouteRegion;
 use super::{Counter, DestinationWindow, Gauge, Snapshot, Timing};
 use super::{MAX_DESTINATIONS, OTHER_DESTINATION};
 use std::collections::BTreeMap;
@@ -79,6 +80,24 @@ impl Recorder {
         let mut slow = self.slow();
         let window = destination_window(&mut slow.destinations, destination);
         *window.counters.entry(counter).or_default() += n;
+    }
+
+    /// Counts for one route and upstream region only (the function-level figure is counted
+    /// where the request is).
+    pub fn count_route(&self, route: &str, region: &str, counter: Counter, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut slow = self.slow();
+        let window = route_window(&mut slow.routes, route, region);
+        *window.counters.entry(counter).or_default() += n;
+    }
+
+    /// Records a latency for one route and upstream region only.
+    pub fn observe_ms_route(&self, route: &str, region: &str, timing: Timing, ms: f64) {
+        let mut slow = self.slow();
+        let window = route_window(&mut slow.routes, route, region);
+        window.timings.entry(timing).or_default().record(ms);
     }
 
     /// A metric whose name is only known at run time (unit `Count`).
@@ -175,6 +194,16 @@ impl Recorder {
         }
         self.slow().merge_bounded(window);
     }
+}
+
+fn route_window<'a>(
+    routes: &'a mut BTreeMap<RouteRegion, DestinationWindow>,
+    route: &str,
+    region: &str,
+) -> &'a mut DestinationWindow {
+    routes
+        .entry((route.to_owned(), region.to_owned()))
+        .or_default()
 }
 
 fn destination_window<'a>(

@@ -16,6 +16,17 @@ pub struct DestinationWindow {
     pub timings: BTreeMap<Timing, Histogram>,
 }
 
+impl DestinationWindow {
+    fn merge(&mut self, other: DestinationWindow) {
+        for (c, n) in other.counters {
+            *self.counters.entry(c).or_default() += n;
+        }
+        for (t, h) in other.timings {
+            self.timings.entry(t).or_default().merge(&h);
+        }
+    }
+}
+
 /// Everything recorded between two flushes.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Snapshot {
@@ -25,7 +36,13 @@ pub struct Snapshot {
     /// Metrics named at run time, e.g. `symptom_<finding>` (unit `Count`).
     pub named_counts: BTreeMap<String, u64>,
     pub destinations: BTreeMap<String, DestinationWindow>,
+    /// Route-mode figures per route and upstream region (`[FunctionName, Route, Region]`):
+    /// bounded by the configured routes, two regions each.
+    pub routes: BTreeMap<RouteRegion, DestinationWindow>,
 }
+
+/// A route's name and the region of the upstream that served it.
+pub(crate) type RouteRegion = (String, String);
 
 impl Snapshot {
     pub fn is_empty(&self) -> bool {
@@ -34,6 +51,7 @@ impl Snapshot {
             && self.gauges.is_empty()
             && self.named_counts.is_empty()
             && self.destinations.is_empty()
+            && self.routes.is_empty()
     }
 
     /// Adds another window into this one (used to put back a window that could not be sent).
@@ -52,13 +70,10 @@ impl Snapshot {
             *self.named_counts.entry(name).or_default() += n;
         }
         for (dest, window) in other.destinations {
-            let mine = self.destinations.entry(dest).or_default();
-            for (c, n) in window.counters {
-                *mine.counters.entry(c).or_default() += n;
-            }
-            for (t, h) in window.timings {
-                mine.timings.entry(t).or_default().merge(&h);
-            }
+            self.destinations.entry(dest).or_default().merge(window);
+        }
+        for (key, window) in other.routes {
+            self.routes.entry(key).or_default().merge(window);
         }
     }
     /// [`Snapshot::merge`], then folds destinations beyond [`MAX_DESTINATIONS`] into

@@ -12,6 +12,7 @@ use super::request::record::{record_end, RequestRecord};
 use super::upstream::breaker::{Breakers, FAILURES_TO_OPEN, OPEN_FOR};
 use super::upstream::connect::{ms_since, Dialer};
 use super::upstream::connector::{ConnInfo, WardenConnector};
+use super::upstream::drill::Drills;
 use super::upstream::liveness::Registry;
 use super::upstream::pool_stats::PoolStats;
 use super::upstream::prewarmed::{ParkedSocket, Prewarmed};
@@ -21,8 +22,8 @@ use crate::clock::InvocationClock;
 use crate::config::Config;
 use crate::dns::DnsCache;
 use crate::findings::Findings;
-use crate::metrics::Counter;
 use crate::metrics::Recorder;
+use crate::metrics::{Counter, Timing};
 use crate::shutdown::Shutdown;
 use http::Response;
 use hyper::body::Incoming;
@@ -39,6 +40,7 @@ pub(crate) struct Proxy {
     pub dialer: Arc<Dialer>,
     pub upstreams: Upstreams,
     pub breakers: Breakers,
+    pub drills: Drills,
     pub pools: Arc<PoolStats>,
     /// Pre-connected sockets for `CONNECT` targets, by `host:port`.
     pub sockets: Prewarmed<ParkedSocket>,
@@ -81,6 +83,7 @@ impl Proxy {
             dialer,
             upstreams: Upstreams::new(connector, config.pool_idle),
             breakers: Breakers::new(FAILURES_TO_OPEN, OPEN_FOR),
+            drills: Drills::new(&config.drills, recorder.clone()),
             pools,
             sockets: Prewarmed::new(config.pool_idle, recorder.clone()),
             dns,
@@ -113,8 +116,9 @@ impl Proxy {
         let mut res = refusal.response();
         let recorder = self.recorder.clone();
         let (dest, started) = (record.destination.clone(), record.started);
-        res.body_mut()
-            .on_done(Box::new(move |_| record_end(&recorder, &dest, started, 0)));
+        res.body_mut().on_done(Box::new(move |_| {
+            record_end(&recorder, &dest, started, 0);
+        }));
         res
     }
 
@@ -141,7 +145,13 @@ impl Proxy {
         let mut body = ProxyBody::upstream(body);
         let recorder = self.recorder.clone();
         let (dest, started) = (record.destination.clone(), record.started);
-        body.on_done(Box::new(move |n| record_end(&recorder, &dest, started, n)));
+        let route_region = record.route.clone().zip(record.region.clone());
+        body.on_done(Box::new(move |n| {
+            let ms = record_end(&recorder, &dest, started, n);
+            if let Some((route, region)) = &route_region {
+                recorder.observe_ms_route(route, region, Timing::RequestMs, ms);
+            }
+        }));
         Response::from_parts(parts, body)
     }
 

@@ -91,7 +91,7 @@ async fn invoke(emu: &mut Emulator, k: usize) -> InvokeOutcome {
 
 /// Levels, not counts: a window reports the highest level it saw, and windows merged while a
 /// send is in flight keep the highest, so they compare by maximum.
-const GAUGES: &[&str] = &["active_connections"];
+const GAUGES: &[&str] = &["active_connections", "drill_active"];
 
 /// A metric as CloudWatch stores it: its name and its dimensions (name, value), sorted.
 type MetricKey = (String, Vec<(String, String)>);

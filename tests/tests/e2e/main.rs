@@ -9,6 +9,7 @@ mod cloudwatch_init_cost;
 mod cloudwatch_sink;
 mod demo;
 mod dns_lambda;
+mod drills;
 mod emulator_selftest;
 mod execution_models;
 mod findings_netns;

@@ -7,8 +7,7 @@
 //! tested exactly, and `client.rs` maps them onto the SDK's types.
 
 use crate::metrics::flat::{
-    self, by_version, round_ms, Reading, DESTINATION_DIMENSION, FUNCTION_NAME_DIMENSION,
-    FUNCTION_VERSION_DIMENSION,
+    self, by_version, round_ms, Reading, Scope, FUNCTION_NAME_DIMENSION, FUNCTION_VERSION_DIMENSION,
 };
 use crate::metrics::{Histogram, Snapshot};
 
@@ -69,10 +68,10 @@ pub(super) fn data(snapshot: &Snapshot, function: Function<'_>) -> Vec<Datum> {
     let mut out = Vec::new();
     for group in flat::flatten(snapshot) {
         let mut dims = vec![(FUNCTION_NAME_DIMENSION, function.name.to_owned())];
-        if let Some(destination) = group.destination {
-            dims.push((DESTINATION_DIMENSION, destination.to_owned()));
-        }
-        let version = function.version.filter(|_| group.destination.is_none());
+        dims.extend(
+            (group.scope.dimensions().into_iter()).map(|(name, value)| (name, value.to_owned())),
+        );
+        let version = function.version.filter(|_| group.scope == Scope::Function);
         let version_dims = version.map(|v| {
             vec![
                 (FUNCTION_NAME_DIMENSION, function.name.to_owned()),
@@ -123,13 +122,16 @@ impl Plan {
             gauges,
             named_counts,
             destinations,
+            routes,
         } = snapshot;
+        // Route figures are few (routes × regions): they travel with the function's.
         let function_part = Snapshot {
             counters,
             timings,
             gauges,
             named_counts,
             destinations: Default::default(),
+            routes,
         };
         if !function_part.is_empty() {
             parts.push(function_part);

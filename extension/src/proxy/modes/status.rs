@@ -3,6 +3,7 @@
 //! findings.
 
 use crate::proxy::body::ProxyBody;
+use crate::proxy::modes::route::upstream_key;
 use crate::proxy::shared::Proxy;
 use http::{HeaderValue, Response, StatusCode};
 use std::sync::Arc;
@@ -28,9 +29,34 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
             "routes": proxy.upstreams.describe_parked(),
         },
         "dns": proxy.dns.status(),
-        "breakers": proxy.breakers.describe(),
+        "breakers": breakers(proxy),
+        // Failover drills (EGRESS_WARDEN_DRILL): a route whose primary is "active" here is
+        // served by its fallback whatever its breaker says.
+        "drills": proxy.drills.describe(),
         "findings": proxy.findings.describe(),
     })
+}
+
+/// The breakers, with the primary of a route under an active drill shown as `drill`.
+fn breakers(proxy: &Proxy) -> serde_json::Value {
+    let mut list = match proxy.breakers.describe() {
+        serde_json::Value::Array(list) => list,
+        _ => Vec::new(),
+    };
+    for route in &proxy.config.routes {
+        if !proxy.drills.active(&route.name) {
+            continue;
+        }
+        let key = upstream_key(&route.primary);
+        list.retain(|b| b["upstream"] != key.as_str());
+        list.push(serde_json::json!({
+            "upstream": key,
+            "state": "drill",
+            "route": route.name,
+            "left_ms": proxy.drills.left(&route.name).map(|d| d.as_millis() as u64),
+        }));
+    }
+    serde_json::Value::Array(list)
 }
 
 pub(crate) async fn response(proxy: &Arc<Proxy>) -> Response<ProxyBody> {

@@ -41,6 +41,9 @@ pub(crate) struct RequestRecord {
     /// The bare host, for cross-region detection.
     pub host: String,
     pub route: Option<String>,
+    /// The region of the route's upstream that served the request, when known (the route's
+    /// `regions=` option, else an AWS regional endpoint's host name).
+    pub region: Option<String>,
     pub addr: Option<SocketAddr>,
     pub dns_ms: Option<f64>,
     pub connect_ms: Option<f64>,
@@ -66,6 +69,7 @@ impl RequestRecord {
             destination: String::new(),
             host: String::new(),
             route: None,
+            region: None,
             addr: None,
             dns_ms: None,
             connect_ms: None,
@@ -150,6 +154,19 @@ impl RequestRecord {
         count(Counter::RetryCount, u64::from(self.retries));
         if self.fallback {
             count(Counter::FallbackHits, 1);
+        }
+        if let (Some(route), Some(region)) = (&self.route, &self.region) {
+            let by_route = |c: Counter| recorder.count_route(route, region, c, 1);
+            by_route(Counter::Requests);
+            if self.error_counters.contains(&Counter::Errors) {
+                by_route(Counter::Errors);
+            }
+            if self.status >= 500 {
+                by_route(Counter::Responses5xx);
+            }
+            if self.fallback {
+                by_route(Counter::FallbackHits);
+            }
         }
         if !self.host.is_empty() {
             let cross_region = is_cross_region(&self.host, home_region);
@@ -242,7 +259,13 @@ impl RequestRecord {
 }
 
 /// Records what is known only at the end: total time and bytes from upstream.
-pub(crate) fn record_end(recorder: &Recorder, destination: &str, started: Instant, bytes_in: u64) {
+/// Records the request's whole time and the bytes that came back; returns the time (ms).
+pub(crate) fn record_end(
+    recorder: &Recorder,
+    destination: &str,
+    started: Instant,
+    bytes_in: u64,
+) -> f64 {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if destination.is_empty() {
         recorder.observe_ms(Timing::RequestMs, ms);
@@ -251,6 +274,7 @@ pub(crate) fn record_end(recorder: &Recorder, destination: &str, started: Instan
         recorder.observe_ms_for(destination, Timing::RequestMs, ms);
         recorder.count_for(destination, Counter::BytesIn, bytes_in);
     }
+    ms
 }
 
 pub(crate) fn record_bytes_out(recorder: &Recorder, destination: &str, bytes: u64) {

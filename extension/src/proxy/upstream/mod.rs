@@ -10,6 +10,7 @@
 pub(crate) mod breaker;
 pub(crate) mod connect;
 pub(crate) mod connector;
+pub(crate) mod drill;
 pub(crate) mod liveness;
 pub(crate) mod pool_stats;
 pub(crate) mod prewarmed;

@@ -24,6 +24,8 @@ use tokio::time::error::Elapsed;
 /// Stale pooled connections skipped in a row before the request fails (several can die at
 /// once when the sandbox was frozen; a revalidation after the first usually finds the rest).
 const MAX_STALE_SKIPS: u32 = 3;
+/// `Retry-After` for a write kept home by a drill without an end.
+const DRILL_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Request bodies up to this size (with a known length) are kept to be sent again.
 const MAX_REPLAY_BYTES: u64 = 1024 * 1024;
 
@@ -130,6 +132,8 @@ impl RequestBody {
 /// The upstream an attempt goes to.
 pub(super) struct Chosen<'r> {
     pub upstream: &'r Upstream,
+    /// The route's fallback, because the primary's breaker is open or a drill has it down.
+    pub on_fallback: bool,
     /// The breaker's key for the route's primary.
     primary_key: String,
     on_primary: bool,
@@ -137,8 +141,8 @@ pub(super) struct Chosen<'r> {
     probe: bool,
 }
 
-/// The primary, unless its breaker is open: then the fallback (not for an unkeyed write with
-/// `fallback=reads`: `503 home_region_only`), or `503 circuit_open`.
+/// The primary, unless its breaker is open or a drill has it down: then the fallback (not for
+/// an unkeyed write with `fallback=reads`: `503 home_region_only`), or `503 circuit_open`.
 pub(super) fn choose<'r>(
     proxy: &Proxy,
     route: &'r Route,
@@ -146,12 +150,25 @@ pub(super) fn choose<'r>(
     record: &mut RequestRecord,
 ) -> Result<Chosen<'r>, Refusal> {
     let primary_key = upstream_key(&route.primary);
-    let (upstream, probe) = match proxy.breakers.admit(&primary_key) {
+    let drilled = proxy.drills.active(&route.name);
+    let admission = if drilled {
+        Admission::Reject
+    } else {
+        proxy.breakers.admit(&primary_key)
+    };
+    let (upstream, probe) = match admission {
         Admission::Pass => (&route.primary, false),
         Admission::Probe => (&route.primary, true),
         Admission::Reject => match &route.fallback {
             Some(_) if route.options.fallback_reads_only && unkeyed_write => {
-                return Err(home_region_only(&primary_key, proxy.breakers.retry_in(&primary_key)))
+                let back_in = if drilled {
+                    proxy.drills.left(&route.name).unwrap_or(DRILL_RETRY_AFTER)
+                } else {
+                    proxy.breakers.retry_in(&primary_key)
+                };
+                // Counted against home: the region the write waits for.
+                record.region = upstream_region(route, &route.primary, true);
+                return Err(home_region_only(&primary_key, back_in));
             }
             Some(fallback) => {
                 record.fallback = true;
@@ -176,12 +193,25 @@ pub(super) fn choose<'r>(
         &upstream.host,
         format!("{}:{}", host_for_uri(&upstream.host), upstream.port),
     );
+    let on_primary = std::ptr::eq(upstream, &route.primary);
+    record.region = upstream_region(route, upstream, on_primary);
     Ok(Chosen {
-        on_primary: std::ptr::eq(upstream, &route.primary),
+        on_fallback: !on_primary,
+        on_primary,
         upstream,
         primary_key,
         probe,
     })
+}
+
+/// The region of the upstream serving this attempt: the route's `regions=` option, else the
+/// region in an AWS regional endpoint's name.
+fn upstream_region(route: &Route, upstream: &Upstream, on_primary: bool) -> Option<String> {
+    match &route.options.regions {
+        Some(regions) if on_primary => Some(regions.primary.clone()),
+        Some(regions) => regions.fallback.clone(),
+        None => crate::aws::aws_region_of(&upstream.host).map(str::to_owned),
+    }
 }
 
 /// `503 home_region_only`: with `fallback=reads`, a write (a request not safe to repeat) waits
@@ -194,6 +224,13 @@ fn home_region_only(primary_key: &str, retry_after: Duration) -> Refusal {
     )
     .with_hint("fallback=reads keeps writes home; send it again after Retry-After, or give it an Idempotency-Key if the fallback may take it")
     .with_retry_after(retry_after)
+}
+
+impl Next {
+    /// An answer below 500: what ends a drill's cutover or return home.
+    pub(super) fn succeeded(&self) -> bool {
+        matches!(self, Next::Answer(res) if res.status().as_u16() < 500)
+    }
 }
 
 /// What allows a retry, worked out once the attempt's result is in.

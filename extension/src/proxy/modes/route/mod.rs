@@ -88,7 +88,13 @@ pub(crate) async fn handle(
             can_repeat_body: body.can_repeat(),
             attempts_left: attempts.another_fits(wait),
         };
-        match judge(proxy, &mut record, &chosen, retry, &mut attempts, result) {
+        let next = judge(proxy, &mut record, &chosen, retry, &mut attempts, result);
+        if !matches!(next, Next::SkipStale(_)) {
+            proxy
+                .drills
+                .outcome(name, chosen.on_fallback, next.succeeded());
+        }
+        match next {
             Next::Answer(res) => return proxy.relay(&mut record, res, sent_at),
             Next::Refuse(refusal) => return proxy.refuse(&mut record, refusal),
             Next::SkipStale(err) => {
