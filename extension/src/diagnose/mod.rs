@@ -266,6 +266,7 @@ impl Diagnosis {
         let inputs = Inputs {
             settings: &self.settings,
             cold_connect_ms: &state.cold_connect_ms,
+            open_connections: self.recorder.upstream_connections_open(),
         };
         for (rule, track) in RULES.iter().zip(state.tracks.iter_mut()) {
             let recent = |seq| Recent {

@@ -7,6 +7,7 @@
 //! this flush or the next one — never in neither.
 
 pub mod cloudwatch;
+mod connections;
 mod emf;
 mod flat;
 mod histogram;
@@ -15,6 +16,7 @@ pub mod observations;
 mod recorder;
 mod snapshot;
 
+pub use connections::OpenConnection;
 pub use emf::{
     EmfWriter, EMF_MAX_EVENT_BYTES, EMF_MAX_METRICS_PER_DIRECTIVE, EMF_MAX_VALUES_PER_METRIC,
 };

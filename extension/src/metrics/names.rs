@@ -40,6 +40,7 @@ metric_enum!(
         PolicyDenied => "policy_denied",
         ConnectionsOpened => "connections_opened",
         ConnectionsReused => "connections_reused",
+        ConnectionsPeak => "connections_peak",
         IdleClientsClosed => "idle_clients_closed",
         CrossRegionRequests => "cross_region_requests",
         CircuitOpen => "circuit_open",

@@ -1,5 +1,6 @@
 //! The recorder every part of the extension writes to.
 
+use super::connections::{LiveConnections, OpenConnection};
 use super::observations::{self, JournalRead};
 use super::snapshot::RouteRegion;
 use super::{Counter, DestinationWindow, Gauge, Snapshot, Timing};
@@ -21,6 +22,8 @@ pub(super) struct Inner {
     slow: Mutex<Snapshot>,
     /// Individual events for the diagnosis; a flush does not empty it.
     pub(super) journal: Mutex<observations::Journal>,
+    /// Upstream connections open now, for `connections_peak`.
+    pub(super) live: LiveConnections,
 }
 
 /// Cheap to clone; every clone writes to the same window.
@@ -51,6 +54,7 @@ impl Recorder {
                 gauges,
                 slow: Mutex::new(Snapshot::default()),
                 journal: Mutex::new(observations::Journal::default()),
+                live: LiveConnections::default(),
             }),
         }
     }
@@ -98,6 +102,17 @@ impl Recorder {
         let mut slow = self.slow();
         let window = route_window(&mut slow.routes, route, region);
         window.timings.entry(timing).or_default().record(ms);
+    }
+
+    /// An upstream connection to `destination` opened; it counts as open until the returned
+    /// value is dropped.
+    pub fn connection_opened(&self, destination: &str) -> OpenConnection {
+        OpenConnection::new(self.clone(), destination.to_owned())
+    }
+
+    /// Upstream connections open right now (all destinations).
+    pub fn upstream_connections_open(&self) -> u64 {
+        self.inner.live.open_now()
     }
 
     /// A metric whose name is only known at run time (unit `Count`).
@@ -176,6 +191,17 @@ impl Recorder {
             if max != 0 {
                 snapshot.gauges.insert(*gauge, max);
             }
+        }
+        let peaks = self.inner.live.take_peaks();
+        if peaks.total > 0 {
+            snapshot
+                .counters
+                .insert(Counter::ConnectionsPeak, peaks.total);
+        }
+        for (destination, peak) in peaks.by_destination {
+            let window = destination_window(&mut snapshot.destinations, &destination);
+            // Destinations folded into `other` add up: a bound on their connections together.
+            *window.counters.entry(Counter::ConnectionsPeak).or_default() += peak;
         }
         snapshot
     }

@@ -68,7 +68,20 @@ struct Destination {
     last: Instant,
 }
 
-pub(super) fn nat_port_exhaustion(_: &Inputs, recent: Recent) -> Option<Report> {
+/// What a NAT gateway allows per destination (IP, port, protocol) and per public address.
+const NAT_CONNECTIONS_PER_DESTINATION: u64 = 55_000;
+
+/// This environment's share of the NAT's per-destination limit; the fleet's is the sum of
+/// `connections_peak` over the function's environments.
+fn headroom(open: u64) -> serde_json::Value {
+    json!({
+        "open_upstream_connections": open,
+        "nat_limit_per_destination": NAT_CONNECTIONS_PER_DESTINATION,
+        "fleet_view": "Sum of connections_peak per Destination over the function's environments, against the limit",
+    })
+}
+
+pub(super) fn nat_port_exhaustion(inputs: &Inputs, recent: Recent) -> Option<Report> {
     let mut total = Tally::default();
     let mut exhausted = Vec::new();
     for c in connects(recent.connects) {
@@ -91,9 +104,11 @@ pub(super) fn nat_port_exhaustion(_: &Inputs, recent: Recent) -> Option<Report> 
             ),
             evidence: json!({
                 "addr_not_available": total.addr_not_available,
+            "headroom": headroom(inputs.open_connections),
                 "attempts": total.attempts,
                 "connected": total.connected,
                 "destinations": exhausted,
+                "headroom": headroom(inputs.open_connections),
             }),
             fix,
         });

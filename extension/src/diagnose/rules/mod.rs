@@ -27,6 +27,8 @@ pub(super) struct Inputs<'a> {
     pub settings: &'a Settings,
     /// Connect times of the cold phase (INIT and the first invoke).
     pub cold_connect_ms: &'a [f64],
+    /// Upstream connections open now, for the NAT headroom in `nat_port_exhaustion`.
+    pub open_connections: u64,
 }
 
 /// A rule's verdict: what was seen (one line), the numbers, and the fix.

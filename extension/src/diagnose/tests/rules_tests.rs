@@ -230,7 +230,11 @@ fn address_not_available_is_nat_port_exhaustion() {
     assert!(f.evaluate().is_empty());
     f.note(connect("api.example.com", PUBLIC, AddrNotAvailable, 0.1));
     assert_eq!(f.evaluate(), ["nat_port_exhaustion"]);
-    assert_eq!(f.evidence("nat_port_exhaustion")["addr_not_available"], 3);
+    let e = f.evidence("nat_port_exhaustion");
+    assert_eq!(e["addr_not_available"], 3);
+    // The evidence names the headroom: what this environment holds of the NAT's limit.
+    assert_eq!(e["headroom"]["nat_limit_per_destination"], 55_000);
+    assert!(e["headroom"]["open_upstream_connections"].is_u64(), "{e}");
     f.note_n(30, connect("api.example.com", PUBLIC, Connected, 2.0));
     assert!(
         f.evaluate().is_empty(),

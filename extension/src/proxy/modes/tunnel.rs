@@ -83,9 +83,12 @@ pub(crate) async fn handle(
     let destination = record.destination;
     let upstream = dialed.stream;
     let addr = dialed.addr;
+    let open = dialed.open;
     tokio::spawn(async move {
         // Keeps the client connection counted (max connections, active gauge) while tunnelling.
         let _slot = slot;
+        // And the upstream one (connections_peak) until the tunnel ends.
+        let _open = open;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(err) => {

@@ -147,3 +147,38 @@ async fn another_regions_aws_endpoint_counts_as_cross_region() {
     let dest = &snap.destinations["s3.eu-west-1.amazonaws.com:443"];
     assert_eq!(dest.counters[&Counter::CrossRegionRequests], 1);
 }
+
+/// NAT headroom: the most upstream connections open at once in a window, per destination and
+/// for the function (`connections_peak`), as a test drives them: 40 tunnels open together.
+#[tokio::test]
+async fn forty_parallel_tunnels_peak_at_forty() {
+    let up = upstream::http("plain").await;
+    let other = upstream::http("other").await;
+    let proxy = start(&[]).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..40 {
+        let (reply, stream) = connect(proxy.addr, &up.addr.to_string()).await;
+        assert_eq!(reply.status, 200);
+        tunnels.push(stream);
+    }
+    let (reply, lone) = connect(proxy.addr, &other.addr.to_string()).await;
+    assert_eq!(reply.status, 200);
+    let snap = proxy.take();
+    let peak = |dest: &str| snap.destinations[dest].counters[&Counter::ConnectionsPeak];
+    assert_eq!(peak(&up.addr.to_string()), 40);
+    assert_eq!(peak(&other.addr.to_string()), 1);
+    assert_eq!(count(&snap, Counter::ConnectionsPeak), 41);
+    // Closed tunnels release their upstream connections: the next window peaks at what is left.
+    drop(tunnels);
+    let mut left = u64::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let snap = proxy.take();
+        left = count(&snap, Counter::ConnectionsPeak);
+        if left == 1 {
+            break;
+        }
+    }
+    assert_eq!(left, 1, "only the lone tunnel stays open");
+    drop(lone);
+}

@@ -3,7 +3,7 @@
 //! handed to `connect` is the one the policy saw: nothing resolves the name again.
 
 use crate::dns::DnsCache;
-use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, Recorder};
+use crate::metrics::{ConnectOutcome, ConnectPurpose, Event, OpenConnection, Recorder};
 use crate::proxy::policy::explain::Explained;
 use crate::proxy::policy::host::Target;
 use crate::proxy::policy::{Policy, Verdict};
@@ -30,6 +30,8 @@ pub(crate) struct Dialer {
 #[derive(Debug)]
 pub(crate) struct Dialed {
     pub stream: TcpStream,
+    /// Counts the connection as open (`connections_peak`) until dropped with it.
+    pub open: OpenConnection,
     pub addr: SocketAddr,
     pub dns_ms: Option<f64>,
     pub connect_ms: f64,
@@ -247,6 +249,7 @@ impl Dialer {
                     let _ = stream.set_nodelay(true);
                     return Ok(Dialed {
                         stream,
+                        open: self.recorder.connection_opened(&target.destination()),
                         addr,
                         dns_ms,
                         connect_ms,

@@ -7,7 +7,7 @@
 //! adopts a parked one when it next asks for a connection to that upstream. Every connection
 //! carries a [`Health`] cell, so a stale one is found before a request is written to it.
 
-use crate::metrics::ConnectPurpose;
+use crate::metrics::{ConnectPurpose, OpenConnection};
 use crate::proxy::policy::explain::Explained;
 use crate::proxy::policy::host::Target;
 use crate::proxy::upstream::connect::{ms_since, Dialer, Failure};
@@ -112,6 +112,7 @@ impl WardenConnector {
         let dialed = self.dialer.dial_for(&target, purpose).await?;
         let pool_key: Arc<str> = Arc::from(key);
         let fd = dialed.stream.as_raw_fd();
+        let counted = dialed.open;
         let mut info = ConnInfo {
             addr: dialed.addr,
             dns_ms: dialed.dns_ms,
@@ -158,6 +159,7 @@ impl WardenConnector {
             io: TokioIo::new(Watched { stream, health }),
             info,
             _open: guard,
+            _counted: counted,
         })
     }
 }
@@ -262,6 +264,8 @@ pub(crate) struct Conn {
     io: TokioIo<Watched>,
     info: ConnInfo,
     _open: OpenGuard,
+    /// Counted as an open upstream connection (`connections_peak`) while the pool holds it.
+    _counted: OpenConnection,
 }
 
 impl Parkable for Conn {
