@@ -22,6 +22,18 @@ pub fn proxy_dir() -> PathBuf {
     workspace_root().join("tests").join("proxy")
 }
 
+/// A throw-away CA and a server certificate for localhost and 127.0.0.1-3 in `dir`
+/// (`make-certs.sh`: ca.pem, server.pem, server.key).
+pub fn make_certs(dir: &Path) {
+    let ok = Command::new("sh")
+        .arg(proxy_dir().join("make-certs.sh"))
+        .arg(dir)
+        .status()
+        .expect("sh make-certs.sh")
+        .success();
+    assert!(ok, "make-certs.sh failed (openssl installed?)");
+}
+
 /// `upstream.py` on 127.0.0.2 (TLS with `certs`' server.pem/server.key when given): the
 /// process and its port.
 pub fn upstream(name: &str, certs: Option<&Path>) -> (KillOnDrop, u16) {

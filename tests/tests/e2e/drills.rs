@@ -5,29 +5,18 @@
 //! `Retry-After`); the status page shows the drill; when the window closes, traffic returns
 //! home and that is logged too.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use warden_tests::blocking_http::{request, Response};
 use warden_tests::emf;
-use warden_tests::python::{proxy_dir, upstream};
+use warden_tests::python::{make_certs, upstream};
 use warden_tests::warden::{
     emf_documents, extension_log, free_port, shut_down_cleanly, started_through_init, ExtensionsDir,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn make_certs(dir: &Path) {
-    let ok = Command::new("sh")
-        .arg(proxy_dir().join("make-certs.sh"))
-        .arg(dir)
-        .status()
-        .expect("sh make-certs.sh")
-        .success();
-    assert!(ok, "make-certs.sh failed (openssl installed?)");
-}
 
 /// `secs` since the epoch as RFC 3339 UTC (`date -u`, so the test needs no date crate).
 fn rfc3339(secs: u64) -> String {

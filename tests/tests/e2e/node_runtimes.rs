@@ -11,7 +11,6 @@
 //! absolute-form request, which the origin sees with the proxy's `Via`.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -19,23 +18,13 @@ use warden_tests::emf::EmfValidator;
 use warden_tests::emulator::{Runtime, RUNTIME_NAME};
 use warden_tests::node::{node_binary, node_runtime_script, LAMBDA_NODE_VERSIONS};
 use warden_tests::prerequisite;
-use warden_tests::python::{proxy_dir, upstream};
+use warden_tests::python::{make_certs, upstream};
 use warden_tests::warden::{
     free_port, shut_down_cleanly, started_through_init, wrapper_script, ExtensionsDir,
     EXTENSION_NAME,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn make_certs(dir: &Path) {
-    let ok = Command::new("sh")
-        .arg(proxy_dir().join("make-certs.sh"))
-        .arg(dir)
-        .status()
-        .expect("sh make-certs.sh")
-        .success();
-    assert!(ok, "make-certs.sh failed (openssl installed?)");
-}
 
 /// What one Node version did: each call's answer, the extension's per-origin request counts
 /// and the wrapper's lines.

@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use warden_tests::emulator::{Emulator, EmulatorConfig, Runtime, ShutdownReason};
 use warden_tests::moto::MotoServer;
 use warden_tests::one_at_a_time;
 use warden_tests::process::KillOnDrop;
-use warden_tests::python::{proxy_dir, python3 as python, upstream};
+use warden_tests::python::{make_certs, proxy_dir, python3 as python, upstream};
 use warden_tests::warden::{
     emf_function_total, free_port, shut_down_cleanly, started_through_init, workspace_root,
     ExtensionsDir, EXTENSION_NAME,
@@ -29,16 +29,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     one_at_a_time(LIMIT, f).await
-}
-
-fn make_certs(dir: &Path) {
-    let ok = Command::new("sh")
-        .arg(proxy_dir().join("make-certs.sh"))
-        .arg(dir)
-        .status()
-        .expect("make-certs.sh")
-        .success();
-    assert!(ok, "make-certs.sh failed");
 }
 
 /// Sends raw bytes to the proxy and returns (status, X-Egress-Warden-Error, body).
@@ -531,7 +521,12 @@ async fn every_decision_line_of_a_burst_is_on_stderr_at(stop: Stop) {
         .collect();
     for client in clients {
         let (out, err) = client.join().expect("curl thread");
-        assert_eq!(out.matches("\"path\": \"/burst/").count(), EACH, "{err}");
+        let head: String = out.chars().take(400).collect();
+        assert_eq!(
+            out.matches("\"path\": \"/burst/").count(),
+            EACH,
+            "stderr: {err}\nstdout starts: {head}"
+        );
     }
 
     // Every answer is out, so every decision line has been logged: stop at once.

@@ -8,6 +8,15 @@ use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// The proxy with `routes` (EGRESS_WARDEN_ROUTES) and the test CA trusted.
+async fn with_routes(routes: &str) -> super::Harness {
+    start(&[
+        ("EGRESS_WARDEN_ROUTES", routes),
+        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
+    ])
+    .await
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 }
@@ -16,11 +25,7 @@ fn get(path: &str) -> String {
 async fn route_requests_use_tls_h2_and_one_pooled_connection() {
     let up = upstream::tls("api", true).await;
     let routes = format!("api=https://localhost:{}/v1", up.addr.port());
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     for i in 0..3 {
         client
@@ -45,11 +50,7 @@ async fn route_requests_use_tls_h2_and_one_pooled_connection() {
 async fn http1_upstreams_work_too() {
     let up = upstream::tls("h1", false).await;
     let routes = format!("h1=https://127.0.0.1:{}", up.addr.port());
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
     let reply = raw(proxy.addr, get("/h1/").as_bytes())
         .await
         .expect("reply");
@@ -61,11 +62,7 @@ async fn http1_upstreams_work_too() {
 async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
     let up = upstream::tls("api", true).await;
     let routes = format!("api=https://localhost:{}", up.addr.port());
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
 
     let reply = raw(proxy.addr, get("/api/fail/2/get").as_bytes())
         .await
@@ -116,11 +113,7 @@ async fn idempotency_auto_makes_posts_retryable_with_one_key() {
         "auto=https://localhost:{0};idempotency=auto,plain=https://localhost:{0}",
         up.addr.port()
     );
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
     let post = |path: &str, extra: &str| {
         format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n{extra}\r\nbody")
     };
@@ -170,11 +163,7 @@ async fn connect_failures_open_the_breaker_and_the_fallback_answers() {
         closed_port(),
         fallback.addr.port()
     );
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
     let first = raw(proxy.addr, get("/svc/a").as_bytes())
         .await
         .expect("reply");
@@ -221,11 +210,7 @@ async fn with_fallback_reads_unkeyed_writes_stay_home() {
         closed_port(),
         fallback.addr.port()
     );
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
     // Five refused connects open the breaker (3 attempts, then 2 of the next request).
     let _ = raw(proxy.addr, get("/svc/a").as_bytes()).await;
     let read = raw(proxy.addr, get("/svc/b").as_bytes())
@@ -341,11 +326,7 @@ async fn a_refused_connect_is_still_retried() {
 async fn route_requests_end_before_the_invocation_deadline() {
     let up = upstream::tls("api", true).await;
     let routes = format!("api=https://localhost:{}", up.addr.port());
-    let proxy = start(&[
-        ("EGRESS_WARDEN_ROUTES", &routes),
-        ("EGRESS_WARDEN_CA_BUNDLE", &ca_pem()),
-    ])
-    .await;
+    let proxy = with_routes(&routes).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
