@@ -140,16 +140,20 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
     })
 }
 
+/// Letters, digits, '-' and '_': what a route's name (the first path segment) may hold.
+fn is_route_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// `name=https://primary[|https://fallback][;option…]`.
 pub(super) fn parse_route(item: &str) -> Result<Route, String> {
     let (item, options) = item.split_once(';').unwrap_or((item, ""));
     let (name, targets) = item.split_once('=').ok_or("missing '='")?;
     let name = name.trim();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !is_route_name(name) {
         return Err(format!(
             "route name {name:?} must be letters, digits, '-' or '_'"
         ));
@@ -222,11 +226,7 @@ pub(super) fn parse_drill(item: &str, routes: &[Route]) -> Result<Drill, String>
         None => (item.trim(), None),
     };
     // Not echoed unless it reads as a route name: a pasted URL may hold credentials.
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !is_route_name(name) {
         return Err(
             "the drill must name a route of EGRESS_WARDEN_ROUTES (letters, digits, '-', '_')"
                 .into(),

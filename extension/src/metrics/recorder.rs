@@ -86,15 +86,19 @@ impl Recorder {
         *window.counters.entry(counter).or_default() += n;
     }
 
-    /// Counts for one route and upstream region only (the function-level figure is counted
-    /// where the request is).
-    pub fn count_route(&self, route: &str, region: &str, counter: Counter, n: u64) {
-        if n == 0 {
-            return;
-        }
+    /// Counts one each of `counters` for one route and upstream region only (the
+    /// function-level figures are counted where the request is), under one lock.
+    pub fn count_route(
+        &self,
+        route: &str,
+        region: &str,
+        counters: impl IntoIterator<Item = Counter>,
+    ) {
         let mut slow = self.slow();
         let window = route_window(&mut slow.routes, route, region);
-        *window.counters.entry(counter).or_default() += n;
+        for counter in counters {
+            *window.counters.entry(counter).or_default() += 1;
+        }
     }
 
     /// Records a latency for one route and upstream region only.

@@ -156,17 +156,14 @@ impl RequestRecord {
             count(Counter::FallbackHits, 1);
         }
         if let (Some(route), Some(region)) = (&self.route, &self.region) {
-            let by_route = |c: Counter| recorder.count_route(route, region, c, 1);
-            by_route(Counter::Requests);
-            if self.error_counters.contains(&Counter::Errors) {
-                by_route(Counter::Errors);
-            }
-            if self.status >= 500 {
-                by_route(Counter::Responses5xx);
-            }
-            if self.fallback {
-                by_route(Counter::FallbackHits);
-            }
+            let errored = self.error_counters.contains(&Counter::Errors);
+            let counters = [
+                Some(Counter::Requests),
+                errored.then_some(Counter::Errors),
+                (self.status >= 500).then_some(Counter::Responses5xx),
+                self.fallback.then_some(Counter::FallbackHits),
+            ];
+            recorder.count_route(route, region, counters.into_iter().flatten());
         }
         if !self.host.is_empty() {
             let cross_region = is_cross_region(&self.host, home_region);

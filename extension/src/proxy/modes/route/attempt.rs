@@ -132,11 +132,10 @@ impl RequestBody {
 /// The upstream an attempt goes to.
 pub(super) struct Chosen<'r> {
     pub upstream: &'r Upstream,
-    /// The route's fallback, because the primary's breaker is open or a drill has it down.
-    pub on_fallback: bool,
     /// The breaker's key for the route's primary.
     primary_key: String,
-    on_primary: bool,
+    /// False: the fallback, because the primary's breaker is open or a drill has it down.
+    pub on_primary: bool,
     /// The one attempt a half-open breaker lets through.
     probe: bool,
 }
@@ -196,7 +195,6 @@ pub(super) fn choose<'r>(
     let on_primary = std::ptr::eq(upstream, &route.primary);
     record.region = upstream_region(route, upstream, on_primary);
     Ok(Chosen {
-        on_fallback: !on_primary,
         on_primary,
         upstream,
         primary_key,

@@ -92,7 +92,7 @@ pub(crate) async fn handle(
         if !matches!(next, Next::SkipStale(_)) {
             proxy
                 .drills
-                .outcome(name, chosen.on_fallback, next.succeeded());
+                .outcome(name, !chosen.on_primary, next.succeeded());
         }
         match next {
             Next::Answer(res) => return proxy.relay(&mut record, res, sent_at),
