@@ -3,8 +3,8 @@
 //! that into a problem.
 
 use super::{
-    Drill, DrillWindow, LogLevel, PolicyRule, Route, RouteOptions, RouteRegions, Upstream,
-    WarmTarget,
+    Drill, DrillWindow, LogLevel, PolicyRule, RateLimit, Route, RouteOptions, RouteRegions,
+    Upstream, WarmTarget,
 };
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -112,6 +112,45 @@ pub(super) fn parse_rule(item: &str) -> Result<PolicyRule, String> {
         }
     };
     Ok(PolicyRule::Host { pattern, port })
+}
+
+/// An `EGRESS_WARDEN_RATE_LIMITS` entry: `hostglob=RATE/s[:BURST]` (burst 1 unless given:
+/// requests evenly spaced, so no window of a vendor's per-second limit sees more).
+pub(super) fn parse_rate_limit(item: &str) -> Result<RateLimit, String> {
+    let (host, limit) = item
+        .split_once('=')
+        .ok_or("hostglob=RATE/s[:BURST], like api.vendor.com=50/s")?;
+    let pattern = match parse_rule(host.trim())? {
+        PolicyRule::Host {
+            pattern,
+            port: None,
+        } => pattern,
+        _ => return Err("the limit is for a host glob, without a port or range".into()),
+    };
+    let (rate, burst) = match limit.split_once(':') {
+        Some((rate, burst)) => (rate, Some(burst)),
+        None => (limit, None),
+    };
+    let per_second: f64 = rate
+        .trim()
+        .strip_suffix("/s")
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|n: &f64| n.is_finite() && *n >= 0.001 && *n <= 1_000_000.0)
+        .ok_or("the rate is a number of requests per second from 0.001 to 1000000, like 50/s")?;
+    let burst = match burst {
+        Some(b) => b
+            .trim()
+            .parse()
+            .ok()
+            .filter(|b| (1..=100_000).contains(b))
+            .ok_or("the burst is a whole number from 1 to 100000")?,
+        None => 1,
+    };
+    Ok(RateLimit {
+        pattern,
+        per_second,
+        burst,
+    })
 }
 
 /// An `https://` upstream with neither user info nor a query.

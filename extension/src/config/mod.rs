@@ -7,6 +7,7 @@
 
 mod items;
 mod parse;
+mod prices;
 mod reader;
 mod redact;
 #[cfg(test)]
@@ -53,8 +54,35 @@ pub struct Config {
     pub pool_idle: Duration,
     pub retry_max: u32,
     pub max_connections: usize,
+    /// Per-host token buckets (`EGRESS_WARDEN_RATE_LIMITS`), in the order written: the first
+    /// matching entry applies.
+    pub rate_limits: Vec<RateLimit>,
+    /// The longest a request waits for its bucket before `429 rate_limited`.
+    pub rate_limit_wait: Duration,
+    /// USD per GB on each path (`EGRESS_WARDEN_PRICES` over the region's defaults).
+    pub prices: Prices,
     pub metrics: MetricsSettings,
     pub lambda: LambdaEnv,
+}
+
+/// `hostglob=RATE/s[:BURST]`: requests to each matching host at most `per_second` on
+/// average, `burst` at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// A host glob as in `EGRESS_WARDEN_ALLOW` (normalised; `*.` only as the leading label).
+    pub pattern: String,
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// USD per GB: NAT gateway processing (both directions), internet transfer out, inter-region
+/// transfer (both directions), interface-endpoint processing (both directions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    pub nat: f64,
+    pub internet: f64,
+    pub cross_region: f64,
+    pub vpc_endpoint: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +318,14 @@ impl Config {
             "pool_idle_s": self.pool_idle.as_secs(),
             "retry_max": self.retry_max,
             "max_connections": self.max_connections,
+            "rate_limits": self.rate_limits.iter().map(|l| format!("{}={}/s:{}", l.pattern, l.per_second, l.burst)).collect::<Vec<_>>(),
+            "rate_limit_wait_ms": self.rate_limit_wait.as_millis() as u64,
+            "prices_usd_per_gb": {
+                "nat": self.prices.nat,
+                "internet": self.prices.internet,
+                "cross_region": self.prices.cross_region,
+                "vpc_endpoint": self.prices.vpc_endpoint,
+            },
             "metrics_sink": format!("{:?}", self.metrics.sink).to_lowercase(),
             "region": self.lambda.region,
         })

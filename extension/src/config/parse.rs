@@ -2,13 +2,15 @@
 //! the problems always come out in the same order (unknown names first).
 
 use super::items::{
-    parse_cidr, parse_dns_upstream, parse_drill, parse_level, parse_route, parse_rule, parse_warm,
+    parse_cidr, parse_dns_upstream, parse_drill, parse_level, parse_rate_limit, parse_route,
+    parse_rule, parse_warm,
 };
+use super::prices::{parse_price, regional_defaults};
 use super::reader::Reader;
 use super::variables::Var;
 use super::{
     Config, DnsSettings, InitType, LambdaEnv, LogLevel, MetricsSettings, MetricsSink, PolicyMode,
-    PolicySettings, Problem, Route, WarmTarget, NAT_IDLE_TIMEOUT_S,
+    PolicySettings, Prices, Problem, RateLimit, Route, WarmTarget, NAT_IDLE_TIMEOUT_S,
 };
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -45,6 +47,8 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
     );
     let lifecycle = lifecycle(&mut r, &routes, lambda.initialization_type);
     let limits = limits(&mut r);
+    let shaping = shaping(&mut r);
+    let prices = prices(&mut r, lambda.region.as_deref());
     let metrics = metrics(&mut r);
 
     let config = Config {
@@ -68,6 +72,9 @@ pub(super) fn parse(vars: &[(String, String)]) -> (Config, Vec<Problem>) {
         pool_idle: limits.pool_idle,
         retry_max: limits.retry_max,
         max_connections: limits.max_connections,
+        rate_limits: shaping.rate_limits,
+        rate_limit_wait: shaping.wait,
+        prices,
         metrics,
         lambda,
     };
@@ -279,6 +286,40 @@ fn limits(r: &mut Reader) -> Limits {
         retry_max: r.number(Var::RetryMax, 3, 1..=10, "using 3"),
         max_connections: r.number(Var::MaxConnections, 1024, 1..=65_536, "using 1024"),
     }
+}
+
+struct Shaping {
+    rate_limits: Vec<RateLimit>,
+    wait: Duration,
+}
+
+fn shaping(r: &mut Reader) -> Shaping {
+    let rate_limits = r.list(
+        Var::RateLimits,
+        "",
+        "hostglob=RATE/s[:BURST], comma separated",
+        parse_rate_limit,
+    );
+    let wait_ms = r.number(Var::RateLimitWaitMs, 1_000, 0..=60_000, "using 1000");
+    Shaping {
+        rate_limits,
+        wait: Duration::from_millis(wait_ms),
+    }
+}
+
+/// The region's defaults, with each entry set overriding one price.
+fn prices(r: &mut Reader, region: Option<&str>) -> Prices {
+    let mut prices = regional_defaults(region);
+    let set = r.list(
+        Var::Prices,
+        "",
+        "class=USD_per_GB for nat, internet, cross_region or vpc_endpoint",
+        parse_price,
+    );
+    for (class, usd) in set {
+        prices.set(class, usd);
+    }
+    prices
 }
 
 fn metrics(r: &mut Reader) -> MetricsSettings {

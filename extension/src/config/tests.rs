@@ -342,3 +342,41 @@ fn log_level_falls_back_to_lambda_setting() {
     assert_eq!(c.log_level, LogLevel::Debug);
     assert!(c.log_json);
 }
+
+#[test]
+fn rate_limits_and_prices() {
+    let (c, problems) = Config::from_vars(&vars(&[
+        (
+            "EGRESS_WARDEN_RATE_LIMITS",
+            "API.Vendor.com=50/s, *.other.com=10/s:20, 10.0.0.0/8=5/s, x.com=fast, y.com=0/s, z.com:443=1/s",
+        ),
+        ("EGRESS_WARDEN_RATE_LIMIT_WAIT_MS", "500"),
+        ("EGRESS_WARDEN_PRICES", "nat=0.05,internet=1e-2,vpc=0.01,cross_region=-1"),
+        ("AWS_REGION", "eu-central-1"),
+    ]));
+    let limits: Vec<_> = c
+        .rate_limits
+        .iter()
+        .map(|l| (l.pattern.as_str(), l.per_second, l.burst))
+        .collect();
+    assert_eq!(
+        limits,
+        [("api.vendor.com", 50.0, 1), ("*.other.com", 10.0, 20)]
+    );
+    assert_eq!(c.rate_limit_wait, Duration::from_millis(500));
+    let bad: Vec<_> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(bad.len(), 6, "{bad:#?}");
+    assert!(bad[0].contains("10.0.0.0/8=5/s") && bad[0].contains("host glob"));
+    assert!(bad[1].contains("x.com=fast") && bad[1].contains("requests per second"));
+    assert!(bad[4].contains("vpc=0.01") && bad[4].contains("nat, internet"));
+    assert!(bad[5].contains("cross_region=-1") && bad[5].contains("from 0 to 100"));
+    // Set entries override; the rest are eu-central-1's.
+    assert_eq!(c.prices.nat, 0.05);
+    assert_eq!(c.prices.internet, 0.01);
+    assert_eq!(c.prices.cross_region, 0.02);
+    assert_eq!(c.prices.vpc_endpoint, 0.01);
+    let (c, _) = Config::from_vars(&[]);
+    assert!(c.rate_limits.is_empty());
+    assert_eq!(c.rate_limit_wait, Duration::from_millis(1000));
+    assert_eq!(c.prices.nat, 0.045, "US East's where the region is unknown");
+}

@@ -53,6 +53,9 @@ known_variables! {
     CloudwatchEndpoint => "EGRESS_WARDEN_CLOUDWATCH_ENDPOINT",
     VersionDimension => "EGRESS_WARDEN_VERSION_DIMENSION",
     Drill => "EGRESS_WARDEN_DRILL",
+    RateLimits => "EGRESS_WARDEN_RATE_LIMITS",
+    RateLimitWaitMs => "EGRESS_WARDEN_RATE_LIMIT_WAIT_MS",
+    Prices => "EGRESS_WARDEN_PRICES",
 }
 
 impl Var {

@@ -89,6 +89,9 @@ impl EmfWriter {
                     Reading::Level(l) => {
                         entries.push(Entry::new(figure.name, figure.unit, json!(l)))
                     }
+                    Reading::Amount(a) => {
+                        entries.push(Entry::new(figure.name, figure.unit, json!(a)))
+                    }
                     Reading::Distribution(h) => histogram_entries(figure.name, h, &mut entries),
                 }
             }

@@ -1,7 +1,7 @@
 //! A window as the flat list of figures both writers read (EMF lines and PutMetricData
 //! data), so the two cannot disagree on names, units, order or dimension sets.
 
-use super::{DestinationWindow, Histogram, Snapshot};
+use super::{DestinationWindow, Histogram, Snapshot, EGRESS_COST_METRIC};
 
 pub(super) const FUNCTION_NAME_DIMENSION: &str = "FunctionName";
 pub(super) const DESTINATION_DIMENSION: &str = "Destination";
@@ -31,6 +31,8 @@ pub(super) fn by_version(name: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Reading<'a> {
     Count(u64),
+    /// An amount that is not a count (USD).
+    Amount(f64),
     /// A gauge's highest level in the window.
     Level(i64),
     /// Latencies in milliseconds; never empty.
@@ -85,6 +87,13 @@ pub(super) fn flatten(snapshot: &Snapshot) -> Vec<Group<'_>> {
     }
     for (name, n) in &snapshot.named_counts {
         function.push(count(name, "Count", *n));
+    }
+    if snapshot.egress_cost_usd > 0.0 {
+        function.push(Figure {
+            name: EGRESS_COST_METRIC,
+            unit: "None",
+            reading: Reading::Amount(snapshot.egress_cost_usd),
+        });
     }
     for (gauge, level) in &snapshot.gauges {
         function.push(Figure {

@@ -8,6 +8,7 @@
 
 pub mod cloudwatch;
 mod connections;
+mod egress;
 mod emf;
 mod flat;
 mod histogram;
@@ -17,11 +18,12 @@ mod recorder;
 mod snapshot;
 
 pub use connections::OpenConnection;
+pub use egress::{Direction, EgressPath, PathClass};
 pub use emf::{
     EmfWriter, EMF_MAX_EVENT_BYTES, EMF_MAX_METRICS_PER_DIRECTIVE, EMF_MAX_VALUES_PER_METRIC,
 };
 pub use histogram::Histogram;
-pub use names::{known_metric_names, Counter, Gauge, Timing};
+pub use names::{known_metric_names, Counter, Gauge, Timing, EGRESS_COST_METRIC};
 pub use observations::{
     ConnectOutcome, ConnectPurpose, DnsOutcome, Event, JournalRead, Observation,
 };

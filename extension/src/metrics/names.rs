@@ -48,6 +48,11 @@ metric_enum!(
         Responses5xx => "responses_5xx",
         BytesIn => "bytes_in",
         BytesOut => "bytes_out",
+        EgressBytesPrivate => "egress_bytes_private",
+        EgressBytesVpcEndpoint => "egress_bytes_vpc_endpoint",
+        EgressBytesNat => "egress_bytes_nat",
+        EgressBytesCrossRegion => "egress_bytes_cross_region",
+        RateLimited => "rate_limited",
         DnsCacheHits => "dns_cache_hits",
         DnsCacheMisses => "dns_cache_misses",
         DnsStaleServed => "dns_stale_served",
@@ -72,6 +77,7 @@ metric_enum!(
         RequestMs => "request_ms",
         WarmMs => "warm_ms",
         ExtensionInitMs => "extension_init_ms",
+        RateLimitWaitMs => "rate_limit_wait_ms",
     }
 );
 
@@ -83,10 +89,19 @@ metric_enum!(
     }
 );
 
+/// The estimated cost of a window's egress in USD (unit `None`), from the bytes of each path
+/// and the price table.
+pub const EGRESS_COST_METRIC: &str = "egress_cost_usd";
+
 impl Counter {
     pub const fn unit(self) -> &'static str {
         match self {
-            Counter::BytesIn | Counter::BytesOut => "Bytes",
+            Counter::BytesIn
+            | Counter::BytesOut
+            | Counter::EgressBytesPrivate
+            | Counter::EgressBytesVpcEndpoint
+            | Counter::EgressBytesNat
+            | Counter::EgressBytesCrossRegion => "Bytes",
             _ => "Count",
         }
     }
@@ -98,6 +113,7 @@ pub fn known_metric_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Counter::ALL.iter().map(|c| c.metric_name()).collect();
     names.extend(Timing::ALL.iter().map(|t| t.metric_name()));
     names.extend(Gauge::ALL.iter().map(|g| g.metric_name()));
+    names.push(EGRESS_COST_METRIC);
     names.push(cloudwatch::PUT_ERRORS_METRIC);
     names
 }

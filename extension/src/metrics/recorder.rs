@@ -61,7 +61,7 @@ impl Recorder {
 
     /// A poisoned lock only means another thread panicked mid-update of plain maps; the data
     /// is still usable and losing metrics would be worse.
-    fn slow(&self) -> MutexGuard<'_, Snapshot> {
+    pub(super) fn slow(&self) -> MutexGuard<'_, Snapshot> {
         self.inner.slow.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -236,7 +236,7 @@ fn route_window<'a>(
         .or_default()
 }
 
-fn destination_window<'a>(
+pub(super) fn destination_window<'a>(
     destinations: &'a mut BTreeMap<String, DestinationWindow>,
     destination: &str,
 ) -> &'a mut DestinationWindow {

@@ -39,6 +39,8 @@ pub struct Snapshot {
     /// Route-mode figures per route and upstream region (`[FunctionName, Route, Region]`):
     /// bounded by the configured routes, two regions each.
     pub routes: BTreeMap<RouteRegion, DestinationWindow>,
+    /// What the window's bytes cost by their paths, in USD.
+    pub egress_cost_usd: f64,
 }
 
 /// A route's name and the region of the upstream that served it.
@@ -52,6 +54,7 @@ impl Snapshot {
             && self.named_counts.is_empty()
             && self.destinations.is_empty()
             && self.routes.is_empty()
+            && self.egress_cost_usd == 0.0
     }
 
     /// Adds another window into this one (used to put back a window that could not be sent).
@@ -75,6 +78,7 @@ impl Snapshot {
         for (key, window) in other.routes {
             self.routes.entry(key).or_default().merge(window);
         }
+        self.egress_cost_usd += other.egress_cost_usd;
     }
     /// [`Snapshot::merge`], then folds destinations beyond [`MAX_DESTINATIONS`] into
     /// [`OTHER_DESTINATION`] as the recorder does: windows merged while a send is in flight

@@ -6,6 +6,7 @@ use super::body::ProxyBody;
 use super::client::limits::Timeouts;
 use super::client::slots::Slots;
 use super::policy::Policy;
+use super::request::egress::{EgressMeter, Paths};
 use super::request::headers::strip_hop_by_hop;
 use super::request::outcome::Refusal;
 use super::request::record::{record_end, RequestRecord};
@@ -51,6 +52,8 @@ pub(crate) struct Proxy {
     pub timeouts: Timeouts,
     pub retry_max: u32,
     pub slots: Slots,
+    /// What path each connection's bytes take, and their price.
+    pub paths: Paths,
 }
 
 impl Proxy {
@@ -92,11 +95,31 @@ impl Proxy {
             timeouts,
             retry_max: config.retry_max,
             slots: Slots::new(config.max_connections, recorder.clone()),
+            paths: Paths::new(
+                config.vpc_cidrs.clone(),
+                config.lambda.region.clone(),
+                config.prices,
+            ),
             config,
             recorder,
             clock,
             findings,
             shutdown,
+        }
+    }
+
+    /// Points the record at `host` (`destination` is its `host:port`), with a fresh meter for
+    /// the bytes it moves.
+    pub(crate) fn aim(&self, record: &mut RequestRecord, host: &str, destination: String) {
+        let guess = self.paths.classify(host, None);
+        let meter = EgressMeter::new(self.recorder.clone(), destination.clone(), guess);
+        record.set_target(host, destination, meter);
+    }
+
+    /// The record's upstream address is known: its bytes are counted on that path.
+    pub(crate) fn settle_path(&self, record: &RequestRecord) {
+        if let (Some(meter), Some(addr)) = (&record.meter, record.addr) {
+            meter.settle(self.paths.classify(&record.host, Some(addr.ip())));
         }
     }
 
@@ -112,12 +135,13 @@ impl Proxy {
         refusal: Refusal,
     ) -> Response<ProxyBody> {
         record.refused(&refusal);
+        self.settle_path(record);
         self.commit(record);
         let mut res = refusal.response();
         let recorder = self.recorder.clone();
         let (dest, started) = (record.destination.clone(), record.started);
         res.body_mut().on_done(Box::new(move |_| {
-            record_end(&recorder, &dest, started, 0);
+            record_end(&recorder, &dest, started);
         }));
         res
     }
@@ -135,6 +159,7 @@ impl Proxy {
                 self.pools.reused(&info.pool_key);
             }
         }
+        self.settle_path(record);
         record.status = res.status().as_u16();
         record.ttfb_ms = Some(ms_since(sent_at));
         self.commit(record);
@@ -146,8 +171,12 @@ impl Proxy {
         let recorder = self.recorder.clone();
         let (dest, started) = (record.destination.clone(), record.started);
         let route_region = record.route.clone().zip(record.region.clone());
+        let meter = record.meter.clone();
         body.on_done(Box::new(move |n| {
-            let ms = record_end(&recorder, &dest, started, n);
+            if let Some(meter) = meter {
+                meter.received(n);
+            }
+            let ms = record_end(&recorder, &dest, started);
             if let Some((route, region)) = &route_region {
                 recorder.observe_ms_route(route, region, Timing::RequestMs, ms);
             }

@@ -87,6 +87,7 @@ pub(super) fn data(snapshot: &Snapshot, function: Function<'_>) -> Vec<Datum> {
                 match figure.reading {
                     Reading::Count(n) => out.push(value(figure.name, figure.unit, dims, n as f64)),
                     Reading::Level(l) => out.push(value(figure.name, figure.unit, dims, l as f64)),
+                    Reading::Amount(a) => out.push(value(figure.name, figure.unit, dims, a)),
                     Reading::Distribution(h) => distribution(figure.name, h, dims, &mut out),
                 }
             }
@@ -123,6 +124,7 @@ impl Plan {
             named_counts,
             destinations,
             routes,
+            egress_cost_usd,
         } = snapshot;
         // Route figures are few (routes × regions): they travel with the function's.
         let function_part = Snapshot {
@@ -132,6 +134,7 @@ impl Plan {
             named_counts,
             destinations: Default::default(),
             routes,
+            egress_cost_usd,
         };
         if !function_part.is_empty() {
             parts.push(function_part);

@@ -10,7 +10,7 @@ use crate::proxy::body::{ProxyBody, UpstreamBody};
 use crate::proxy::policy::host::Target;
 use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
-use crate::proxy::request::record::{record_bytes_out, Kind, RequestRecord};
+use crate::proxy::request::record::{Kind, RequestRecord};
 use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::connect::Failure;
 use crate::proxy::upstream::liveness::stale_in;
@@ -28,7 +28,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         Ok(found) => found,
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
-    record.set_target(&target.host, target.destination());
+    proxy.aim(&mut record, &target.host, target.destination());
     if let Err(message) = rewrite_head(&mut parts, &target, scheme) {
         return proxy.refuse(&mut record, Refusal::bad_request(message));
     }
@@ -43,11 +43,14 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         copy
     });
     let may_repeat = method_allows_retry(&parts.method, &parts.headers);
-    let recorder = proxy.recorder.clone();
-    let dest = record.destination.clone();
+    let meter = record.meter.clone();
     let body = UpstreamBody::stream(
         body,
-        Box::new(move |n| record_bytes_out(&recorder, &dest, n)),
+        Box::new(move |n| {
+            if let Some(meter) = meter {
+                meter.sent(n);
+            }
+        }),
     );
     let upstream_req = Request::from_parts(parts, body);
     let client = proxy.upstreams.client();

@@ -18,7 +18,7 @@ use crate::proxy::client::slots::ConnSlot;
 use crate::proxy::modes::relay::relay;
 use crate::proxy::policy::host::Target;
 use crate::proxy::request::outcome::{is_reset, Refusal};
-use crate::proxy::request::record::{record_bytes_out, record_end, Kind, RequestRecord};
+use crate::proxy::request::record::{record_end, Kind, RequestRecord};
 use crate::proxy::shared::Proxy;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -51,7 +51,7 @@ pub(crate) async fn handle(
         Ok(t) => t,
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
-    record.set_target(&target.host, target.destination());
+    proxy.aim(&mut record, &target.host, target.destination());
     let warmed = proxy.sockets.take(&record.destination);
     let parked_at = warmed.as_ref().map(|p| p.parked_at);
     let dialed = if let Some(parked) = warmed {
@@ -73,6 +73,7 @@ pub(crate) async fn handle(
         }
     };
     record.addr = Some(dialed.addr);
+    proxy.settle_path(&record);
     if let Some(reason) = dialed.observed {
         record.verdict = crate::proxy::policy::Verdict::Observe(reason);
     }
@@ -124,8 +125,11 @@ pub(crate) async fn handle(
         if let Some(ttfb) = tunnel_ttfb(started, client_first, relayed.upstream_first) {
             recorder.observe_ms_for(&destination, crate::metrics::Timing::TtfbMs, ttfb);
         }
-        record_bytes_out(recorder, &destination, early.bytes + relayed.out);
-        record_end(recorder, &destination, record.started, relayed.back);
+        if let Some(meter) = &record.meter {
+            meter.sent(early.bytes + relayed.out);
+            meter.received(relayed.back);
+        }
+        record_end(recorder, &destination, record.started);
     });
     Response::builder()
         .status(StatusCode::OK)

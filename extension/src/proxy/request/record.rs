@@ -5,10 +5,12 @@
 
 use crate::metrics::{log_ms, Counter, Event, Recorder, Timing};
 use crate::proxy::policy::Verdict;
+use crate::proxy::request::egress::EgressMeter;
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::region::is_cross_region;
 use crate::proxy::upstream::connector::ConnInfo;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,10 @@ pub(crate) struct RequestRecord {
     pub cause: Option<String>,
     pub retries: u32,
     pub fallback: bool,
+    /// Counts the bytes towards the destination on their path (set with the target).
+    pub meter: Option<Arc<EgressMeter>>,
+    /// How long the request waited for its host's rate limit.
+    pub shaped_ms: Option<f64>,
 }
 
 impl RequestRecord {
@@ -83,12 +89,17 @@ impl RequestRecord {
             cause: None,
             retries: 0,
             fallback: false,
+            meter: None,
+            shaped_ms: None,
         }
     }
 
-    pub(crate) fn set_target(&mut self, host: &str, destination: String) {
+    /// Where the request goes, and the meter for its bytes (a new one for each attempt).
+    pub(crate) fn set_target(&mut self, host: &str, destination: String, meter: Arc<EgressMeter>) {
         self.host = host.to_owned();
         self.destination = destination;
+        self.addr = None;
+        self.meter = Some(meter);
     }
 
     /// The connection a response came on: new (with what opening it cost) or reused.
@@ -243,6 +254,7 @@ impl RequestRecord {
                     tcp_connect_ms = self.connect_ms.map(log_ms),
                     tls_ms = self.tls_ms.map(log_ms),
                     ttfb_ms = self.ttfb_ms.map(log_ms),
+                    rate_limit_wait_ms = self.shaped_ms.map(log_ms),
                     head_ms = log_ms(self.started.elapsed().as_secs_f64() * 1000.0),
                     "{headline}"
                 )
@@ -255,31 +267,16 @@ impl RequestRecord {
     }
 }
 
-/// Records what is known only at the end: total time and bytes from upstream.
-/// Records the request's whole time and the bytes that came back; returns the time (ms).
-pub(crate) fn record_end(
-    recorder: &Recorder,
-    destination: &str,
-    started: Instant,
-    bytes_in: u64,
-) -> f64 {
+/// Records the request's whole time, known only at the end; returns it (ms). Its bytes are
+/// counted by its [`EgressMeter`].
+pub(crate) fn record_end(recorder: &Recorder, destination: &str, started: Instant) -> f64 {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if destination.is_empty() {
         recorder.observe_ms(Timing::RequestMs, ms);
-        recorder.count(Counter::BytesIn, bytes_in);
     } else {
         recorder.observe_ms_for(destination, Timing::RequestMs, ms);
-        recorder.count_for(destination, Counter::BytesIn, bytes_in);
     }
     ms
-}
-
-pub(crate) fn record_bytes_out(recorder: &Recorder, destination: &str, bytes: u64) {
-    if destination.is_empty() {
-        recorder.count(Counter::BytesOut, bytes);
-    } else {
-        recorder.count_for(destination, Counter::BytesOut, bytes);
-    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 use super::{host_for_uri, upstream_key};
 use crate::config::{Route, Upstream};
 use crate::error_chain::find;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::body::{OnDone, UpstreamBody};
 use crate::proxy::request::outcome::Refusal;
-use crate::proxy::request::record::{record_bytes_out, RequestRecord};
+use crate::proxy::request::record::RequestRecord;
 use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::breaker::Admission;
 use crate::proxy::upstream::connect::Failure;
@@ -98,26 +98,22 @@ impl RequestBody {
         matches!(self, RequestBody::Replay(_))
     }
 
-    /// The body for the next attempt, with its bytes counted towards the destination.
-    pub(super) fn for_attempt(
-        &mut self,
-        proxy: &Proxy,
-        record: &RequestRecord,
-    ) -> Result<UpstreamBody, Refusal> {
+    /// The body for the next attempt, its bytes counted by the attempt's meter as they go.
+    pub(super) fn for_attempt(&mut self, record: &RequestRecord) -> Result<UpstreamBody, Refusal> {
+        let meter = record.meter.clone();
+        let count: OnDone = Box::new(move |n| {
+            if let Some(meter) = meter {
+                meter.sent(n);
+            }
+        });
         match self {
             RequestBody::Replay(bytes) => {
-                record_bytes_out(&proxy.recorder, &record.destination, bytes.len() as u64);
-                Ok(UpstreamBody::replay(bytes))
+                let mut body = UpstreamBody::replay(bytes);
+                body.on_done(count);
+                Ok(body)
             }
             RequestBody::Stream(stream) => match stream.take() {
-                Some(incoming) => {
-                    let recorder = proxy.recorder.clone();
-                    let dest = record.destination.clone();
-                    Ok(UpstreamBody::stream(
-                        incoming,
-                        Box::new(move |n| record_bytes_out(&recorder, &dest, n)),
-                    ))
-                }
+                Some(incoming) => Ok(UpstreamBody::stream(incoming, count)),
                 // The streamed body went out with an earlier attempt (never retried; defensive).
                 None => Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
@@ -188,7 +184,8 @@ pub(super) fn choose<'r>(
             }
         },
     };
-    record.set_target(
+    proxy.aim(
+        record,
         &upstream.host,
         format!("{}:{}", host_for_uri(&upstream.host), upstream.port),
     );

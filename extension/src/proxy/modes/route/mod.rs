@@ -19,6 +19,7 @@ use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::{Kind, RequestRecord};
 use crate::proxy::shared::Proxy;
+use crate::proxy::upstream::connector::ConnInfo;
 use crate::proxy::upstream::retry::{
     add_idempotency_key, backoff, is_unkeyed_write, method_allows_retry,
 };
@@ -68,7 +69,7 @@ pub(crate) async fn handle(
             Ok(chosen) => chosen,
             Err(refusal) => return proxy.refuse(&mut record, refusal),
         };
-        let upstream_body = match body.for_attempt(proxy, &record) {
+        let upstream_body = match body.for_attempt(&record) {
             Ok(b) => b,
             Err(refusal) => return proxy.refuse(&mut record, refusal),
         };
@@ -88,7 +89,12 @@ pub(crate) async fn handle(
             can_repeat_body: body.can_repeat(),
             attempts_left: attempts.another_fits(wait),
         };
+        if let Ok(Ok(res)) = &result {
+            record.addr = res.extensions().get::<ConnInfo>().map(|info| info.addr);
+        }
         let next = judge(proxy, &mut record, &chosen, retry, &mut attempts, result);
+        // This attempt's bytes are counted on its path even when another attempt follows.
+        proxy.settle_path(&record);
         if !matches!(next, Next::SkipStale(_)) {
             proxy
                 .drills
