@@ -5,6 +5,7 @@
 
 Prints {"port": N} on its first stdout line once listening. Paths:
   .../fail/<n>/<key> 503 for the first n requests with that key, then 200
+  .../throttle/<s>/<key>  429 with Retry-After: s for the first request with that key, then 200
   anything else     200 with JSON {name, method, path, via, key, body_len}
 """
 import argparse
@@ -39,6 +40,15 @@ class Handler(BaseHTTPRequestHandler):
                 seen = HITS[key]
             if seen <= n:
                 status = 503
+        retry_after = None
+        at = parts.index("throttle") if "throttle" in parts else -1
+        if at >= 0 and len(parts) >= at + 3:
+            secs, key = parts[at + 1], "throttle/" + parts[at + 2]
+            with LOCK:
+                HITS[key] = HITS.get(key, 0) + 1
+                first = HITS[key] == 1
+            if first:
+                status, retry_after = 429, secs
         payload = json.dumps({
             "name": self.server.name,
             "method": self.command,
@@ -48,6 +58,8 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": len(body),
         }).encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()

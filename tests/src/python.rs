@@ -37,9 +37,14 @@ pub fn make_certs(dir: &Path) {
 /// `upstream.py` on 127.0.0.2 (TLS with `certs`' server.pem/server.key when given): the
 /// process and its port.
 pub fn upstream(name: &str, certs: Option<&Path>) -> (KillOnDrop, u16) {
+    upstream_on("127.0.0.2", name, certs)
+}
+
+/// `upstream.py` on another loopback address.
+pub fn upstream_on(host: &str, name: &str, certs: Option<&Path>) -> (KillOnDrop, u16) {
     let mut cmd = Command::new(python3());
     cmd.arg(proxy_dir().join("upstream.py"))
-        .args(["--host", "127.0.0.2", "--name", name]);
+        .args(["--host", host, "--name", name]);
     if let Some(dir) = certs {
         cmd.arg("--tls")
             .arg(dir.join("server.pem"))

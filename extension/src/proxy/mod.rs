@@ -20,6 +20,7 @@ mod listener;
 mod modes;
 mod policy;
 mod request;
+mod shaping;
 mod shared;
 mod upstream;
 mod warmer;

@@ -10,6 +10,7 @@ use super::request::egress::{EgressMeter, Paths};
 use super::request::headers::strip_hop_by_hop;
 use super::request::outcome::Refusal;
 use super::request::record::{record_end, RequestRecord};
+use super::shaping::{Admission, Shaper};
 use super::upstream::breaker::{Breakers, FAILURES_TO_OPEN, OPEN_FOR};
 use super::upstream::connect::{ms_since, Dialer};
 use super::upstream::connector::{ConnInfo, WardenConnector};
@@ -29,7 +30,7 @@ use crate::shutdown::Shutdown;
 use http::Response;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(crate) struct Proxy {
     pub config: Arc<Config>,
@@ -54,7 +55,12 @@ pub(crate) struct Proxy {
     pub slots: Slots,
     /// What path each connection's bytes take, and their price.
     pub paths: Paths,
+    /// Per-host rate limits.
+    pub shaper: Shaper,
 }
+
+/// Left to the function after the proxy gives up, before its invocation deadline.
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
 
 impl Proxy {
     /// The proxy's state for a listener bound on `port`: resolve-check-connect, the pooled
@@ -95,6 +101,7 @@ impl Proxy {
             timeouts,
             retry_max: config.retry_max,
             slots: Slots::new(config.max_connections, recorder.clone()),
+            shaper: Shaper::new(&config.rate_limits, config.rate_limit_wait),
             paths: Paths::new(
                 config.vpc_cidrs.clone(),
                 config.lambda.region.clone(),
@@ -120,6 +127,45 @@ impl Proxy {
     pub(crate) fn settle_path(&self, record: &RequestRecord) {
         if let (Some(meter), Some(addr)) = (&record.meter, record.addr) {
             meter.settle(self.paths.classify(&record.host, Some(addr.ip())));
+        }
+    }
+
+    /// Time to the invocation's deadline, less the function's margin (None: no deadline known).
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        self.clock
+            .remaining()
+            .map(|left| left.saturating_sub(DEADLINE_MARGIN))
+    }
+
+    /// Waits for the record's host's rate limit, if one applies, at most `left`.
+    pub(crate) async fn shape(
+        &self,
+        record: &mut RequestRecord,
+        left: Option<Duration>,
+    ) -> Result<(), Refusal> {
+        match self.shaper.admit(&record.host, left).await {
+            Admission::Unlimited => Ok(()),
+            Admission::Passed { waited } => {
+                let ms = waited.as_secs_f64() * 1000.0;
+                record.shaped_ms = Some(ms);
+                self.recorder
+                    .observe_ms_for(&record.destination, Timing::RateLimitWaitMs, ms);
+                Ok(())
+            }
+            Admission::Limited(limited) => Err(Refusal::rate_limited(&record.host, &limited)),
+        }
+    }
+
+    /// An upstream's `429`/`503` with `Retry-After` holds its host's rate limit for as long.
+    pub(crate) fn note_answer<B>(&self, host: &str, res: &Response<B>) {
+        if let Some(pause) = self.shaper.note_answer(host, res.status(), res.headers()) {
+            tracing::info!(
+                host,
+                status = res.status().as_u16(),
+                pause_ms = pause.as_millis() as u64,
+                "{host} asked to wait: its rate limit holds every request for {} ms",
+                pause.as_millis()
+            );
         }
     }
 

@@ -10,6 +10,7 @@ mod cloudwatch_sink;
 mod demo;
 mod dns_lambda;
 mod drills;
+mod egress_costs;
 mod emulator_selftest;
 mod execution_models;
 mod findings_netns;

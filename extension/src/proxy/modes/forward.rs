@@ -32,6 +32,9 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
     if let Err(message) = rewrite_head(&mut parts, &target, scheme) {
         return proxy.refuse(&mut record, Refusal::bad_request(message));
     }
+    if let Err(refusal) = proxy.shape(&mut record, proxy.time_left()).await {
+        return proxy.refuse(&mut record, refusal);
+    }
 
     // Only a bodiless request can be sent again (a streamed body is gone once sent).
     let again = (body.size_hint().exact() == Some(0)).then(|| {
@@ -70,7 +73,10 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         }
     }
     match result {
-        Ok(res) => proxy.relay(&mut record, res, sent_at),
+        Ok(res) => {
+            proxy.note_answer(&target.host, &res);
+            proxy.relay(&mut record, res, sent_at)
+        }
         Err(err) => {
             let refusal = Refusal::from_client_error(&err);
             if let Some(failure) = find::<Failure>(&err) {

@@ -52,6 +52,9 @@ pub(crate) async fn handle(
         Err(message) => return proxy.refuse(&mut record, Refusal::bad_request(message)),
     };
     proxy.aim(&mut record, &target.host, target.destination());
+    if let Err(refusal) = proxy.shape(&mut record, proxy.time_left()).await {
+        return proxy.refuse(&mut record, refusal);
+    }
     let warmed = proxy.sockets.take(&record.destination);
     let parked_at = warmed.as_ref().map(|p| p.parked_at);
     let dialed = if let Some(parked) = warmed {

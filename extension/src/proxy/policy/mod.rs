@@ -160,7 +160,7 @@ fn host_rule_matches(rule: &PolicyRule, target: &Target) -> bool {
 
 /// `*` matches everything; `*.example.com` any name below example.com (not example.com
 /// itself); anything else matches exactly. Both sides are already normalised.
-fn glob_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn glob_matches(pattern: &str, host: &str) -> bool {
     if pattern == "*" {
         return true;
     }

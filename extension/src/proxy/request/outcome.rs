@@ -4,6 +4,7 @@
 use crate::error_chain::{describe, find};
 use crate::metrics::Counter;
 use crate::proxy::body::{ClientBodyError, ProxyBody};
+use crate::proxy::shaping::Limited;
 use crate::proxy::upstream::connect::Failure;
 use http::{HeaderValue, Response, StatusCode};
 use std::io;
@@ -38,6 +39,7 @@ const RESET: &[Counter] = &[Counter::Errors, Counter::ErrorsReset];
 const TLS: &[Counter] = &[Counter::Errors, Counter::ErrorsTls];
 const UPSTREAM_TIMEOUT: &[Counter] = &[Counter::Errors, Counter::ErrorsTimeout];
 const OTHER: &[Counter] = &[Counter::Errors];
+const RATE_LIMITED: &[Counter] = &[Counter::RateLimited];
 
 impl Refusal {
     pub(crate) fn new(
@@ -53,6 +55,36 @@ impl Refusal {
             hint: None,
             retry_after: None,
         }
+    }
+
+    /// `429 rate_limited`: no slot of `host`'s bucket within the wait allowed. The client's
+    /// own pace, not an upstream failure.
+    pub(crate) fn rate_limited(host: &str, limited: &Limited) -> Refusal {
+        let waited_ms = limited.limit.max_wait.as_millis();
+        let (message, hint) = if limited.paused {
+            (
+                format!("{host} asked to wait (Retry-After) and the pause outlasts the {waited_ms} ms a request may wait"),
+                "send again after Retry-After".to_owned(),
+            )
+        } else {
+            let burst = match limited.limit.burst {
+                1 => String::new(),
+                b => format!(" with bursts of {b}"),
+            };
+            (
+                format!(
+                    "requests to {host} are limited to {}/s{burst} and no slot is free within the {waited_ms} ms a request may wait",
+                    limited.limit.per_second
+                ),
+                "send again after Retry-After, or raise the limit in EGRESS_WARDEN_RATE_LIMITS or the wait in EGRESS_WARDEN_RATE_LIMIT_WAIT_MS".to_owned(),
+            )
+        };
+        Refusal {
+            counters: RATE_LIMITED,
+            ..Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+        .with_hint(hint)
+        .with_retry_after(limited.retry_after)
     }
 
     pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Refusal {

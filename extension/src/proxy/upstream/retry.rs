@@ -52,9 +52,10 @@ pub(crate) fn add_idempotency_key(method: &Method, headers: &mut HeaderMap) -> b
     }
 }
 
-/// Answers that say "try again" without the request having had an effect.
-pub(crate) fn status_allows_retry(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 502..=504)
+/// Answers that say "try again" without the request having had an effect: a gateway's
+/// 502–504, and a `429` that says when (`Retry-After`).
+pub(crate) fn status_allows_retry(status: StatusCode, says_when: bool) -> bool {
+    matches!(status.as_u16(), 502..=504) || (status.as_u16() == 429 && says_when)
 }
 
 /// Full-jitter wait before attempt `retry` (1 for the first retry).

@@ -268,7 +268,12 @@ pub(super) fn judge(
                 proxy.breakers.success(&chosen.primary_key);
             }
             let status = res.status();
-            if !(status_allows_retry(status) && may_repeat && can_repeat_body && attempts_left) {
+            let said_when = res.headers().contains_key(http::header::RETRY_AFTER);
+            if !(status_allows_retry(status, said_when)
+                && may_repeat
+                && can_repeat_body
+                && attempts_left)
+            {
                 return Next::Answer(res);
             }
             Next::RetryAfter(Refusal::new(

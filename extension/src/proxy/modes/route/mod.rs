@@ -18,7 +18,8 @@ use crate::proxy::body::{ProxyBody, UpstreamBody};
 use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::{Kind, RequestRecord};
-use crate::proxy::shared::Proxy;
+use crate::proxy::shaping::retry_after;
+use crate::proxy::shared::{Proxy, DEADLINE_MARGIN};
 use crate::proxy::upstream::connector::ConnInfo;
 use crate::proxy::upstream::retry::{
     add_idempotency_key, backoff, is_unkeyed_write, method_allows_retry,
@@ -33,8 +34,6 @@ use std::time::{Duration, Instant};
 
 /// Upper bound for one route-mode request, all attempts included.
 pub(crate) const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Left to the function after the proxy gives up, before its invocation deadline.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
 
 /// `rest` is the path after the route name ("" or "/…"), query included.
 pub(crate) async fn handle(
@@ -69,6 +68,10 @@ pub(crate) async fn handle(
             Ok(chosen) => chosen,
             Err(refusal) => return proxy.refuse(&mut record, refusal),
         };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(refusal) = proxy.shape(&mut record, Some(left)).await {
+            return proxy.refuse(&mut record, refusal);
+        }
         let upstream_body = match body.for_attempt(&record) {
             Ok(b) => b,
             Err(refusal) => return proxy.refuse(&mut record, refusal),
@@ -83,7 +86,14 @@ pub(crate) async fn handle(
         let sent_at = Instant::now();
         let left = deadline.saturating_duration_since(sent_at);
         let result = tokio::time::timeout(left, client.request(upstream_req)).await;
-        let wait = backoff(attempts.number());
+        let mut wait = backoff(attempts.number());
+        if let Ok(Ok(res)) = &result {
+            proxy.note_answer(&chosen.upstream.host, res);
+            // An upstream that said when to come back is never asked sooner.
+            if let Some(asked) = asked_to_wait(res) {
+                wait = wait.max(asked);
+            }
+        }
         let retry = Retry {
             may_repeat,
             can_repeat_body: body.can_repeat(),
@@ -122,6 +132,13 @@ pub(crate) async fn handle(
             }
         }
     }
+}
+
+/// How long a `429`/`503` answer asks the client to wait (`Retry-After`).
+fn asked_to_wait(res: &Response<Incoming>) -> Option<Duration> {
+    matches!(res.status().as_u16(), 429 | 503)
+        .then(|| retry_after(res.headers()))
+        .flatten()
 }
 
 /// `404 unknown_route`, naming the routes there are (names only: their URLs may hold
