@@ -12,11 +12,12 @@ use std::time::Duration;
 use serde_json::Value;
 use warden_tests::blocking_http::request;
 use warden_tests::dnsmasq::Dnsmasq;
-use warden_tests::emf::{self, EmfDocument};
+use warden_tests::emf::EmfDocument;
 use warden_tests::prerequisite;
 use warden_tests::python::upstream_on;
 use warden_tests::warden::{
-    emf_documents, extension_log, free_port, shut_down_cleanly, started_through_init, ExtensionsDir,
+    emf_documents, emf_function_total, extension_log, free_port, shut_down_cleanly,
+    started_through_init, ExtensionsDir,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -122,7 +123,8 @@ async fn bytes_land_in_their_path_class_and_cost_what_the_prices_say() {
                 _ => (bytes_in + bytes_out) * (4.0 + 1.0),
             } / GB;
         }
-        let total = |metric: &str| emf::sum(&docs, metric);
+        // Function-level figures (destination documents repeat them split up).
+        let total = |metric: &str| emf_function_total(&emu, metric);
         let by_class: f64 = classes
             .iter()
             .map(|c| total(&format!("egress_bytes_{c}")))

@@ -20,6 +20,7 @@ mod node_runtimes;
 mod own_function;
 mod proxy_e2e;
 mod proxy_memory;
+mod rate_limits;
 mod sam_template;
 mod warm_netns;
 mod wrapper;
