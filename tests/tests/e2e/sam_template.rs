@@ -83,6 +83,10 @@ fn known_metric_names() -> BTreeSet<String> {
         const_str(&read(&root.join("cloudwatch/mod.rs")), "PUT_ERRORS_METRIC")
             .expect("PUT_ERRORS_METRIC in metrics/cloudwatch/mod.rs"),
     );
+    known.insert(
+        const_str(&read(&root.join("names.rs")), "EGRESS_COST_METRIC")
+            .expect("EGRESS_COST_METRIC in metrics/names.rs"),
+    );
     known.extend(FINDINGS.iter().map(|f| format!("symptom_{f}")));
     known
 }
@@ -324,6 +328,12 @@ fn the_dashboard_shows_the_operators_signals() {
         "cross_region_requests",
         "circuit_open",
         "fallback_hits",
+        "egress_bytes_nat",
+        "egress_bytes_cross_region",
+        "egress_bytes_vpc_endpoint",
+        "egress_bytes_private",
+        "egress_cost_usd",
+        "rate_limited",
     ] {
         assert!(has_metric(&metrics, name, "Sum"), "{name} (Sum)");
     }
@@ -387,6 +397,14 @@ fn alarms_sit_at_the_operators_targets() {
         );
         assert_eq!(a["comparison"], "GreaterThanThreshold", "{metric}");
     }
+    // The optional cost alarm: the hourly cost × 720 against the monthly budget.
+    let cost = find(&|a| on(a, "egress_cost_usd")).expect("an egress cost alarm");
+    let run_rate = list(&cost["expressions"])
+        .into_iter()
+        .find(|e| e["returns"] != false)
+        .and_then(|e| e["expression"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert!(run_rate.contains("* 720"), "{run_rate}");
 }
 
 #[test]
