@@ -134,9 +134,9 @@ pub(crate) async fn handle(
     }
 }
 
-/// How long a `429`/`503` answer asks the client to wait (`Retry-After`).
+/// How long a `429` or `502`–`504` answer asks the client to wait (`Retry-After`).
 fn asked_to_wait(res: &Response<Incoming>) -> Option<Duration> {
-    matches!(res.status().as_u16(), 429 | 503)
+    matches!(res.status().as_u16(), 429 | 502..=504)
         .then(|| retry_after(res.headers()))
         .flatten()
 }
