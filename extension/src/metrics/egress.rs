@@ -72,7 +72,8 @@ impl EgressPath {
 
 impl Recorder {
     /// Counts `bytes` moved on `path` for the function and for `destination` (empty: the
-    /// function only): `bytes_in` or `bytes_out`, the path's class and its cost, under one lock.
+    /// function only): `bytes_in` or `bytes_out`, the path's class and its cost. (A flush
+    /// between the adds puts them in neighbouring windows; nothing is lost.)
     pub fn count_egress(
         &self,
         destination: &str,

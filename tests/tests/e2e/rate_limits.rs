@@ -99,16 +99,17 @@ async fn a_host_limit_spreads_a_burst_and_an_upstream_retry_after_holds_every_cl
             "100 requests at 20/s took {spread:?}"
         );
 
-        // The vendor says 429, Retry-After: 2; another client's next request waits it out.
+        // The vendor says 429, Retry-After: 2; another client's next request waits it out
+        // (the pause starts when the 429 reaches the proxy, after this instant).
+        let before_429 = Instant::now();
         let throttled = get(proxy, format!("http://api.vendor.test:{port}/throttle/2/a")).await;
         assert_eq!(throttled.status, 429);
         assert_eq!(throttled.header("retry-after"), Some("2"));
-        let after_429 = Instant::now();
         let next = get(proxy, format!("http://api.vendor.test:{port}/x")).await;
         assert_eq!(next.status, 200);
-        let held = after_429.elapsed();
+        let held = before_429.elapsed();
         assert!(
-            held >= Duration::from_millis(1950) && held < Duration::from_millis(3500),
+            held >= Duration::from_secs(2) && held < Duration::from_millis(4000),
             "the next request was held {held:?}"
         );
 
@@ -167,8 +168,12 @@ async fn beyond_the_wait_cap_the_excess_gets_429_with_retry_after() {
             .filter(|r| r.status == 429)
             .collect();
         assert_eq!(passed + limited.len(), BURST, "{}", extension_log(&emu));
-        // 0, 50, … 500 ms: 11 slots, a few more if the burst took a while to arrive.
-        assert!((11..=20).contains(&passed), "{passed} passed");
+        // 0, 50, … 500 ms: 11 slots at least, more as the burst takes a while to arrive; most
+        // of the burst is answered 429.
+        assert!(
+            passed >= 11 && limited.len() >= BURST / 2,
+            "{passed} passed"
+        );
         for r in &limited {
             assert_eq!(r.header("x-egress-warden-error"), Some("rate_limited"));
             let after: u64 = r

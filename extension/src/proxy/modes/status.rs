@@ -1,6 +1,6 @@
 //! `GET /_warden/status`: what the proxy is configured to do and how it is doing — config
 //! summary (no secrets), policy rules, pools, warmed connections, DNS cache, breakers,
-//! findings.
+//! drills, busy rate limits, findings.
 
 use crate::proxy::body::ProxyBody;
 use crate::proxy::modes::route::upstream_key;
@@ -33,6 +33,8 @@ pub(crate) fn document(proxy: &Proxy) -> serde_json::Value {
         // Failover drills (EGRESS_WARDEN_DRILL): a route whose primary is "active" here is
         // served by its fallback whatever its breaker says.
         "drills": proxy.drills.describe(),
+        // Rate-limited hosts with requests queued or held by their own Retry-After.
+        "rate_limits": proxy.shaper.describe(),
         "findings": proxy.findings.describe(),
     })
 }

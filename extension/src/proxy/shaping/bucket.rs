@@ -72,6 +72,11 @@ impl Bucket {
         self.paused_until = self.paused_until.max(until);
     }
 
+    /// When the next request would be due at the steady rate.
+    pub(super) fn due(&self) -> Instant {
+        self.due
+    }
+
     pub(super) fn paused_until(&self) -> Instant {
         self.paused_until
     }

@@ -126,6 +126,25 @@ impl Shaper {
         }
     }
 
+    /// Hosts whose bucket is busy now: slots reserved ahead, or held by a pause.
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        let at = now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy: Vec<serde_json::Value> = buckets
+            .iter()
+            .filter(|(_, bucket)| !bucket.is_idle(at))
+            .map(|(host, bucket)| {
+                serde_json::json!({
+                    "host": host,
+                    "queued_ms": bucket.due().saturating_duration_since(at).as_millis() as u64,
+                    "paused_ms": bucket.paused_until().saturating_duration_since(at).as_millis() as u64,
+                })
+            })
+            .collect();
+        busy.sort_by(|a, b| a["host"].as_str().cmp(&b["host"].as_str()));
+        serde_json::Value::Array(busy)
+    }
+
     /// An upstream answered `status` with these headers: a `429` or `503` with `Retry-After`
     /// pauses the host's bucket (only hosts with a limit). Returns the pause.
     pub(crate) fn note_answer(
@@ -138,7 +157,7 @@ impl Shaper {
             return None;
         }
         let (_, rate) = self.limit_for(host)?;
-        let pause = retry_after(headers)?.min(MAX_PAUSE);
+        let pause = retry_after(headers)?;
         let until = now() + pause;
         self.with_bucket(host, *rate, |bucket| bucket.pause(until));
         Some(pause)
@@ -150,21 +169,22 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3); None when absent or unreadable.
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3), at most [`MAX_PAUSE`]; None
+/// when absent or unreadable.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(
-        date.duration_since(SystemTime::now())
+    let asked = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
-    )
+    };
+    Some(asked.min(MAX_PAUSE))
 }
 
 #[cfg(test)]
@@ -205,6 +225,11 @@ mod tests {
         let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
         assert_eq!(retry_after(&headers(&past)), Some(Duration::ZERO));
         assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(
+            retry_after(&headers("10000000000000000000")),
+            Some(MAX_PAUSE),
+            "capped, so adding it to a time cannot overflow"
+        );
         assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
@@ -255,6 +280,9 @@ mod tests {
             s.note_answer("api.vendor.test", StatusCode::OK, &headers("2")),
             None
         );
+        let shown = s.describe();
+        assert_eq!(shown[0]["host"], "api.vendor.test", "{shown}");
+        assert_eq!(shown[0]["paused_ms"], 2000, "{shown}");
         let Admission::Limited(limited) = s.admit("api.vendor.test", None).await else {
             panic!("held by the pause beyond the 500 ms wait")
         };

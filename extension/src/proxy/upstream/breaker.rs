@@ -90,6 +90,16 @@ impl Breakers {
         })
     }
 
+    /// The probe was never sent: the next request may probe at once.
+    pub(crate) fn probe_unsent(&self, key: &str) {
+        let now = Instant::now();
+        self.with(key, |state| {
+            if let State::HalfOpen { .. } = *state {
+                *state = State::Open { until: now };
+            }
+        });
+    }
+
     pub(crate) fn success(&self, key: &str) {
         self.with(key, |state| *state = State::Closed { failures: 0 });
     }
@@ -179,6 +189,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(25));
         assert_eq!(b.admit("a"), Admission::Probe);
         std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(b.admit("a"), Admission::Probe);
+    }
+
+    #[test]
+    fn a_probe_never_sent_goes_to_the_next_request() {
+        let b = Breakers::new(1, Duration::from_secs(10));
+        assert!(b.failure("a"));
+        b.probe_unsent("a");
+        assert_eq!(
+            b.admit("a"),
+            Admission::Reject,
+            "an open breaker stays open"
+        );
+        let b = Breakers::new(1, Duration::from_millis(20));
+        assert!(b.failure("a"));
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(b.admit("a"), Admission::Probe);
+        b.probe_unsent("a");
         assert_eq!(b.admit("a"), Admission::Probe);
     }
 }

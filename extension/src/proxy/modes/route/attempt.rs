@@ -9,6 +9,7 @@ use crate::error_chain::find;
 use crate::proxy::body::{OnDone, UpstreamBody};
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::RequestRecord;
+use crate::proxy::shaping::retry_after;
 use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::breaker::Admission;
 use crate::proxy::upstream::connect::Failure;
@@ -55,7 +56,7 @@ impl Attempts {
 
     /// Whether another counted attempt may follow a wait of `wait`.
     pub(super) fn another_fits(&self, wait: Duration) -> bool {
-        self.number < self.max && Instant::now() + wait < self.deadline
+        self.number < self.max && wait < self.deadline.saturating_duration_since(Instant::now())
     }
 
     pub(super) fn advance(&mut self) {
@@ -134,6 +135,16 @@ pub(super) struct Chosen<'r> {
     pub on_primary: bool,
     /// The one attempt a half-open breaker lets through.
     probe: bool,
+}
+
+impl Chosen<'_> {
+    /// The attempt was not sent (its host's rate limit refused it): a half-open breaker's
+    /// probe is handed to the next request rather than lost.
+    pub(super) fn unsent(&self, proxy: &Proxy) {
+        if self.probe {
+            proxy.breakers.probe_unsent(&self.primary_key);
+        }
+    }
 }
 
 /// The primary, unless its breaker is open or a drill has it down: then the fallback (not for
@@ -268,7 +279,7 @@ pub(super) fn judge(
                 proxy.breakers.success(&chosen.primary_key);
             }
             let status = res.status();
-            let said_when = res.headers().contains_key(http::header::RETRY_AFTER);
+            let said_when = retry_after(res.headers()).is_some();
             if !(status_allows_retry(status, said_when)
                 && may_repeat
                 && can_repeat_body

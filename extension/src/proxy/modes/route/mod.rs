@@ -70,6 +70,7 @@ pub(crate) async fn handle(
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(refusal) = proxy.shape(&mut record, Some(left)).await {
+            chosen.unsent(proxy);
             return proxy.refuse(&mut record, refusal);
         }
         let upstream_body = match body.for_attempt(&record) {
