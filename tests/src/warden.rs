@@ -126,6 +126,18 @@ impl ExtensionsDir {
             .env("EGRESS_WARDEN_DNS_UPSTREAMS", "127.0.0.1:1")
             .env("EGRESS_WARDEN_ALLOW", "127.0.0.0/8")
     }
+
+    /// [`Self::proxy_config`], resolving names through a test's DNS server on 127.0.0.1:`dns_port`.
+    pub fn proxy_config_resolving(
+        &self,
+        proxy: u16,
+        dns_port: u16,
+    ) -> crate::emulator::EmulatorConfig {
+        self.proxy_config(proxy).env(
+            "EGRESS_WARDEN_DNS_UPSTREAMS",
+            format!("127.0.0.1:{dns_port}"),
+        )
+    }
 }
 
 /// The emulator started and through INIT; panics with egress-warden's log if either fails.

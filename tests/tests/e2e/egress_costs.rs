@@ -58,11 +58,7 @@ async fn bytes_land_in_their_path_class_and_cost_what_the_prices_say() {
         let d = ExtensionsDir::with_warden();
         let proxy = free_port();
         let cfg = d
-            .proxy_config(proxy)
-            .env(
-                "EGRESS_WARDEN_DNS_UPSTREAMS",
-                format!("127.0.0.1:{}", dns.port),
-            )
+            .proxy_config_resolving(proxy, dns.port)
             .env("EGRESS_WARDEN_VPC_CIDRS", "127.0.0.2/32,127.0.0.3/32")
             .env(
                 "EGRESS_WARDEN_PRICES",

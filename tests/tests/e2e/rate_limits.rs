@@ -67,11 +67,7 @@ async fn a_host_limit_spreads_a_burst_and_an_upstream_retry_after_holds_every_cl
         let d = ExtensionsDir::with_warden();
         let proxy = free_port();
         let cfg = d
-            .proxy_config(proxy)
-            .env(
-                "EGRESS_WARDEN_DNS_UPSTREAMS",
-                format!("127.0.0.1:{}", dns.port),
-            )
+            .proxy_config_resolving(proxy, dns.port)
             .env("EGRESS_WARDEN_RATE_LIMITS", "api.vendor.test=20/s")
             .env("EGRESS_WARDEN_RATE_LIMIT_WAIT_MS", "8000")
             .env(
@@ -151,11 +147,7 @@ async fn beyond_the_wait_cap_the_excess_gets_429_with_retry_after() {
         let d = ExtensionsDir::with_warden();
         let proxy = free_port();
         let cfg = d
-            .proxy_config(proxy)
-            .env(
-                "EGRESS_WARDEN_DNS_UPSTREAMS",
-                format!("127.0.0.1:{}", dns.port),
-            )
+            .proxy_config_resolving(proxy, dns.port)
             .env("EGRESS_WARDEN_RATE_LIMITS", "*.vendor.test=20/s")
             .env("EGRESS_WARDEN_RATE_LIMIT_WAIT_MS", "500");
         let mut emu = started_through_init(cfg).await;
