@@ -10,8 +10,14 @@
 //! may be bounded by the pipe). A direction switches to splice after a read fills the buffer
 //! and back after a short splice.
 //! Anything else (another client io) falls back to tokio's buffered copy.
+//!
+//! The bytes go to the tunnel's meter while it is open, at most once a second per direction:
+//! a keep-alive tunnel that lives for many invocations has its bytes counted in the flush
+//! windows they moved in, not all at once when it closes.
 
+use crate::metrics::Direction;
 use crate::proxy::client::limits::GuardedIo;
+use crate::proxy::request::egress::EgressMeter;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -20,8 +26,9 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -31,6 +38,8 @@ use tokio::net::TcpStream;
 const BUF: usize = 32 * 1024;
 /// Pipe size asked for: more data per splice call (the default pipe holds 64 KiB).
 const PIPE_SIZE: usize = 512 * 1024;
+/// How often an open tunnel hands its bytes to the meter (and so to the metrics).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// What a finished tunnel moved, and how it ended.
 #[derive(Debug, Default)]
@@ -49,14 +58,26 @@ pub(crate) struct Relayed {
 /// The io the listener gives hyper (see `listener.rs`).
 type ClientIo = TokioIo<GuardedIo<TcpStream>>;
 
-pub(crate) async fn relay(client: Upgraded, upstream: TcpStream) -> Relayed {
+/// Relays until either side is done; every byte moved goes to `meter` (when given).
+pub(crate) async fn relay(
+    client: Upgraded,
+    upstream: TcpStream,
+    meter: Option<Arc<EgressMeter>>,
+) -> Relayed {
     match client.downcast::<ClientIo>() {
         // The client's socket and the bytes hyper had read past the CONNECT head.
         Ok(parts) => {
             let client = parts.io.into_inner().into_inner();
-            relay_sockets(client, parts.read_buf, upstream).await
+            relay_sockets(client, parts.read_buf, upstream, meter).await
         }
-        Err(client) => copy(client, upstream).await,
+        Err(client) => {
+            let relayed = copy(client, upstream).await;
+            if let Some(meter) = meter {
+                meter.sent(relayed.out);
+                meter.received(relayed.back);
+            }
+            relayed
+        }
     }
 }
 
@@ -65,15 +86,18 @@ pub(crate) async fn relay_sockets(
     mut client: TcpStream,
     read_ahead: Bytes,
     mut upstream: TcpStream,
+    meter: Option<Arc<EgressMeter>>,
 ) -> Relayed {
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
-    let mut out = Flow::default();
-    let mut back = Flow::default();
+    let mut out = Flow::new(meter.clone(), Direction::Out);
+    let mut back = Flow::new(meter, Direction::In);
     let ended = tokio::try_join!(
         pump(client_read, upstream_write, read_ahead, &mut out),
         pump(upstream_read, client_write, Bytes::new(), &mut back),
     );
+    out.report();
+    back.report();
     Relayed {
         out: out.bytes,
         back: back.bytes,
@@ -84,19 +108,49 @@ pub(crate) async fn relay_sockets(
     }
 }
 
-#[derive(Default)]
+/// One direction's bytes: counted as they move, handed to the meter now and then.
 struct Flow {
     bytes: u64,
     spliced: u64,
     first: Option<Instant>,
+    meter: Option<Arc<EgressMeter>>,
+    direction: Direction,
+    unreported: u64,
+    reported_at: Instant,
 }
 
 impl Flow {
-    fn moved(&mut self, n: usize) {
-        if self.first.is_none() {
-            self.first = Some(Instant::now());
+    fn new(meter: Option<Arc<EgressMeter>>, direction: Direction) -> Flow {
+        Flow {
+            bytes: 0,
+            spliced: 0,
+            first: None,
+            meter,
+            direction,
+            unreported: 0,
+            reported_at: Instant::now(),
         }
+    }
+
+    fn moved(&mut self, n: usize) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
         self.bytes += n as u64;
+        self.unreported += n as u64;
+        if now.saturating_duration_since(self.reported_at) >= REPORT_EVERY {
+            self.reported_at = now;
+            self.report();
+        }
+    }
+
+    /// Hands the bytes not reported yet to the meter.
+    fn report(&mut self) {
+        let n = std::mem::take(&mut self.unreported);
+        match (&self.meter, self.direction) {
+            (Some(meter), Direction::Out) => meter.sent(n),
+            (Some(meter), Direction::In) => meter.received(n),
+            (None, _) => {}
+        }
     }
 }
 
@@ -342,6 +396,52 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(30);
 
+    fn meter(recorder: &crate::metrics::Recorder) -> Arc<EgressMeter> {
+        let path = crate::metrics::EgressPath {
+            class: crate::metrics::PathClass::Nat,
+            usd_per_byte_in: 0.0,
+            usd_per_byte_out: 0.0,
+        };
+        let meter = EgressMeter::new(recorder.clone(), "up.test:443".into(), path);
+        meter.settle(path);
+        meter
+    }
+
+    #[tokio::test]
+    async fn an_open_tunnel_reports_its_bytes_as_they_move() {
+        let (mut client, client_end) = pair().await;
+        let (mut upstream, upstream_end) = pair().await;
+        let recorder = crate::metrics::Recorder::new();
+        let relay = tokio::spawn(relay_sockets(
+            client_end,
+            Bytes::new(),
+            upstream_end,
+            Some(meter(&recorder)),
+        ));
+        let mut buf = [0u8; 16];
+        client.write_all(b"ping").await.unwrap();
+        upstream.read_exact(&mut buf[..4]).await.unwrap();
+        tokio::time::sleep(REPORT_EVERY + Duration::from_millis(100)).await;
+        client.write_all(b"ping").await.unwrap();
+        upstream.read_exact(&mut buf[..4]).await.unwrap();
+        // The relay counts a message just after passing it on.
+        for _ in 0..100 {
+            if recorder.peek(Counter::BytesOut) == 8 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            recorder.peek(Counter::BytesOut),
+            8,
+            "counted while the tunnel is open"
+        );
+        drop((client, upstream));
+        let relayed = tokio::time::timeout(LIMIT, relay).await.unwrap().unwrap();
+        assert_eq!(relayed.out, 8);
+        assert_eq!(recorder.peek(Counter::BytesOut), 8, "and only once");
+    }
+
     /// A connected loopback pair: (the end the test drives, the end the relay gets).
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -375,10 +475,12 @@ mod tests {
     async fn bulk_both_ways_is_spliced_intact_with_read_ahead_first_and_half_closes_passed_on() {
         let (client, client_end) = pair().await;
         let (upstream, upstream_end) = pair().await;
+        let recorder = crate::metrics::Recorder::new();
         let relay = tokio::spawn(relay_sockets(
             client_end,
             Bytes::from_static(b"ahead:"),
             upstream_end,
+            Some(meter(&recorder)),
         ));
         let up_data = pattern(8 << 20, 7);
         let client_data = pattern(6 << 20, 3);
@@ -400,6 +502,13 @@ mod tests {
         assert!(relayed.error.is_none(), "{:?}", relayed.error);
         assert_eq!(relayed.out, (6 << 20) + 6);
         assert_eq!(relayed.back, 8 << 20);
+        // Every byte reached the meter once, whether reported on the way or at the end.
+        assert_eq!(recorder.peek(Counter::BytesOut), relayed.out);
+        assert_eq!(recorder.peek(Counter::BytesIn), relayed.back);
+        assert_eq!(
+            recorder.peek(Counter::EgressBytesNat),
+            relayed.out + relayed.back
+        );
         assert!(relayed.client_first.is_some() && relayed.upstream_first.is_some());
         assert!(
             relayed.spliced > (8 << 20),
@@ -411,7 +520,7 @@ mod tests {
     async fn small_messages_go_back_and_forth_through_the_buffer() {
         let (mut client, client_end) = pair().await;
         let (mut upstream, upstream_end) = pair().await;
-        let relay = tokio::spawn(relay_sockets(client_end, Bytes::new(), upstream_end));
+        let relay = tokio::spawn(relay_sockets(client_end, Bytes::new(), upstream_end, None));
         tokio::time::timeout(LIMIT, async {
             let mut buf = [0u8; 64];
             for i in 0..200u32 {
@@ -439,7 +548,7 @@ mod tests {
     async fn a_reset_on_one_side_ends_the_tunnel() {
         let (client, client_end) = pair().await;
         let (upstream, upstream_end) = pair().await;
-        let relay = tokio::spawn(relay_sockets(client_end, Bytes::new(), upstream_end));
+        let relay = tokio::spawn(relay_sockets(client_end, Bytes::new(), upstream_end, None));
         // RST from the upstream while the client stays silent and open.
         #[allow(deprecated)]
         upstream.set_linger(Some(Duration::ZERO)).unwrap();

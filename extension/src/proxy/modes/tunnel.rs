@@ -118,7 +118,8 @@ pub(crate) async fn handle(
             }
             None => (upgraded, upstream, Early::default()),
         };
-        let relayed = relay(upgraded, upstream).await;
+        // The relay hands the meter what it moves, while the tunnel is open.
+        let relayed = relay(upgraded, upstream, record.meter.clone()).await;
         match &relayed.error {
             Some(err) => tracing::debug!(destination, "tunnel ended: {err}"),
             None => tracing::debug!(destination, spliced = relayed.spliced, "tunnel closed"),
@@ -129,8 +130,7 @@ pub(crate) async fn handle(
             recorder.observe_ms_for(&destination, crate::metrics::Timing::TtfbMs, ttfb);
         }
         if let Some(meter) = &record.meter {
-            meter.sent(early.bytes + relayed.out);
-            meter.received(relayed.back);
+            meter.sent(early.bytes);
         }
         record_end(recorder, &destination, record.started);
     });
