@@ -7,7 +7,7 @@ use super::Prices;
 /// NAT processing, internet transfer out, inter-region transfer out, interface-endpoint
 /// processing (USD per GB), by region; regions not listed use US East's.
 const REGIONAL: &[(&str, Prices)] = &[
-    ("us-east-1", prices(0.045, 0.09, 0.02, 0.01)),
+    ("us-east-1", US_EAST),
     ("us-east-2", prices(0.045, 0.09, 0.02, 0.01)),
     ("us-west-1", prices(0.048, 0.09, 0.02, 0.01)),
     ("us-west-2", prices(0.045, 0.09, 0.02, 0.01)),
@@ -23,6 +23,9 @@ const REGIONAL: &[(&str, Prices)] = &[
     ("sa-east-1", prices(0.093, 0.15, 0.138, 0.01)),
 ];
 
+/// US East's, also the default for regions not listed.
+const US_EAST: Prices = prices(0.045, 0.09, 0.02, 0.01);
+
 const fn prices(nat: f64, internet: f64, cross_region: f64, vpc_endpoint: f64) -> Prices {
     Prices {
         nat,
@@ -35,9 +38,7 @@ const fn prices(nat: f64, internet: f64, cross_region: f64, vpc_endpoint: f64) -
 /// The defaults for `region` (US East's where unknown).
 pub(super) fn regional_defaults(region: Option<&str>) -> Prices {
     let find = |name: &str| REGIONAL.iter().find(|(r, _)| *r == name).map(|(_, p)| *p);
-    region
-        .and_then(find)
-        .unwrap_or(prices(0.045, 0.09, 0.02, 0.01))
+    region.and_then(find).unwrap_or(US_EAST)
 }
 
 /// One `class=USD_per_GB` entry, checked.

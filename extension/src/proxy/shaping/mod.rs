@@ -288,13 +288,7 @@ mod tests {
         };
         assert!(limited.paused);
         assert_eq!(limited.retry_after, Duration::from_secs(2));
-        let patient = Shaper::new(
-            &s.limits[..1]
-                .iter()
-                .map(|(l, _)| l.clone())
-                .collect::<Vec<_>>(),
-            Duration::from_secs(5),
-        );
+        let patient = shaper("api.vendor.test=100", 5000);
         patient.note_answer("api.vendor.test", too_many, &headers("2"));
         assert_eq!(
             patient.admit("api.vendor.test", None).await,

@@ -9,7 +9,6 @@ use crate::error_chain::find;
 use crate::proxy::body::{OnDone, UpstreamBody};
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::RequestRecord;
-use crate::proxy::shaping::retry_after;
 use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::breaker::Admission;
 use crate::proxy::upstream::connect::Failure;
@@ -246,6 +245,8 @@ pub(super) struct Retry {
     pub may_repeat: bool,
     pub can_repeat_body: bool,
     pub attempts_left: bool,
+    /// The answer said when to come back (a readable `Retry-After` on a 429 or 502–504).
+    pub says_when: bool,
 }
 
 pub(super) enum Next {
@@ -272,6 +273,7 @@ pub(super) fn judge(
         may_repeat,
         can_repeat_body,
         attempts_left,
+        says_when,
     } = retry;
     match result {
         Ok(Ok(res)) => {
@@ -279,8 +281,7 @@ pub(super) fn judge(
                 proxy.breakers.success(&chosen.primary_key);
             }
             let status = res.status();
-            let said_when = retry_after(res.headers()).is_some();
-            if !(status_allows_retry(status, said_when)
+            if !(status_allows_retry(status, says_when)
                 && may_repeat
                 && can_repeat_body
                 && attempts_left)

@@ -19,7 +19,7 @@ use crate::proxy::request::headers::{append_via, strip_hop_by_hop};
 use crate::proxy::request::outcome::Refusal;
 use crate::proxy::request::record::{Kind, RequestRecord};
 use crate::proxy::shaping::retry_after;
-use crate::proxy::shared::{Proxy, DEADLINE_MARGIN};
+use crate::proxy::shared::Proxy;
 use crate::proxy::upstream::connector::ConnInfo;
 use crate::proxy::upstream::retry::{
     add_idempotency_key, backoff, is_unkeyed_write, method_allows_retry,
@@ -88,21 +88,22 @@ pub(crate) async fn handle(
         let left = deadline.saturating_duration_since(sent_at);
         let result = tokio::time::timeout(left, client.request(upstream_req)).await;
         let mut wait = backoff(attempts.number());
+        let mut says_when = false;
         if let Ok(Ok(res)) = &result {
+            record.addr = res.extensions().get::<ConnInfo>().map(|info| info.addr);
             proxy.note_answer(&chosen.upstream.host, res);
             // An upstream that said when to come back is never asked sooner.
             if let Some(asked) = asked_to_wait(res) {
                 wait = wait.max(asked);
+                says_when = true;
             }
         }
         let retry = Retry {
             may_repeat,
             can_repeat_body: body.can_repeat(),
             attempts_left: attempts.another_fits(wait),
+            says_when,
         };
-        if let Ok(Ok(res)) = &result {
-            record.addr = res.extensions().get::<ConnInfo>().map(|info| info.addr);
-        }
         let next = judge(proxy, &mut record, &chosen, retry, &mut attempts, result);
         // This attempt's bytes are counted on its path even when another attempt follows.
         proxy.settle_path(&record);
@@ -168,10 +169,8 @@ fn unknown_route(proxy: &Proxy, name: &str) -> Refusal {
 
 /// Bounded by the route timeout and the invocation's deadline (when one is known).
 fn budget(proxy: &Proxy) -> Duration {
-    match proxy.clock.remaining() {
-        Some(left) => ROUTE_TIMEOUT
-            .min(left.saturating_sub(DEADLINE_MARGIN))
-            .max(Duration::from_millis(1)),
+    match proxy.time_left() {
+        Some(left) => ROUTE_TIMEOUT.min(left).max(Duration::from_millis(1)),
         None => ROUTE_TIMEOUT,
     }
 }
